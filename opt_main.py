@@ -1,53 +1,267 @@
 """prune3d driver: data -> model -> phase -> report.
 
-    python opt_main.py --arch c3d --config-file c3d_kgrc_3.04x --report
-    python opt_main.py --admm --arch c3d --config-file c3d_kgrc_3.04x --load-path checkpoints/baseline/c3d.pth ...
+    python opt_main.py --train  --arch c3d --dataset ucf101 --data-location data/ucf101_lmdb
+    python opt_main.py --admm   --arch c3d --config-file c3d_kgrc_3.04x --load-path checkpoints/baseline/c3d.pth ...
+    python opt_main.py --masked-retrain --arch c3d --config-file c3d_kgrc_3.04x --load-path .../admm.pth --warmup
+    python opt_main.py --report --arch c3d --config-file c3d_kgrc_3.04x [--resume CKPT]
 
-Each phase is a function over shared mechanics in `pruning/` and `training/`; `options.py` lists every option.
+Each phase is a short function over the mechanics in `pruning/`, `training/` and `admm.py`; `options.py` lists
+every option. Under `torchrun --nproc_per_node=N` the same commands train with DDP.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
+import yaml
 
+from admm import ADMM
 from models import arch_info, build_model
 from options import parse_args, phase_of
-from pruning import UserError, hard_prune, load_profile
+from pruning import CheckpointError, UserError, apply_masks, hard_prune, intersect_masks, load_profile
 from pruning.report import build_report, zero_masks
-from training.checkpoint import load_checkpoint, load_weights
+from training import distributed as dist_utils
+from training.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from training.penalties import ReweightedGroupLasso
+from training.trainer import PhaseHooks, Trainer, evaluate, seed_everything
 
 DATASET_CLASSES = {"ucf101": 101, "hmdb51": 51}
+PHASE_RESULT = {"train": "dense.pth", "admm": "admm.pth", "rew": "rew.pth", "masked_retrain": "retrained.pth"}
 
 
+# ------------------------------------------------------------------------------------------------ ingredients
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options whose default depends on the arch or dataset."""
     info = arch_info(args.arch)
     args.arch = info.name
     args.crop_size = args.crop_size or info.crop_size
     args.short_side = args.short_side or info.short_side
-    if args.num_classes is None:
-        args.num_classes = DATASET_CLASSES.get(args.dataset, 101)
+    args.phase = phase_of(args)
+    args.total_epochs = args.epochs * (args.rho_num if args.phase == "admm" else 1)
     return args
 
 
 def make_model(args: argparse.Namespace) -> torch.nn.Module:
+    if args.num_classes is None:
+        args.num_classes = DATASET_CLASSES.get(args.dataset, 101)
     return build_model(args.arch, args.num_classes, width_mult=args.width_mult, clip_len=args.clip_len,
                        crop_size=args.crop_size)
 
 
-def make_profile(args: argparse.Namespace):
+def make_profile(args: argparse.Namespace, required: bool = False):
     if not args.config_file:
+        if required:
+            raise UserError(f"--{args.phase.replace('_', '-')} needs a prune profile: pass --config-file")
         return None
-    profile = load_profile(args.config_file, sparsity=args.sparsity_type,
-                           group_size=tuple(args.group_size) if args.group_size else None,
-                           balanced=args.balanced, score=args.score, kgrc_method=args.kgrc_method)
-    return profile
+    return load_profile(args.config_file, sparsity=args.sparsity_type,
+                        group_size=tuple(args.group_size) if args.group_size else None,
+                        balanced=args.balanced, score=args.score, kgrc_method=args.kgrc_method)
 
 
-def report(args: argparse.Namespace) -> None:
+def make_data(args: argparse.Namespace):
+    """Train and validation datasets; sets args.num_classes from the data."""
+    import datasets
+
+    if not args.data_location:
+        raise UserError("pass --data-location: a folder with train.lmdb/val.lmdb (see datasets/create_lmdb.py)")
+    info = arch_info(args.arch)
+    common = dict(clip_len=args.clip_len, crop_size=args.crop_size, short_side=args.short_side,
+                  sampling=args.sampling, mean=info.mean, std=info.std)
+    train_set = datasets.build_dataset(args.data_location, "train", train=True, **common)
+    val_set = datasets.build_dataset(args.data_location, "val", train=False, test_clips=args.test_clips, **common)
+    if args.num_classes not in (None, train_set.num_classes):
+        raise UserError(f"--num-classes {args.num_classes} but {args.data_location} has {train_set.num_classes} "
+                        "classes; drop --num-classes")
+    args.num_classes = train_set.num_classes
+    return train_set, val_set
+
+
+def run_dir_for(args: argparse.Namespace) -> Path:
+    if args.name:
+        return Path(args.save_dir) / args.name
+    prof = "+".join(Path(c).stem for c in args.config_file) if args.config_file else "dense"
+    return Path(args.save_dir) / f"{args.arch}_{args.dataset}_{prof}_{args.phase}"
+
+
+def load_start(model: torch.nn.Module, args: argparse.Namespace, required: bool) -> dict:
+    """Load --load-path into the model; returns the checkpoint dict ({} when none)."""
+    if not args.load_path:
+        if required:
+            raise UserError(f"--{args.phase.replace('_', '-')} needs starting weights: pass --load-path")
+        return {}
+    ckpt = load_checkpoint(args.load_path)
+    load_weights(model, ckpt, args.load_path, args.arch, allow_new_classifier=args.phase == "train")
+    return ckpt
+
+
+def resume_point(args: argparse.Namespace, run_dir: Path, profile) -> dict | None:
+    """The checkpoint to continue from (--resume PATH or auto), checked against this run."""
+    if not args.resume:
+        return None
+    path = run_dir / "last.pth" if args.resume == "auto" else Path(args.resume)
+    if args.resume == "auto" and not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt.get("phase") != args.phase:
+        raise CheckpointError(f"{path}: is a checkpoint of phase '{ckpt.get('phase')}', not '{args.phase}'; "
+                              "use it as --load-path to start a new phase")
+    want = profile.to_dict() if profile else None
+    if ckpt.get("profile") != want:
+        raise CheckpointError(f"{path}: was made with another prune profile than --config-file "
+                              f"{' '.join(args.config_file or [])}; resume with the same profile or start anew")
+    return ckpt
+
+
+def save_args(args: argparse.Namespace, run_dir: Path) -> None:
+    if dist_utils.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plain = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+        (run_dir / "args.yaml").write_text(yaml.safe_dump(plain, sort_keys=True))
+
+
+def finish(trainer: Trainer, args: argparse.Namespace, masks: dict | None, extra: dict) -> dict:
+    """Evaluate the final model, write the phase result and a JSON summary beside it."""
+    final = trainer.evaluate()
+    metrics = {**final, **extra, "load_errors": len(trainer.load_errors)}
+    if dist_utils.is_main():
+        state = trainer.state_dict(metrics)
+        state["masks"] = {k: v.cpu() for k, v in (masks or {}).items()}
+        path = trainer.run_dir / PHASE_RESULT[args.phase]
+        save_checkpoint(state, path)
+        (trainer.run_dir / "result.json").write_text(json.dumps({"checkpoint": str(path), **metrics}, indent=2))
+        print(f"{args.phase}: video top-1 {final['video_top1']:.4f} clip top-1 {final['clip_top1']:.4f}; "
+              f"{len(trainer.load_errors)} samples failed to load; wrote {path}")
+        for err in trainer.load_errors[:20]:
+            print(f"  load error: {err}", file=sys.stderr)
+    return metrics
+
+
+def start_trainer(args, model, data, hooks, device, profile, run_dir) -> Trainer:
+    trainer = Trainer(args, model, data[0], data[1], hooks, run_dir, device,
+                      profile.to_dict() if profile else None)
+    ckpt = resume_point(args, run_dir, profile)
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+        print(f"resumed {args.phase} at epoch {trainer.epoch} iteration {trainer.iteration}")
+    save_args(args, run_dir)
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------------ phases
+def train(args: argparse.Namespace, device: torch.device) -> dict:
+    """Dense baseline."""
+    data = make_data(args)
+    model = make_model(args).to(device)
+    load_start(model, args, required=False)
+    trainer = start_trainer(args, model, data, PhaseHooks("train"), device, None, run_dir_for(args))
+    trainer.fit()
+    return finish(trainer, args, None, {})
+
+
+def admm(args: argparse.Namespace, device: torch.device) -> dict:
+    """ADMM towards the profile's sparse set (SPEC §5), then hard prune."""
+    data = make_data(args)
+    model = make_model(args).to(device)
+    profile = make_profile(args, required=True)
+    rules = profile.resolve(model)
+    start = load_start(model, args, required=True)
+    old = progressive_masks(args, start, model)
+    solver = ADMM(rules, rho=args.rho, rho_num=args.rho_num, keep_masks=old)
+    solver.initialize(model)
+    dist_utils.broadcast_tensors(solver.Z)
+
+    def z_u_step() -> None:
+        solver.update(model)
+        dist_utils.broadcast_tensors(solver.Z)
+        dist_utils.broadcast_tensors(solver.U)
+
+    def epoch_end(epoch: int) -> dict:
+        if not args.admm_iters and (epoch + 1) % args.admm_epochs == 0:
+            z_u_step()
+        res = solver.residuals(model)
+        return {"rho": solver.rho, "mean_residual": sum(r["residual"] for r in res.values()) / len(res),
+                "residual": {k: v["residual"] for k, v in res.items()},
+                "in_set": {k: v["in_set"] for k, v in res.items()}}
+
+    hooks = PhaseHooks(
+        "admm", extra_loss=solver.penalty, masks=old or None,
+        on_epoch_start=lambda e: solver.set_stage(min(e // args.epochs, args.rho_num - 1)),
+        on_iteration_end=(lambda it: z_u_step() if it % args.admm_iters == 0 else None) if args.admm_iters
+        else None,
+        on_epoch_end=epoch_end, state=solver.state_dict, load_state=solver.load_state_dict)
+    trainer = start_trainer(args, model, data, hooks, device, profile, run_dir_for(args))
+    trainer.fit()
+    before = trainer.evaluate()["video_top1"]
+    masks = prune_to_profile(model, rules, old)
+    return finish(trainer, args, masks, {"video_top1_before_prune": before})
+
+
+def rew(args: argparse.Namespace, device: torch.device) -> dict:
+    """Reweighted group-lasso (SPEC §6), then hard prune."""
+    data = make_data(args)
+    model = make_model(args).to(device)
+    profile = make_profile(args, required=True)
+    rules = profile.resolve(model)
+    start = load_start(model, args, required=True)
+    old = progressive_masks(args, start, model)
+    penalty = ReweightedGroupLasso(rules, args.rew_lambda, args.rew_eps)
+
+    def epoch_start(epoch: int) -> None:
+        if epoch % args.rew_update_epochs == 0:
+            penalty.update_alpha(model)
+
+    hooks = PhaseHooks("rew", extra_loss=penalty.penalty, masks=old or None, on_epoch_start=epoch_start,
+                       state=penalty.state_dict, load_state=penalty.load_state_dict)
+    trainer = start_trainer(args, model, data, hooks, device, profile, run_dir_for(args))
+    trainer.fit()
+    before = trainer.evaluate()["video_top1"]
+    masks = prune_to_profile(model, rules, old)
+    return finish(trainer, args, masks, {"video_top1_before_prune": before})
+
+
+def masked_retrain(args: argparse.Namespace, device: torch.device) -> dict:
+    """Hard prune with the profile and retrain with the pattern fixed (SPEC §7)."""
+    data = make_data(args)
+    model = make_model(args).to(device)
+    profile = make_profile(args, required=True)
+    rules = profile.resolve(model)
+    start = load_start(model, args, required=True)
+    if not start.get("masks") and not zero_masks(model):
+        raise UserError(f"{args.load_path}: has no pruned weights (no masks, no zeros); --masked-retrain starts "
+                        "from an --admm or --rew result")
+    old = {k: v.to(device) for k, v in start.get("masks", {}).items()}
+    masks = prune_to_profile(model, rules, old if args.combine_progressive else None)
+    teacher = make_teacher(args, start, device) if args.distill else None
+    hooks = PhaseHooks("masked_retrain", masks=masks, teacher=teacher,
+                       distill_until=max(0, args.total_epochs - args.kd_off_epochs))
+    trainer = start_trainer(args, model, data, hooks, device, profile, run_dir_for(args))
+    trainer.fit()
+    best = trainer.run_dir / "best.pth"
+    if best.exists():  # the phase result is the best epoch by validation accuracy
+        trainer.model.load_state_dict(load_checkpoint(best)["model"])
+    return finish(trainer, args, hooks.masks, {"best_video_top1": trainer.best})
+
+
+def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
+    _, val_set = make_data(args)
+    model = make_model(args).to(device)
+    path = args.resume or args.load_path
+    if not path:
+        raise UserError("--evaluate needs a checkpoint: pass --load-path")
+    load_weights(model, load_checkpoint(path), path, args.arch)
+    rank = dist_utils.rank()
+    world = torch.distributed.get_world_size() if dist_utils.is_distributed() else 1
+    metrics = evaluate(model, val_set, args, device, rank, world)
+    if dist_utils.is_main():
+        print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def report(args: argparse.Namespace, device: torch.device) -> dict:
     """MACs and parameters: of what the profile implies, or of the zeros actually in a checkpoint."""
     model = make_model(args)
     profile = make_profile(args)
@@ -64,29 +278,78 @@ def report(args: argparse.Namespace) -> None:
     if args.report_json:
         rep.write_json(args.report_json)
         print(f"wrote {args.report_json}")
+    return rep.to_json()
 
 
-PHASE_FUNCS = {"report": report}
+# ------------------------------------------------------------------------------------------------- mechanics
+def progressive_masks(args: argparse.Namespace, start: dict, model: torch.nn.Module) -> dict:
+    """--combine-progressive: the starting checkpoint's pattern, kept (its zeros stay zero)."""
+    if not args.combine_progressive:
+        return {}
+    masks = start.get("masks") or zero_masks(model)
+    if not masks:
+        raise UserError(f"--combine-progressive: {args.load_path} has no pruned weights to keep")
+    device = next(model.parameters()).device
+    masks = {k: v.to(device) for k, v in masks.items()}
+    apply_masks(model, masks)
+    return masks
 
 
-def main(args: argparse.Namespace) -> None:
+def prune_to_profile(model: torch.nn.Module, rules: dict, old: dict | None) -> dict:
+    """Hard prune (identically on every rank) and return the masks, intersected with an earlier pattern."""
+    masks = hard_prune(model, rules)
+    if old:
+        masks = intersect_masks(old, masks)
+        apply_masks(model, masks)
+    dist_utils.broadcast_tensors(masks)
+    params = dict(model.named_parameters())
+    dist_utils.broadcast_tensors({k: params[k].data for k in masks})
+    return masks
+
+
+def make_teacher(args: argparse.Namespace, start: dict, device: torch.device) -> torch.nn.Module:
+    path = args.teacher_path or (start.get("args") or {}).get("load_path")
+    if not path:
+        raise UserError("--distill needs the dense baseline: pass --teacher-path")
+    teacher = make_model(args).to(device)
+    load_weights(teacher, load_checkpoint(path), path, args.arch)
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
+    raise UserError("--benchmark needs the compact engine (compact/), which this checkout does not have yet")
+
+
+PHASE_FUNCS = {"train": train, "admm": admm, "rew": rew, "masked_retrain": masked_retrain,
+               "evaluate": evaluate_phase, "report": report, "benchmark": benchmark}
+
+
+def main(args: argparse.Namespace) -> dict:
     args = resolve_defaults(args)
-    phase = phase_of(args)
-    if phase is None:
+    if args.phase is None:
         raise UserError("pick a phase: --train, --admm, --rew, --masked-retrain, --evaluate, --report or --benchmark")
-    if phase not in PHASE_FUNCS:
-        raise UserError(f"--{phase.replace('_', '-')} is not available in this version")
-    PHASE_FUNCS[phase](args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.phase in ("report", "benchmark"):
+        return PHASE_FUNCS[args.phase](args, device)
+    dist_utils.init_distributed(device)
+    seed_everything(args.seed)
+    try:
+        return PHASE_FUNCS[args.phase](args, device)
+    finally:
+        dist_utils.cleanup()
 
 
 def cli(argv: list[str] | None = None) -> int:
+    from datasets.errors import DataError
+
     try:
         main(parse_args(argv))
-    except UserError as e:
+    except (UserError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # bad option values caught by the model registry and friends
-        if "Traceback" in str(e) or not str(e):
+    except ValueError as e:  # option values refused by the model registry
+        if not str(e).startswith(("unknown --arch", "--width-mult", "C3D needs")):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,70 @@
+"""Data loaders for training: deterministic per-epoch order, resumable mid-epoch, failed samples counted."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .distributed import is_distributed
+
+
+class CountingDataset(Dataset):
+    """Turns a sample that fails to load into a marker, so the batch carries the failure to the log instead of
+    crashing a worker or being silently dropped."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.dataset[i]
+        except Exception as e:  # any decode error: reported by collate, counted by the trainer
+            return ("__failed__", i, f"{type(e).__name__}: {e}")
+
+
+def collate_counting(batch):
+    ok = [b for b in batch if not (isinstance(b, tuple) and b and isinstance(b[0], str) and b[0] == "__failed__")]
+    failed = [(b[1], b[2]) for b in batch if b not in ok]
+    if ok:
+        clips = torch.stack([b[0] for b in ok])
+        labels = torch.as_tensor([int(b[1]) for b in ok])
+        vidx = torch.as_tensor([int(b[2]) for b in ok])
+    else:
+        clips, labels, vidx = None, None, None
+    return clips, labels, vidx, failed
+
+
+class EpochSampler(Sampler[int]):
+    """This rank's indices for one epoch: a permutation seeded by (seed, epoch), sharded across ranks, with the
+    first `skip` indices dropped when resuming inside an epoch."""
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, epoch: int, rank: int, world: int, skip: int = 0,
+                 pad: bool = True) -> None:
+        if shuffle:
+            g = torch.Generator().manual_seed(seed * 100003 + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        if pad and world > 1:  # training: every rank takes the same number of steps
+            per = -(-n // world)
+            order = (order * 2)[: per * world]
+        self.indices = order[rank::world][skip:]
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool, seed: int, epoch: int,
+                rank: int = 0, world: int = 1, skip_batches: int = 0) -> DataLoader:
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, epoch=epoch, rank=rank, world=world,
+                           skip=skip_batches * batch_size, pad=train)
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)  # worker seeds: deterministic per epoch
+    return DataLoader(CountingDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_counting, drop_last=False, generator=g,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available() and not is_distributed())
