@@ -126,7 +126,16 @@ def _keep_top(score: torch.Tensor, keep: int | torch.Tensor, valid: torch.Tensor
 
 
 def _layerwide(score: torch.Tensor, ratio: float) -> torch.Tensor:
-    return _keep_top(score, _keep_count(score.numel(), ratio))
+    """Layer-wide top-k by selection (O(n), no full sort); ties go to the lower index, as a stable sort would."""
+    n = score.numel()
+    keep = int(_keep_count(n, ratio))
+    if keep <= 0 or keep >= n:
+        return torch.full_like(score, keep > 0, dtype=torch.bool)
+    threshold = torch.kthvalue(score, n - keep + 1).values  # the keep-th largest
+    mask = score > threshold
+    ties = (score == threshold).nonzero().flatten()[: keep - int(mask.sum())]
+    mask[ties] = True
+    return mask
 
 
 def _rescore(energy: torch.Tensor, size: torch.Tensor, score: str) -> torch.Tensor:

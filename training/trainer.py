@@ -13,9 +13,10 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -224,7 +225,8 @@ class Trainer:
             if self.hooks.on_iteration_end:
                 self.hooks.on_iteration_end(self.global_iter)
             if sums["n"]:
-                bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", lr=f"{lr:.2e}")
             if self._stop:
                 break
         n = max(sums["n"], 1)
