@@ -87,11 +87,39 @@ def run_dir_for(args: argparse.Namespace) -> Path:
     return Path(args.save_dir) / f"{args.arch}_{args.dataset}_{prof}_{args.phase}"
 
 
+def find_start(args: argparse.Namespace) -> str | None:
+    """Without --load-path: the baseline in checkpoints/baseline/ for this arch and dataset (ADMM, rew), or the
+    ADMM/rew result of the same arch, dataset and profile (masked retraining), as the original scripts expect."""
+    if args.phase == "masked_retrain":
+        stem = run_dir_for(args).name.rsplit("_", 2)[0]
+        found = [p for ph, f in (("admm", "admm.pth"), ("rew", "rew.pth"))
+                 for p in [Path(args.save_dir) / f"{stem}_{ph}" / f] if p.is_file()]
+        where = f"{args.save_dir}/{stem}_admm/admm.pth or {stem}_rew/rew.pth"
+    else:
+        base = Path(args.save_dir) / "baseline"
+        names = {args.arch, args.arch.replace("+", "plus"), args.arch.replace("2+1d", "21d")}
+        found = sorted(p for p in base.glob("*.pth") if any(n in p.name.lower() for n in names)
+                       and args.dataset.lower() in p.name.lower())
+        have = ", ".join(sorted(x.name for x in base.glob("*.pth"))) or "none"
+        where = f"{base}/*{args.arch}*{args.dataset}*.pth (there: {have})"
+    if len(found) == 1:
+        print(f"--load-path not given: using {found[0]}")
+        return str(found[0])
+    if len(found) > 1:
+        raise UserError(f"--load-path not given and several candidates match: {', '.join(map(str, found))}; "
+                        "pass --load-path")
+    return None if args.phase == "train" else _missing(where)
+
+
+def _missing(where: str):
+    raise UserError(f"--load-path not given and nothing found at {where}; pass --load-path")
+
+
 def load_start(model: torch.nn.Module, args: argparse.Namespace, required: bool) -> dict:
-    """Load --load-path into the model; returns the checkpoint dict ({} when none)."""
+    """Load --load-path (or the checkpoint `find_start` locates) into the model; returns the checkpoint dict."""
+    if not args.load_path and required:
+        args.load_path = find_start(args)
     if not args.load_path:
-        if required:
-            raise UserError(f"--{args.phase.replace('_', '-')} needs starting weights: pass --load-path")
         return {}
     ckpt = load_checkpoint(args.load_path)
     load_weights(model, ckpt, args.load_path, args.arch, allow_new_classifier=args.phase == "train")
