@@ -12,6 +12,7 @@ every option. Under `torchrun --nproc_per_node=N` the same commands train with D
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -291,11 +292,13 @@ def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
 
 def report(args: argparse.Namespace, device: torch.device) -> dict:
     """MACs and parameters: of what the profile implies, or of the zeros actually in a checkpoint."""
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt and args.num_classes is None:  # the class count the checkpoint was trained with
+        args.num_classes = (ckpt.get("args") or {}).get("num_classes")
     model = make_model(args)
     profile = make_profile(args)
     rules = profile.resolve(model) if profile else {}
-    if args.resume:
-        ckpt = load_checkpoint(args.resume)
+    if ckpt:
         load_weights(model, ckpt, args.resume, args.arch)
         masks = zero_masks(model)
     else:
@@ -332,7 +335,20 @@ def prune_to_profile(model: torch.nn.Module, rules: dict, old: dict | None) -> d
     dist_utils.broadcast_tensors(masks)
     params = dict(model.named_parameters())
     dist_utils.broadcast_tensors({k: params[k].data for k in masks})
+    digests = dist_utils.gather_objects(mask_digest(masks))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"pruning masks differ across ranks: {digests}")
+    if len(digests) > 1 and dist_utils.is_main():
+        print(f"masks identical on {len(digests)} ranks: {digests[0]}")
     return masks
+
+
+def mask_digest(masks: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(masks):
+        h.update(name.encode())
+        h.update(masks[name].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def make_teacher(args: argparse.Namespace, start: dict, device: torch.device) -> torch.nn.Module:

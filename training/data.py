@@ -26,8 +26,9 @@ class CountingDataset(Dataset):
 
 
 def collate_counting(batch):
-    ok = [b for b in batch if not (isinstance(b, tuple) and b and isinstance(b[0], str) and b[0] == "__failed__")]
-    failed = [(b[1], b[2]) for b in batch if b not in ok]
+    is_failed = [isinstance(b[0], str) and b[0] == "__failed__" for b in batch]
+    ok = [b for b, f in zip(batch, is_failed) if not f]
+    failed = [(b[1], b[2]) for b, f in zip(batch, is_failed) if f]
     if ok:
         clips = torch.stack([b[0] for b in ok])
         labels = torch.as_tensor([int(b[1]) for b in ok])

@@ -116,13 +116,17 @@ class Trainer:
         return self.args.total_epochs
 
     # ----------------------------------------------------------------------------------------- checkpoints
+    @property
+    def _state_key(self) -> str:
+        return self.hooks.name if self.hooks.name in ("admm", "rew") else "phase_state"
+
     def state_dict(self, metrics: dict | None = None) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "masks": {k: v.cpu() for k, v in (self.hooks.masks or {}).items()},
             "profile": self.profile,
             "phase": self.hooks.name,
-            "phase_state": self.hooks.state(),
+            self._state_key: self.hooks.state(),  # "admm": Z, U, rho, stage (SPEC §10); "rew": alphas
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -154,7 +158,7 @@ class Trainer:
         self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt.get("iteration", 0))
         self.global_iter = int(ckpt.get("global_iter", 0))
         self.best, self.history = float(ckpt.get("best", -1.0)), list(ckpt.get("history", []))
-        self.hooks.load_state(ckpt.get("phase_state", {}))
+        self.hooks.load_state(ckpt.get(self._state_key, {}))
         if self.hooks.masks is not None and ckpt.get("masks"):
             self.hooks.masks.clear()
             self.hooks.masks.update({k: v.to(self.device) for k, v in ckpt["masks"].items()})
@@ -253,8 +257,8 @@ class Trainer:
         penalty = self.hooks.extra_loss(self.model) if self.hooks.extra_loss else None
         total = loss + penalty if penalty is not None else loss
         self.scaler.scale(total / a.accum_steps).backward()
-        sums["loss"] += float(loss) * len(labels)
-        sums["penalty"] += float(penalty) * len(labels) if penalty is not None else 0.0
+        sums["loss"] += loss.item() * len(labels)
+        sums["penalty"] += penalty.item() * len(labels) if penalty is not None else 0.0
         sums["correct"] += topk_correct(logits.detach().float(), labels, (1,))[0]
         sums["n"] += len(labels)
         if (self.iteration + 1) % a.accum_steps and self.iteration + 1 < self.iters_per_epoch:
