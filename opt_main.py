@@ -293,8 +293,8 @@ def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
 def report(args: argparse.Namespace, device: torch.device) -> dict:
     """MACs and parameters: of what the profile implies, or of the zeros actually in a checkpoint."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt and args.num_classes is None:  # the class count the checkpoint was trained with
-        args.num_classes = (ckpt.get("args") or {}).get("num_classes")
+    if ckpt:
+        adopt_model_args(args, ckpt, ("num_classes", "width_mult"))
     model = make_model(args)
     profile = make_profile(args)
     rules = profile.resolve(model) if profile else {}
@@ -313,6 +313,14 @@ def report(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- mechanics
+def adopt_model_args(args: argparse.Namespace, ckpt: dict, keys: tuple[str, ...]) -> None:
+    """Take the model's shape options from the checkpoint that was trained with them."""
+    saved = ckpt.get("args") or {}
+    for key in keys:
+        if saved.get(key) is not None:
+            setattr(args, key, saved[key])
+
+
 def progressive_masks(args: argparse.Namespace, start: dict, model: torch.nn.Module) -> dict:
     """--combine-progressive: the starting checkpoint's pattern, kept (its zeros stay zero)."""
     if not args.combine_progressive:
@@ -361,12 +369,45 @@ def make_teacher(args: argparse.Namespace, start: dict, device: torch.device) ->
     return teacher
 
 
+def plots(args: argparse.Namespace, device: torch.device) -> dict:
+    """Figures for a checkpoint, written to <checkpoint dir>/figures/ and to its TensorBoard log."""
+    from pruning import figures
+
+    if not args.resume:
+        raise UserError("--plots needs a checkpoint: pass --resume CKPT")
+    ckpt = load_checkpoint(args.resume)
+    adopt_model_args(args, ckpt, ("num_classes", "width_mult", "clip_len", "crop_size"))
+    model = make_model(args)
+    load_weights(model, ckpt, args.resume, args.arch)
+    masks = ckpt.get("masks") or zero_masks(model)
+    prof = ckpt.get("profile") or {}
+    group = tuple(prof.get("group_size") or (args.group_size or (8, 8)))
+    out = Path(args.resume).parent / "figures"
+    written = [figures.kernel_group_map(m, n, group, out / f"groups_{n.removesuffix('.weight')}.png")
+               for n, m in masks.items() if m.dim() == 5]
+    rep = build_report(model, masks, args.arch, (3, args.clip_len, args.crop_size, args.crop_size))
+    written.append(figures.macs_per_layer(rep, out / "macs_per_layer.png"))
+    history = list(ckpt.get("history") or [])
+    records = figures.read_metrics(Path(args.resume).parent / "metrics.jsonl")
+    residuals = [{"epoch": r["epoch"], **r["residual"]} for r in records if isinstance(r.get("residual"), dict)]
+    if history:
+        written.append(figures.training_curves(history, out / "training_curves.png", residuals or None))
+    bench_json = Path(args.benchmark_json or Path(args.resume).parent / "benchmark.json")
+    if bench_json.exists():
+        written.append(figures.latency_per_layer(json.loads(bench_json.read_text()), out / "latency_per_layer.png"))
+    figures.to_tensorboard(written, Path(args.resume).parent / "tb")
+    for path in written:
+        print(f"wrote {path}")
+    return {"figures": [str(p) for p in written]}
+
+
 def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     raise UserError("--benchmark needs the compact engine (compact/), which this checkout does not have yet")
 
 
 PHASE_FUNCS = {"train": train, "admm": admm, "rew": rew, "masked_retrain": masked_retrain,
-               "evaluate": evaluate_phase, "report": report, "benchmark": benchmark}
+               "evaluate": evaluate_phase, "report": report, "benchmark": benchmark,
+               "plots": plots}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -374,7 +415,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.phase is None:
         raise UserError("pick a phase: --train, --admm, --rew, --masked-retrain, --evaluate, --report or --benchmark")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.phase in ("report", "benchmark"):
+    if args.phase in ("report", "benchmark", "plots", "target_reduction"):
         return PHASE_FUNCS[args.phase](args, device)
     dist_utils.init_distributed(device)
     seed_everything(args.seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-PHASES = ("train", "admm", "rew", "masked_retrain", "evaluate", "report", "benchmark")
+PHASES = ("train", "admm", "rew", "masked_retrain", "evaluate", "report", "benchmark", "plots", "target_reduction")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -30,6 +30,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     x.add_argument("--evaluate", action="store_true", help="evaluate a checkpoint (clip and video level)")
     x.add_argument("--report", action="store_true", help="print the per-layer MAC/parameter report and exit")
     x.add_argument("--benchmark", action="store_true", help="measure dense vs compact latency side by side")
+    x.add_argument("--plots", action="store_true", help="write figures for the checkpoint given by --resume")
+    x.add_argument("--target-reduction", type=float, default=None,
+                   help="search a profile reaching this whole-model MAC reduction and write it (--search-out)")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", "-a", default="c3d", help="c3d | r2+1d | s3d")
@@ -113,7 +116,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch threads for --benchmark")
     g.add_argument("--repeats", type=int, default=20, help="timed repeats for --benchmark")
     g.add_argument("--export", choices=("onnx",), default=None, help="export the pruned model")
-    g.add_argument("--plots", action="store_true", help="write figures for a checkpoint")
+    g.add_argument("--search", choices=("uniform", "sensitivity"), default="uniform",
+                   help="--target-reduction: uniform ratios, or allocation by measured sensitivity (needs data)")
+    g.add_argument("--search-out", default=None, help="where --target-reduction writes the profile YAML")
+    g.add_argument("--search-subset", type=int, default=64, help="validation clips per sensitivity evaluation")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     g.add_argument("--print-freq", type=int, default=20)
@@ -139,4 +145,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def phase_of(args: argparse.Namespace) -> str | None:
-    return next((ph for ph in PHASES if getattr(args, ph, False)), None)
+    return next((ph for ph in PHASES if getattr(args, ph, None) not in (None, False)), None)

@@ -1,0 +1,114 @@
+"""Figures of a pruned model: kernel-group maps, MACs per layer, training curves, latency per layer (PNG)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .report import ModelReport  # noqa: E402
+
+
+def kernel_group_map(mask: torch.Tensor, name: str, group_size: tuple[int, int], path: Path,
+                     max_rows: int = 64, max_channels: int = 16) -> Path:
+    """Kept (dark) and pruned (light) weights of one layer: rows = filters, columns = input channel x kernel tap.
+    Grid lines mark kernel groups, so KGR rows, KGC columns and KGS positions are visible per group."""
+    cout, cin = mask.shape[:2]
+    K = math.prod(mask.shape[2:])
+    rows, chans = min(cout, max_rows), min(cin, max_channels)
+    img = mask[:rows, :chans].reshape(rows, chans * K).float().numpy()
+    fig, ax = plt.subplots(figsize=(min(16, 2 + chans * K / 12), min(10, 1.5 + rows / 8)))
+    ax.imshow(img, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    gM, gN = group_size
+    for r in range(gM, rows, gM):
+        ax.axhline(r - 0.5, color="tab:red", lw=0.8)
+    for c in range(gN * K, chans * K, gN * K):
+        ax.axvline(c - 0.5, color="tab:red", lw=0.8)
+    density = float(mask.float().mean())
+    ax.set_title(f"{name} {tuple(mask.shape)}: density {density:.3f} (first {rows} filters x {chans} channels; "
+                 f"groups {gM}x{gN})")
+    ax.set_xlabel(f"input channel x {K} kernel taps")
+    ax.set_ylabel("output filter")
+    return _save(fig, path)
+
+
+def macs_per_layer(report: ModelReport, path: Path) -> Path:
+    layers = [lr for lr in report.layers if lr.kind == "Conv3d"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4.5))
+    x = range(len(layers))
+    ax.bar([i - 0.2 for i in x], [lr.macs_dense / 1e9 for lr in layers], width=0.4, label="dense")
+    ax.bar([i + 0.2 for i in x], [lr.macs_pruned / 1e9 for lr in layers], width=0.4, label="pruned")
+    ax.set_xticks(list(x), [lr.name.removesuffix(".weight") for lr in layers], rotation=70, fontsize=7)
+    ax.set_ylabel("GMAC per clip")
+    ax.set_title(f"{report.arch}: {report.macs_dense / 1e9:.2f} -> {report.macs_pruned / 1e9:.2f} GMAC "
+                 f"({report.reduction:.2f}x)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def training_curves(history: list[dict], path: Path, residuals: list[dict] | None = None) -> Path:
+    """Loss, accuracy and (for ADMM) the primal residual per layer, over epochs."""
+    panels = 3 if residuals else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    ep = [h["epoch"] for h in history]
+    axes[0].plot(ep, [h.get("loss", float("nan")) for h in history], marker="o", label="loss")
+    if any(h.get("penalty") for h in history):
+        axes[0].plot(ep, [h.get("penalty", 0) for h in history], marker=".", label="penalty")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    for key in ("train_top1", "clip_top1", "video_top1"):
+        axes[1].plot(ep, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylim(0, 1)
+    axes[1].legend()
+    if residuals:
+        for name in residuals[0]:
+            axes[2].semilogy([r["epoch"] for r in residuals], [r[name] for r in residuals if name in r],
+                             label=name.removesuffix(".weight"))
+        axes[2].set_title("ADMM primal residual ||W-Z||/||W||")
+        axes[2].set_xlabel("epoch")
+        axes[2].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def latency_per_layer(bench: dict, path: Path) -> Path:
+    layers = bench.get("layers", [])
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(layers) + 2), 4.5))
+    x = range(len(layers))
+    ax.bar([i - 0.2 for i in x], [lr["dense_ms"] for lr in layers], width=0.4, label="dense (fastest PyTorch)")
+    ax.bar([i + 0.2 for i in x], [lr["sparse_ms"] for lr in layers], width=0.4, label="compact")
+    ax.set_xticks(list(x), [str(lr.get("name", i)) for i, lr in enumerate(layers)], rotation=70, fontsize=7)
+    ax.set_ylabel("ms")
+    ax.set_title(f"whole model: {bench.get('dense_ms', 0):.1f} -> {bench.get('sparse_ms', 0):.1f} ms "
+                 f"({bench.get('speedup', 0):.2f}x, ideal {bench.get('ideal', 0):.2f}x)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def to_tensorboard(paths: list[Path], log_dir: Path) -> None:
+    """The same PNGs as TensorBoard images, beside the run's scalars."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as tb:
+        for p in paths:
+            tb.add_image(f"figures/{p.stem}", np.asarray(Image.open(p).convert("RGB")), dataformats="HWC")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
