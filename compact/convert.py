@@ -1,0 +1,168 @@
+"""`compile_sparse`: a pruned model + masks -> a compact inference model that skips the pruned work."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._ext import load_kernels
+from .modules import SLACK, SparseConv3d, _run
+
+KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+@torch.no_grad()
+def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: dict | None = None,
+                   fuse: bool = True, dense_layers: bool | None = None) -> nn.Module:
+    """Compact inference copy of `model` whose output equals the masked dense model's.
+
+    Every Conv3d whose weight is named in `masks` becomes a `SparseConv3d` (all-zero filters and channels dropped,
+    only kept (channel, tap) pairs computed). `rules` ({weight name: LayerRule}, optional) sets the input-channel
+    block from the group size; irregular layers run as the union of each 8-filter block (nearly dense). For C3D
+    with `fuse=True` the result runs the whole conv stack in the kernels' padded layout with bias + ReLU fused and
+    max-pooling in C++; `dense_layers` (default: same as fuse) also runs the unpruned convs through the kernels.
+    The model is copied and put in eval mode; the input model is untouched.
+    """
+    from models.c3d import C3D  # local: keep compact importable on its own
+
+    model = copy.deepcopy(model).float().cpu().eval()
+    params = dict(model.named_parameters())
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, nn.Conv3d):
+            continue
+        wname = f"{name}.weight"
+        mask = masks.get(wname)
+        if mask is None:
+            continue
+        rule = (rules or {}).get(wname)
+        block, union_only = 4, False
+        if rule is not None:
+            if rule.sparsity in KG_TYPES:
+                block = max(1, min(int(rule.group_size[1]), 8))
+            union_only = rule.sparsity == "irregular"
+        params[wname].mul_(mask.to(params[wname].dtype))
+        _set_module(model, name, SparseConv3d(mod, mask, block=block, union_only=union_only, name=name))
+    if fuse and isinstance(model, C3D):
+        return CompactC3D(model, dense_layers=fuse if dense_layers is None else dense_layers)
+    return model
+
+
+class CompactC3D(nn.Module):
+    """C3D with the conv stack run by the sparse kernels end to end.
+
+    Activations stay in a flat zero-padded layout ([N][C][(T+2)(H+2)(W+2)]) from one conv to the next: each conv
+    writes its output, with bias and ReLU fused and the padding positions zeroed, directly as the next conv's
+    input; convs followed by a pool write a grid that the C++ max-pool reads and re-pads. fc layers are PyTorch.
+    """
+
+    def __init__(self, model: nn.Module, dense_layers: bool = True) -> None:
+        super().__init__()
+        from models.c3d import CONVS, POOLS
+
+        self.conv_names = [n for n, _ in CONVS]
+        self.pool_of = {c: p[0] for c, p in POOLS.items()}
+        self.convs = nn.ModuleDict()
+        for n in self.conv_names:
+            m = getattr(model, n)
+            if not isinstance(m, SparseConv3d):
+                m = SparseConv3d(m, None, name=n) if dense_layers else m
+            self.convs[n] = m
+        self.pools = nn.ModuleDict({p: getattr(model, p) for p in self.pool_of.values()})
+        self.fc6, self.fc7, self.fc8 = model.fc6, model.fc7, model.fc8
+        self.relu = nn.ReLU()
+        self._valid: dict = {}
+        self._ident: dict = {}
+
+    def _torch_features(self, x: torch.Tensor) -> torch.Tensor:
+        for n in self.conv_names:
+            conv = self.convs[n]
+            x = conv.forward_torch(x) if isinstance(conv, SparseConv3d) else conv(x)
+            x = torch.relu(x)
+            if n in self.pool_of:
+                x = self.pools[self.pool_of[n]](x)
+        return x
+
+    def _valid_mask(self, grid, dims, q) -> torch.Tensor:
+        key = (grid, dims)
+        v = self._valid.get(key)
+        if v is None:
+            _, hp, wp = grid
+            idx = np.arange(q)
+            ok = ((idx % wp) < dims[2]) & (((idx // wp) % hp) < dims[1])
+            v = self._valid[key] = torch.from_numpy(ok.astype(np.float32))
+        return v
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        ext = load_kernels()
+        if ext is None or x.dtype != torch.float32:
+            return self._torch_features(x)
+        x = x.contiguous()
+        n, c, t, h, w = x.shape
+        grid = (t + 2, h + 2, w + 2)
+        s = grid[0] * grid[1] * grid[2]
+        buf = x.new_zeros(n * c * s + SLACK)
+        buf[:n * c * s].view(n, c, *grid)[:, :, 1:t + 1, 1:h + 1, 1:w + 1] = x
+        for name in self.conv_names:
+            conv = self.convs[name]
+            hw = grid[1] * grid[2]
+            q = (t - 1) * hw + (h - 1) * grid[2] + w
+            if not isinstance(conv, SparseConv3d):  # dense layer through PyTorch: leave and re-enter the layout
+                xin = buf[:n * c * s].view(n, c, *grid)[:, :, 1:t + 1, 1:h + 1, 1:w + 1]
+                y = torch.relu(conv(xin))
+                cout = y.shape[1]
+                out = x.new_empty(n * cout * s + SLACK)
+                out[:n * cout * s].view(n, cout, *grid)[:, :, :t, :h, :w] = y
+                if name not in self.pool_of:
+                    out.zero_()
+                    out[:n * cout * s].view(n, cout, *grid)[:, :, 1:t + 1, 1:h + 1, 1:w + 1] = y
+            else:
+                cout = conv.out_channels
+                ident = self._ident.get(c)
+                if ident is None:
+                    ident = self._ident[c] = np.arange(c, dtype=np.int64)
+                off = conv.offsets(("c3d", grid), ident, (1, 1, 1), grid, s)
+                out = x.new_empty(n * cout * s + SLACK)
+                if name in self.pool_of:
+                    _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, 0, s, False, n, q, conv.bias, True, None)
+                else:
+                    valid = self._valid_mask(grid, (t, h, w), q)
+                    _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, hw + grid[2] + 1, s, True, n, q,
+                         conv.bias, True, valid)
+            c = cout
+            if name in self.pool_of:
+                pool = self.pools[self.pool_of[name]]
+                kt, kh, kw = pool.kernel_size
+                _, ph, pw = pool.padding
+                to, ho, wo = (t - kt) // kt + 1, (h + 2 * ph - kh) // kh + 1, (w + 2 * pw - kw) // kw + 1
+                last = name == self.conv_names[-1]
+                if last:
+                    dest = x.new_empty(n * c * to * ho * wo)
+                    ocs, oh, ow, ooff = to * ho * wo, ho, wo, 0
+                else:
+                    g2 = (to + 2, ho + 2, wo + 2)
+                    s2 = g2[0] * g2[1] * g2[2]
+                    dest = x.new_zeros(n * c * s2 + SLACK)
+                    ocs, oh, ow, ooff = s2, g2[1], g2[2], g2[1] * g2[2] + g2[2] + 1
+                ext.maxpool(out, dest, n * c, s, grid[1], grid[2], t, h, w, kt, kh, kw, ph, pw, to, ho, wo, ocs,
+                            oh, ow, ooff)
+                if last:
+                    return dest.view(n, c, to, ho, wo)
+                t, h, w, grid, s, buf = to, ho, wo, g2, s2, dest
+            else:
+                buf = out
+        return buf[:n * c * s].view(n, c, *grid)[:, :, 1:t + 1, 1:h + 1, 1:w + 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).flatten(1)
+        x = self.relu(self.fc6(x))
+        x = self.relu(self.fc7(x))
+        return self.fc8(x)

@@ -1,0 +1,11 @@
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC target("avx2,fma")
+#define VW 8
+#define GB_MAX 4
+#define NV_FOR(G) ((G) <= 2 ? 6 : (G) == 3 ? 4 : 3)
+#define P3D_RUN p3d_run_avx2
+#include "kernel_impl.h"
+#else
+#include "plan.h"
+extern "C" void p3d_run_avx2(const P3DPlan* p) { p3d_run_generic(p); }
+#endif

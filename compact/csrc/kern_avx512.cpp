@@ -1,0 +1,11 @@
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC target("avx512f,fma")
+#define VW 16
+#define GB_MAX 8
+#define NV_FOR(G) ((G) <= 4 ? 6 : (G) <= 6 ? 4 : 3)
+#define P3D_RUN p3d_run_avx512
+#include "kernel_impl.h"
+#else
+#include "plan.h"
+extern "C" void p3d_run_avx512(const P3DPlan* p) { p3d_run_generic(p); }
+#endif

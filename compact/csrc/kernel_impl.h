@@ -1,0 +1,111 @@
+// Direct sparse convolution over kernel-group patterns. Included by one translation unit per ISA, which
+// defines VW (floats per vector), NV_FOR(G) (vectors of positions per register block), GB_MAX (filters per
+// register pass) and P3D_RUN (the entry point name) after selecting its target with #pragma GCC target.
+#include <omp.h>
+#include <string.h>
+
+#include "plan.h"
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef float vfu __attribute__((vector_size(VW * 4), aligned(4)));
+
+// GB filters x NV vectors of positions held in registers; one load per vector and one broadcast per weight
+// for every kept (channel, tap) pair.
+template <int GB, int NV>
+static inline void block(const float* __restrict in, const int64_t* __restrict off, const float* __restrict w,
+                         int wstride, int64_t np, float* const* rows) {
+  for (int q = 0; q < P3D_TILE; q += NV * VW) {
+    vf acc[GB][NV];
+    for (int g = 0; g < GB; ++g)
+      for (int v = 0; v < NV; ++v) acc[g][v] = *(const vfu*)(rows[g] + q + v * VW);
+    const float* wp = w;
+    for (int64_t p = 0; p < np; ++p, wp += wstride) {
+      const float* ip = in + off[p] + q;
+      vf x[NV];
+      for (int v = 0; v < NV; ++v) x[v] = *(const vfu*)(ip + v * VW);
+      for (int g = 0; g < GB; ++g) {
+        vf wv = wp[g] + (vf){};
+        for (int v = 0; v < NV; ++v) acc[g][v] += wv * x[v];
+      }
+    }
+    for (int g = 0; g < GB; ++g)
+      for (int v = 0; v < NV; ++v) *(vfu*)(rows[g] + q + v * VW) = acc[g][v];
+  }
+}
+
+template <int GB>
+static inline void run_group(const float* in, const int64_t* off, const float* w, int wstride, int64_t np,
+                             float* const* rows) {
+  block<GB, NV_FOR(GB)>(in, off, w, wstride, np, rows);
+}
+
+static void run_task(const float* in, const int64_t* off, const float* w, int G, int64_t np, float* const* rows) {
+  for (int g0 = 0; g0 < G; g0 += GB_MAX) {
+    int gb = G - g0 < GB_MAX ? G - g0 : GB_MAX;
+    switch (gb) {
+      case 1: run_group<1>(in, off, w + g0, G, np, rows + g0); break;
+      case 2: run_group<2>(in, off, w + g0, G, np, rows + g0); break;
+      case 3: run_group<3>(in, off, w + g0, G, np, rows + g0); break;
+      case 4: run_group<4>(in, off, w + g0, G, np, rows + g0); break;
+#if GB_MAX > 4
+      case 5: run_group<5>(in, off, w + g0, G, np, rows + g0); break;
+      case 6: run_group<6>(in, off, w + g0, G, np, rows + g0); break;
+      case 7: run_group<7>(in, off, w + g0, G, np, rows + g0); break;
+      case 8: run_group<8>(in, off, w + g0, G, np, rows + g0); break;
+#endif
+      default: break;
+    }
+  }
+}
+
+extern "C" void P3D_RUN(const P3DPlan* P) {
+  const int64_t ntile = (P->Q + P3D_TILE - 1) / P3D_TILE;
+  const int64_t nch = P->nchunks;
+  const int64_t units = P->N * ntile * nch;
+#pragma omp parallel
+  {
+    float acc[P3D_CHMAX * P3D_TILE] __attribute__((aligned(64)));
+    float* rows[8];
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t c = u % nch, tile = (u / nch) % ntile, n = u / (nch * ntile);
+      const int f0 = P->chunk_fstart[c], nf = P->chunk_fstart[c + 1] - f0;
+      memset(acc, 0, sizeof(float) * nf * P3D_TILE);
+      const float* in = P->in + n * P->in_sample_stride + tile * P3D_TILE;
+      for (int t = P->chunk_tstart[c]; t < P->chunk_tstart[c + 1]; ++t) {
+        const int G = P->task_G[t];
+        for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)P->task_rows[t * 8 + g] * P3D_TILE;
+        const int64_t p0 = P->task_pstart[t];
+        run_task(in, P->pair_off + p0, P->weights + P->task_wstart[t], G, P->task_pstart[t + 1] - p0, rows);
+      }
+      const int64_t qbase = tile * P3D_TILE;
+      const int64_t qn = P->Q - qbase < P3D_TILE ? P->Q - qbase : P3D_TILE;
+      for (int r = 0; r < nf; ++r) {
+        const int m = P->chunk_filters[f0 + r];
+        const float b = P->bias ? P->bias[m] : 0.f;
+        float* chan = P->out + n * P->out_sample_stride + (int64_t)m * P->out_chan_stride;
+        float* dst = chan + P->out_shift + qbase;
+        const float* a = acc + (int64_t)r * P3D_TILE;
+        if (P->valid) {
+          const float* vm = P->valid + qbase;
+          if (P->relu) {
+            for (int64_t q = 0; q < qn; ++q) { float v = a[q] + b; dst[q] = (v > 0.f ? v : 0.f) * vm[q]; }
+          } else {
+            for (int64_t q = 0; q < qn; ++q) dst[q] = (a[q] + b) * vm[q];
+          }
+        } else if (P->relu) {
+          for (int64_t q = 0; q < qn; ++q) { float v = a[q] + b; dst[q] = v > 0.f ? v : 0.f; }
+        } else {
+          for (int64_t q = 0; q < qn; ++q) dst[q] = a[q] + b;
+        }
+        if (P->zero_rest) {
+          if (tile == 0) memset(chan, 0, sizeof(float) * P->out_shift);
+          if (tile == ntile - 1) {
+            const int64_t e = P->out_shift + P->Q;
+            if (P->out_chan_len > e) memset(chan + e, 0, sizeof(float) * (P->out_chan_len - e));
+          }
+        }
+      }
+    }
+  }
+}

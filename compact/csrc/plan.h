@@ -1,0 +1,42 @@
+// Plain-C description of one sparse convolution call, shared by every ISA translation unit.
+// Kept free of C++ library headers so that the ISA-specific files compile no inline library code
+// with wider instructions than the machine might have.
+#pragma once
+#include <stdint.h>
+
+#define P3D_TILE 192   // output positions per work unit (divisible by every NV * vector width)
+#define P3D_CHMAX 32   // max filters per chunk (accumulator tile rows)
+
+typedef struct P3DPlan {
+  const float* in;             // virtual input: [N][Cv][S] flat padded planes (+ slack at the end)
+  int64_t in_sample_stride;    // floats between samples
+  float* out;                  // output base
+  int64_t out_sample_stride, out_chan_stride;
+  int64_t out_shift;           // output position q is written at q + out_shift within its channel
+  int64_t out_chan_len;        // floats per output channel (for zeroing head/tail), used when zero_rest
+  int zero_rest;               // write zeros to [0, shift) and [shift + Q, out_chan_len)
+  int64_t N, Q;                // samples, output positions computed per sample
+  int nchunks;
+  const int32_t* chunk_fstart;  // [nchunks+1] into chunk_filters
+  const int32_t* chunk_filters; // output channel of each chunk row
+  const int32_t* chunk_tstart;  // [nchunks+1] into tasks
+  const int32_t* task_G;        // filters per task (1..8)
+  const int32_t* task_rows;     // [ntasks*8] chunk-local row of each task filter
+  const int64_t* task_pstart;   // [ntasks+1] into pair_off
+  const int64_t* task_wstart;   // [ntasks] into weights (npairs * G floats, pair-major)
+  const int64_t* pair_off;      // input offset of each (channel, tap) pair, relative to the sample base
+  const float* weights;
+  const float* bias;            // [Cout] or NULL
+  int relu;
+  const float* valid;           // [Q] 0/1 multipliers or NULL
+} P3DPlan;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+void p3d_run_avx512(const P3DPlan* p);
+void p3d_run_avx2(const P3DPlan* p);
+void p3d_run_generic(const P3DPlan* p);
+#ifdef __cplusplus
+}
+#endif

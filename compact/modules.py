@@ -1,0 +1,139 @@
+"""Compact inference modules: a sparse Conv3d that skips pruned work, and a fused C3D feature stack."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._ext import load_kernels
+from .plan import ConvPlan, build_plan, pair_offsets
+
+TILE = 192
+SLACK = TILE + 64
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
+
+def _run(ext, plan: ConvPlan, off: torch.Tensor, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
+         out_sample_stride: int, out_chan_stride: int, shift: int, chan_len: int, zero_rest: bool, n: int, q: int,
+         bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None) -> None:
+    t = plan.torch_tensors()
+    ext.sparse_conv(inp, out, t["chunk_fstart"], t["chunk_filters"], t["chunk_tstart"], t["task_G"], t["task_rows"],
+                    t["task_pstart"], t["task_wstart"], off, t["weights"], bias, valid, in_sample_stride,
+                    out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu)
+
+
+class SparseConv3d(nn.Module):
+    """Drop-in for a pruned nn.Conv3d (groups=1, dilation=1): computes only the kept (filter, channel, tap) work.
+
+    Output equals `F.conv3d(x, weight * mask, bias, stride, padding)`. Filters that are entirely zero are not
+    stored or computed (their output is the bias); input channels that are entirely zero are not read.
+    """
+
+    def __init__(self, conv: nn.Conv3d, mask: torch.Tensor | None = None, *, chunk: int = 8, block: int = 4,
+                 union_only: bool = False, name: str = "") -> None:
+        super().__init__()
+        if conv.groups != 1 or _triple(conv.dilation) != (1, 1, 1) or conv.padding_mode != "zeros":
+            raise ValueError(f"SparseConv3d supports groups=1, dilation=1, zero padding only ({name or conv})")
+        if isinstance(conv.padding, str):
+            raise ValueError(f"SparseConv3d needs numeric padding ({name or conv})")
+        self.name = name
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size = _triple(conv.kernel_size)
+        self.stride, self.padding = _triple(conv.stride), _triple(conv.padding)
+        weight = conv.weight.detach().float().cpu()
+        mask = (weight != 0) if mask is None else mask.detach().cpu().bool()
+        self.plan = build_plan(weight, mask, chunk=chunk, block=block, union_only=union_only)
+        kf = torch.from_numpy(np.flatnonzero(self.plan.kept_filters))
+        kc = torch.from_numpy(np.flatnonzero(self.plan.kept_channels))
+        self.register_buffer("kept_filters", kf)
+        self.register_buffer("kept_channels", kc)
+        # compact dense weight [kept filters, kept channels, k...] for the PyTorch path and export
+        self.register_buffer("weight_compact", (weight * mask)[kf][:, kc].contiguous())
+        b = conv.bias.detach().float().cpu().contiguous() if conv.bias is not None else None
+        self.register_buffer("bias", b)
+        self._chan_index = np.full(self.in_channels, -1, np.int64)
+        self._chan_index[kc.numpy()] = np.arange(len(kc))
+        self._offsets: dict = {}
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}->{self.out_channels}, kernel={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, kept filters={len(self.kept_filters)}, kept channels="
+                f"{len(self.kept_channels)}, computed MACs/position={self.plan.computed_macs_per_position}")
+
+    def dense_weight(self) -> torch.Tensor:
+        """The masked dense weight this module computes with (for export and checks)."""
+        w = self.weight_compact.new_zeros((self.out_channels, self.in_channels, *self.kernel_size))
+        w[self.kept_filters[:, None], self.kept_channels[None, :]] = self.weight_compact
+        return w
+
+    def offsets(self, key, channel_index, stride, grid, chan_stride) -> torch.Tensor:
+        off = self._offsets.get(key)
+        if off is None:
+            off = self._offsets[key] = pair_offsets(self.plan, channel_index, stride, grid, chan_stride)
+        return off
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """Pure-PyTorch path: the compact dense weight on the kept channels, bias for the dropped filters."""
+        n, _, t, h, w = x.shape
+        y = F.conv3d(x.index_select(1, self.kept_channels) if len(self.kept_channels) < self.in_channels else x,
+                     self.weight_compact, None, self.stride, self.padding) if len(self.kept_filters) else None
+        shape = (n, self.out_channels) + tuple(
+            (s + 2 * p - k) // st + 1 for s, p, k, st in zip((t, h, w), self.padding, self.kernel_size, self.stride))
+        out = x.new_zeros(shape)
+        if y is not None:
+            out[:, self.kept_filters] = y
+        if self.bias is not None:
+            out += self.bias.view(1, -1, 1, 1, 1)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ext = load_kernels()
+        if ext is None or x.dtype != torch.float32 or x.device.type != "cpu":
+            return self.forward_torch(x)
+        return self.forward_kernel(ext, x)
+
+    def forward_kernel(self, ext, x: torch.Tensor) -> torch.Tensor:
+        if len(self.kept_channels) < self.in_channels:
+            x = x.index_select(1, self.kept_channels)
+        ksz, pad, stride = list(self.kernel_size), list(self.padding), list(self.stride)
+        sl = [slice(None)] * 3
+        for d in range(3):  # a 1-wide, unpadded, strided dimension: subsample first, then run it with stride 1
+            if ksz[d] == 1 and pad[d] == 0 and stride[d] > 1:
+                sl[d] = slice(None, None, stride[d])
+                stride[d] = 1
+        if any(s != slice(None) for s in sl):
+            x = x[:, :, sl[0], sl[1], sl[2]]
+        x = x.contiguous()
+        n, c = x.shape[:2]
+        dims = x.shape[2:]
+        padded = [s + 2 * p for s, p in zip(dims, pad)]
+        outd = [(pd - k) // st + 1 for pd, k, st in zip(padded, ksz, stride)]
+        grid = [-(-pd // st) for pd, st in zip(padded, stride)]
+        nph = stride[0] * stride[1] * stride[2]
+        s_chan = grid[0] * grid[1] * grid[2]
+        per_sample = c * nph * s_chan
+        buf = x.new_zeros(n * per_sample + SLACK)
+        if nph == 1:
+            v = buf[:n * per_sample].view(n, c, *grid)
+            v[:, :, pad[0]:pad[0] + dims[0], pad[1]:pad[1] + dims[1], pad[2]:pad[2] + dims[2]] = x
+        else:
+            full = [g * st for g, st in zip(grid, stride)]
+            xp = F.pad(x, (pad[2], full[2] - dims[2] - pad[2], pad[1], full[1] - dims[1] - pad[1],
+                           pad[0], full[0] - dims[0] - pad[0]))
+            xp = xp.view(n, c, grid[0], stride[0], grid[1], stride[1], grid[2], stride[2])
+            buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid).copy_(
+                xp.permute(0, 1, 3, 5, 7, 2, 4, 6))
+        key = ("plain", tuple(grid), tuple(stride))
+        off = self.offsets(key, self._chan_index, tuple(stride), tuple(grid), s_chan)
+        hw = grid[1] * grid[2]
+        q = (outd[0] - 1) * hw + (outd[1] - 1) * grid[2] + outd[2]
+        out = x.new_empty(n * self.out_channels * q + 1)
+        _run(ext, self.plan, off, buf, per_sample, out, self.out_channels * q, q, 0, q, False, n, q, self.bias,
+             False, None)
+        y = out.as_strided((n, self.out_channels, *outd), (self.out_channels * q, q, hw, grid[2], 1))
+        return y.contiguous()

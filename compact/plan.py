@@ -1,0 +1,181 @@
+"""From a pruned Conv3d weight and its mask to the work lists the sparse kernel runs.
+
+The output filters are cut into chunks (at most 8 filters: the register block of the kernel). Within a chunk
+and one block of input channels, filters whose kept (channel, tap) sets are identical form a task that shares
+one pair list (KGC, KGRC, KGS and blk-vanilla groups share exactly; KGR rows share per input block); a block
+whose filters all differ (irregular) is run as the union of their pairs instead when that is cheaper. Tasks of
+a chunk with the same filters are merged across input blocks. All-zero filters are never computed (their
+output is the bias) and all-zero input channels never appear in any pair list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+MAX_G = 8
+CHMAX = 32  # rows of the kernel's accumulator tile (plan.h P3D_CHMAX)
+TASK_OVERHEAD = 16.0
+
+
+@dataclass
+class ConvPlan:
+    """Geometry-independent work lists of one convolution (numpy arrays, flattened for the C++ kernel)."""
+
+    cout: int
+    cin: int
+    kernel: tuple[int, int, int]
+    kept_filters: np.ndarray  # bool [cout]
+    kept_channels: np.ndarray  # bool [cin]
+    chunk_fstart: np.ndarray  # int32 [nchunks+1]
+    chunk_filters: np.ndarray  # int32: output channel of each chunk row
+    chunk_tstart: np.ndarray  # int32 [nchunks+1]
+    task_G: np.ndarray  # int32 [ntasks]
+    task_rows: np.ndarray  # int32 [ntasks*8]
+    task_pstart: np.ndarray  # int64 [ntasks+1]
+    task_wstart: np.ndarray  # int64 [ntasks]
+    pair_c: np.ndarray  # int64 input channel of each pair
+    pair_tap: np.ndarray  # int64 kernel tap (dt*kh*kw + dh*kw + dw) of each pair
+    weights: np.ndarray  # float32, per task [npairs, G]
+    tensors: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def computed_macs_per_position(self) -> int:
+        """Multiply-adds per output position the kernel runs (pairs x filters sharing them)."""
+        n = np.diff(self.task_pstart)
+        return int((n * self.task_G).sum())
+
+    def torch_tensors(self) -> dict[str, torch.Tensor]:
+        if not self.tensors:
+            t = self.tensors
+            t["chunk_fstart"] = torch.from_numpy(self.chunk_fstart)
+            t["chunk_filters"] = torch.from_numpy(self.chunk_filters)
+            t["chunk_tstart"] = torch.from_numpy(self.chunk_tstart)
+            t["task_G"] = torch.from_numpy(self.task_G)
+            t["task_rows"] = torch.from_numpy(self.task_rows)
+            t["task_pstart"] = torch.from_numpy(self.task_pstart)
+            t["task_wstart"] = torch.from_numpy(self.task_wstart)
+            t["weights"] = torch.from_numpy(self.weights)
+        return self.tensors
+
+
+def _cost(npairs: int, g: int) -> float:
+    return npairs * max(g, 1.5) + TASK_OVERHEAD
+
+
+def _chunk_tasks(m: np.ndarray, block: int, union_only: bool) -> tuple[dict, float]:
+    """m: bool [g, cin, K] of one chunk. Returns ({rows tuple: [(channel idx, tap idx) arrays]}, cost)."""
+    g, cin, k = m.shape
+    merged: dict[tuple[int, ...], list[np.ndarray]] = {}
+    cost = 0.0
+    for b0 in range(0, cin, block):
+        sub = m[:, b0:b0 + block].reshape(g, -1)
+        nz = sub.any(1)
+        if not nz.any():
+            continue
+        rows = np.flatnonzero(nz)
+        union = sub[rows].any(0)
+        u_cost = _cost(int(union.sum()), len(rows))
+        groups: dict[bytes, list[int]] = {}
+        if not union_only:
+            for r in rows:
+                groups.setdefault(np.packbits(sub[r]).tobytes(), []).append(int(r))
+        e_cost = sum(_cost(int(sub[rs[0]].sum()), len(rs)) for rs in groups.values()) if groups else float("inf")
+        if union_only or u_cost <= e_cost:
+            entries = [(tuple(int(r) for r in rows), union)]
+            cost += u_cost
+        else:
+            entries = [(tuple(rs), sub[rs[0]]) for rs in groups.values()]
+            cost += e_cost
+        for rs, pat in entries:
+            merged.setdefault(rs, []).append(np.flatnonzero(pat) + b0 * k)
+    return merged, cost
+
+
+def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk: int = 8, block: int = 4,
+               union_only: bool = False) -> ConvPlan:
+    """Work lists for `weight * mask` ([Cout, Cin, kt, kh, kw]); `mask=None` means the weight's nonzeros."""
+    w = weight.detach().float().cpu()
+    mk = (w != 0) if mask is None else mask.detach().cpu().bool()
+    w = w * mk
+    cout, cin = w.shape[:2]
+    kernel = tuple(int(s) for s in w.shape[2:])
+    k = int(np.prod(kernel))
+    mnp = mk.reshape(cout, cin, k).numpy()
+    wnp = w.reshape(cout, cin * k).numpy()
+    kept_f = mnp.any((1, 2))
+    kept_c = mnp.any((0, 2))
+    chunk = max(1, min(chunk, MAX_G))
+
+    def chunking(filters_lists):
+        out, total = [], 0.0
+        for fl in filters_lists:
+            tasks, c = _chunk_tasks(mnp[fl], block, union_only)
+            out.append((fl, tasks))
+            total += c
+        return out, total
+
+    kept_idx = np.flatnonzero(kept_f)
+    by_group = [np.array([f for f in range(p, min(p + chunk, cout)) if kept_f[f]], dtype=np.int64)
+                for p in range(0, cout, chunk)]
+    by_group = [fl for fl in by_group if len(fl)]
+    chunks, cost = chunking(by_group)
+    if len(kept_idx) < cout:  # filters were dropped: packing the kept ones densely may share better
+        packed = [kept_idx[i:i + chunk] for i in range(0, len(kept_idx), chunk)]
+        alt, alt_cost = chunking(packed)
+        if alt_cost < cost:
+            chunks = alt
+
+    fstart, filters, tstart = [0], [], [0]
+    task_g, task_rows, pstart, wstart = [], [], [0], []
+    pair_flat, wparts = [], []
+    wpos = 0
+    for fl, tasks in chunks:
+        filters.extend(int(f) for f in fl)
+        fstart.append(len(filters))
+        for rows, parts in tasks.items():
+            flat = np.sort(np.concatenate(parts))
+            g = len(rows)
+            task_g.append(g)
+            task_rows.extend(list(rows) + [0] * (MAX_G - g))
+            pair_flat.append(flat)
+            pstart.append(pstart[-1] + len(flat))
+            wstart.append(wpos)
+            wt = wnp[fl[list(rows)]][:, flat].T  # [npairs, g]
+            wparts.append(np.ascontiguousarray(wt, dtype=np.float32).reshape(-1))
+            wpos += wt.size
+        tstart.append(len(task_g))
+    dropped = np.flatnonzero(~kept_f)
+    for i in range(0, len(dropped), CHMAX):  # output = bias only, no work
+        filters.extend(int(f) for f in dropped[i:i + CHMAX])
+        fstart.append(len(filters))
+        tstart.append(len(task_g))
+    flat = np.concatenate(pair_flat) if pair_flat else np.zeros(0, np.int64)
+    return ConvPlan(
+        cout=cout, cin=cin, kernel=kernel, kept_filters=kept_f, kept_channels=kept_c,
+        chunk_fstart=np.array(fstart, np.int32), chunk_filters=np.array(filters, np.int32),
+        chunk_tstart=np.array(tstart, np.int32), task_G=np.array(task_g, np.int32),
+        task_rows=np.array(task_rows, np.int32), task_pstart=np.array(pstart, np.int64),
+        task_wstart=np.array(wstart, np.int64), pair_c=(flat // k).astype(np.int64),
+        pair_tap=(flat % k).astype(np.int64),
+        weights=np.concatenate(wparts) if wparts else np.zeros(1, np.float32))
+
+
+def pair_offsets(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, int, int], grid: tuple[int, int, int],
+                 chan_stride: int) -> torch.Tensor:
+    """Input offsets of every pair for a virtual input laid out as [channel][phase][grid] flat planes.
+
+    `channel_index` maps original input channels to their position in the buffer; `stride` phases: input
+    (padded) position s*i + r lives in phase r at i, so tap d reads phase d % s at offset d // s.
+    """
+    kt, kh, kw = plan.kernel
+    st, sh, sw = stride
+    _, hq, wq = grid
+    tap = plan.pair_tap
+    dt, dh, dw = tap // (kh * kw), (tap // kw) % kh, tap % kw
+    phase = ((dt % st) * sh + dh % sh) * sw + dw % sw
+    vc = channel_index[plan.pair_c] * (st * sh * sw) + phase
+    off = vc * chan_stride + (dt // st) * hq * wq + (dh // sh) * wq + dw // sw
+    return torch.from_numpy(np.ascontiguousarray(off, dtype=np.int64))
