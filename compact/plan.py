@@ -66,29 +66,38 @@ def _cost(npairs: int, g: int) -> float:
 
 
 def _chunk_tasks(m: np.ndarray, block: int, union_only: bool) -> tuple[dict, float]:
-    """m: bool [g, cin, K] of one chunk. Returns ({rows tuple: [(channel idx, tap idx) arrays]}, cost)."""
+    """m: bool [g, cin, K] of one chunk. Returns ({rows tuple: [flat (channel*K + tap) index arrays]}, cost)."""
     g, cin, k = m.shape
+    nb = -(-cin // block)
+    if nb * block != cin:
+        m = np.concatenate([m, np.zeros((g, nb * block - cin, k), bool)], 1)
+    sub_all = m.reshape(g, nb, block * k)
+    nz_all = sub_all.any(2)  # [g, nb]
+    union_all = sub_all.any(0)  # [nb, L]
+    # blocks whose non-empty rows all keep the same pairs (every kernel-group type): one task, no search
+    same = ((sub_all == union_all[None]) | ~nz_all[..., None]).all(axis=(0, 2))
     merged: dict[tuple[int, ...], list[np.ndarray]] = {}
     cost = 0.0
-    for b0 in range(0, cin, block):
-        sub = m[:, b0:b0 + block].reshape(g, -1)
-        nz = sub.any(1)
-        if not nz.any():
-            continue
-        rows = np.flatnonzero(nz)
-        union = sub[rows].any(0)
+    for b in np.flatnonzero(nz_all.any(0)):
+        b0 = int(b) * block
+        rows = np.flatnonzero(nz_all[:, b])
+        union = union_all[b]
         u_cost = _cost(int(union.sum()), len(rows))
-        groups: dict[bytes, list[int]] = {}
-        if not union_only:
-            for r in rows:
-                groups.setdefault(np.packbits(sub[r]).tobytes(), []).append(int(r))
-        e_cost = sum(_cost(int(sub[rs[0]].sum()), len(rs)) for rs in groups.values()) if groups else float("inf")
-        if union_only or u_cost <= e_cost:
+        if same[b] or union_only:
             entries = [(tuple(int(r) for r in rows), union)]
             cost += u_cost
         else:
-            entries = [(tuple(rs), sub[rs[0]]) for rs in groups.values()]
-            cost += e_cost
+            sub = sub_all[:, b]
+            groups: dict[bytes, list[int]] = {}
+            for r in rows:
+                groups.setdefault(sub[r].tobytes(), []).append(int(r))
+            e_cost = sum(_cost(int(sub[rs[0]].sum()), len(rs)) for rs in groups.values())
+            if u_cost <= e_cost:
+                entries = [(tuple(int(r) for r in rows), union)]
+                cost += u_cost
+            else:
+                entries = [(tuple(rs), sub[rs[0]]) for rs in groups.values()]
+                cost += e_cost
         for rs, pat in entries:
             merged.setdefault(rs, []).append(np.flatnonzero(pat) + b0 * k)
     return merged, cost

@@ -1,0 +1,185 @@
+"""Compact sparse engine: equal to the masked dense model for every sparsity type and every conv shape of C3D,
+R(2+1)D-18 and S3D; the pure-PyTorch fallback equals the compiled kernels; pruned work is really skipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import compact
+from compact import _ext
+from compact.convert import CompactC3D, compile_sparse
+from compact.modules import SparseConv3d
+from models import build_model
+from pruning import LayerRule, hard_prune, project
+from pruning.profile import load_profile
+
+TYPES = ("irregular", "filter", "channel", "blk-vanilla", "kgs", "kgr", "kgc", "kgrc")
+TOL = 1e-5
+SPATIAL = (8, 16, 16)
+
+
+def rule_for(kind: str) -> LayerRule:
+    if kind == "kgrc":
+        return LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.67}, (8, 8))
+    gs = (8, 4) if kind in ("kgs", "blk-vanilla") else (8, 8)
+    return LayerRule(kind, {kind: 0.6}, gs)
+
+
+def conv_shapes() -> list[tuple]:
+    seen: dict[tuple, str] = {}
+    for arch in ("c3d", "r2+1d", "s3d"):
+        model = build_model(arch, 10)
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv3d):
+                key = (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.bias is not None)
+                seen.setdefault(key, f"{arch}:{name}")
+    return [(*k, v) for k, v in seen.items()]
+
+
+SHAPES = conv_shapes()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def make_conv(cin, cout, k, s, p, bias, kind, seed=0):
+    torch.manual_seed(seed)
+    conv = nn.Conv3d(cin, cout, k, s, p, bias=bias)
+    with torch.no_grad():
+        if bias:
+            conv.bias.normal_()
+        w, mask = project(conv.weight, rule_for(kind))
+        conv.weight.copy_(w)
+    return conv, mask
+
+
+def check_conv(conv, mask, kind, batches=(1, 3)):
+    sc = SparseConv3d(conv, mask)
+    w = conv.weight * mask
+    for n in batches:
+        x = torch.randn(n, conv.in_channels, *SPATIAL)
+        ref = F.conv3d(x, w, conv.bias, conv.stride, conv.padding)
+        with torch.no_grad():
+            y = sc(x)
+        assert y.shape == ref.shape
+        assert rel_err(y, ref) < TOL, (kind, n)
+    # pruned work is skipped: the kernel runs exactly the kept weights for structured types
+    if kind != "irregular":
+        assert sc.plan.computed_macs_per_position == int(mask.sum())
+    assert len(sc.kept_filters) == int(mask.flatten(1).any(1).sum())
+    assert len(sc.kept_channels) == int(mask.transpose(0, 1).flatten(1).any(1).sum())
+    return sc
+
+
+def test_kernels_built():
+    assert compact.kernels_available(), "the C++ kernels did not build (g++ and ninja are needed)"
+    assert compact.kernel_isa() in ("avx512", "avx2", "generic")
+
+
+@pytest.mark.parametrize("i", range(len(SHAPES)), ids=[s[-1] for s in SHAPES])
+def test_every_model_conv_shape(i):
+    cin, cout, k, s, p, bias, _ = SHAPES[i]
+    kind = TYPES[i % len(TYPES)]
+    conv, mask = make_conv(cin, cout, k, s, p, bias, kind, seed=i)
+    check_conv(conv, mask, kind)
+
+
+GEOMETRIES = sorted({(s[2], s[3], s[4]) for s in SHAPES})
+
+
+@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=[str(g) for g in GEOMETRIES])
+def test_every_type_every_geometry(kind, geom):
+    k, s, p = geom
+    cin = 3 if k[1] == 7 else 20  # 20 channels: edge groups of 4 (kgs) and 8 (kgr/kgc/kgrc)
+    conv, mask = make_conv(cin, 36, k, s, p, True, kind, seed=hash((kind, geom)) % 1000)
+    sc = check_conv(conv, mask, kind)
+    x = torch.randn(2, cin, *SPATIAL)
+    with torch.no_grad():
+        assert rel_err(sc(x), sc.forward_torch(x)) < TOL  # fallback path equals compiled path
+
+
+def test_dropped_filters_and_channels():
+    conv, _ = make_conv(16, 24, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "kgc")
+    mask = torch.ones_like(conv.weight, dtype=torch.bool)
+    mask[3:9] = False
+    mask[:, 5:7] = False
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    sc = check_conv(conv, mask, "filter")
+    assert len(sc.kept_filters) == 18 and len(sc.kept_channels) == 14
+    assert sc.weight_compact.shape == (18, 14, 3, 3, 3)
+
+
+def test_wrong_weights_are_detected():
+    """The check itself must catch a kernel that ignores a kept weight."""
+    conv, mask = make_conv(16, 24, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "kgs")
+    sc = SparseConv3d(conv, mask)
+    sc.plan.weights[0] += 1.0
+    x = torch.randn(1, 16, *SPATIAL)
+    assert rel_err(sc(x), F.conv3d(x, conv.weight * mask, conv.bias, 1, 1)) > TOL
+
+
+def small_c3d(profile: str):
+    torch.manual_seed(0)
+    model = build_model("c3d", 10, width_mult=0.25, clip_len=8, crop_size=32).eval()
+    rules = load_profile(profile).resolve(model)
+    masks = hard_prune(model, rules)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv3d):
+                m.bias.normal_(0, 0.05)
+    return model, masks, rules
+
+
+@pytest.mark.parametrize("profile", ["c3d_kgrc_3.04x", "c3d_kgs_3.57x"])
+def test_whole_c3d(profile):
+    model, masks, rules = small_c3d(profile)
+    cm = compile_sparse(model, masks, rules=rules)
+    assert isinstance(cm, CompactC3D)
+    unfused = compile_sparse(model, masks, rules=rules, fuse=False)
+    for n in (1, 3):
+        x = torch.randn(n, 3, 8, 32, 32)
+        with torch.no_grad():
+            ref_f, ref = model.features(x), model(x)
+            assert rel_err(cm.features(x), ref_f) < TOL
+            assert rel_err(cm(x), ref) < TOL
+            assert rel_err(cm._torch_features(x), ref_f) < TOL
+            assert rel_err(unfused(x), ref) < TOL
+
+
+def test_fallback_without_compiler(monkeypatch, caplog):
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    x = torch.randn(2, 3, 8, 32, 32)
+    cm = compile_sparse(model, masks, rules=rules)
+    with torch.no_grad():
+        compiled = cm(x)
+        monkeypatch.setattr(_ext, "_state", {})
+        monkeypatch.setenv("PRUNE3D_NO_KERNELS", "1")
+        assert not compact.kernels_available()
+        fallback = cm(x)
+    assert rel_err(fallback, compiled) < TOL
+    assert rel_err(fallback, model(x)) < TOL
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_other_isas(isa):
+    ext = _ext.load_kernels()
+    if ext is None:
+        pytest.skip("no kernels")
+    order = ["generic", "avx2", "avx512"]
+    best = ext.isa()
+    if order.index(isa) > order.index(best):
+        pytest.skip(f"CPU lacks {isa}")
+    conv, mask = make_conv(20, 36, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "kgrc")
+    try:
+        ext.set_isa(isa)
+        check_conv(conv, mask, "kgrc")
+        conv, mask = make_conv(20, 36, (1, 3, 3), (1, 2, 2), (0, 1, 1), True, "kgs")
+        check_conv(conv, mask, "kgs")
+    finally:
+        ext.set_isa(best)
