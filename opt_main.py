@@ -12,6 +12,7 @@ every option. Under `torchrun --nproc_per_node=N` the same commands train with D
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import sys
@@ -24,6 +25,7 @@ from admm import ADMM
 from models import arch_info, build_model
 from options import parse_args, phase_of
 from pruning import CheckpointError, UserError, apply_masks, hard_prune, intersect_masks, load_profile
+from pruning.profile import canonical_or_error
 from pruning.report import build_report, zero_masks
 from training import distributed as dist_utils
 from training.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -401,13 +403,47 @@ def plots(args: argparse.Namespace, device: torch.device) -> dict:
     return {"figures": [str(p) for p in written]}
 
 
+def search_profile(args: argparse.Namespace, device: torch.device) -> dict:
+    """--target-reduction: write a profile YAML reaching a whole-model MAC reduction (uniform or sensitivity)."""
+    from pruning.profile import PruneProfile
+    from pruning.search import sensitivity_profile, uniform_profile
+
+    kind = canonical_or_error(args.sparsity_type or "kgrc", "--sparsity-type")
+    shape = (3, args.clip_len, args.crop_size, args.crop_size)
+    group = tuple(args.group_size) if args.group_size else None
+    table = None
+    if args.search == "uniform":
+        model = make_model(args)
+        rules = uniform_profile(model, args.arch, shape, args.target_reduction, kind, group)
+    else:
+        _, val_set = make_data(args)
+        model = make_model(args).to(device)
+        load_start(model, args, required=True)
+        subset = torch.utils.data.Subset(val_set, range(min(args.search_subset, len(val_set))))
+        rules, table = sensitivity_profile(model, args.arch, shape, args.target_reduction, kind,
+                                           lambda m: evaluate(m, subset, args, device)["clip_top1"], group)
+    first = next(iter(rules.values()))
+    profile = PruneProfile(rules, kind, first.group_size, "search")
+    out = Path(args.search_out or f"profiles/{args.arch}_{kind}_{args.search}_{args.target_reduction:g}x.yaml")
+    rep = build_report(model.cpu(), hard_prune(copy.deepcopy(model).cpu(), rules), args.arch, shape, rules)
+    header = (f"# {args.search} search for {args.target_reduction:g}x on {args.arch} at {'x'.join(map(str, shape))}:"
+              f" the report gives {rep.reduction:.3f}x\n")
+    if table:
+        header += "".join(f"# sensitivity {n}: " + ", ".join(f"{r:g}->{a:.3f}" for r, a in t.items()) + "\n"
+                          for n, t in table.items())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + yaml.safe_dump(profile.to_dict(), sort_keys=False))
+    print(f"wrote {out}: {rep.reduction:.3f}x MAC reduction (target {args.target_reduction:g}x)")
+    return {"path": str(out), "reduction": rep.reduction}
+
+
 def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     raise UserError("--benchmark needs the compact engine (compact/), which this checkout does not have yet")
 
 
 PHASE_FUNCS = {"train": train, "admm": admm, "rew": rew, "masked_retrain": masked_retrain,
                "evaluate": evaluate_phase, "report": report, "benchmark": benchmark,
-               "plots": plots}
+               "plots": plots, "target_reduction": search_profile}
 
 
 def main(args: argparse.Namespace) -> dict:

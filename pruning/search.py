@@ -11,12 +11,11 @@ import copy
 import math
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from .masks import hard_prune
-from .projections import DEFAULT_GROUP_SIZE, LayerRule
-from .report import build_report
+from .projections import DEFAULT_GROUP_SIZE, LayerRule, projection_mask
+from .report import build_report, output_positions
 
 
 def prunable_layers(model: nn.Module) -> list[str]:
@@ -36,27 +35,56 @@ def _rule(kind: str, ratio: float, group_size) -> LayerRule:
     return LayerRule(kind, {kind: round(ratio, 4)}, group_size)
 
 
+class MacModel:
+    """Whole-model MACs as a sum over layers: a layer's pruned MACs depend only on its own rule, so each
+    (layer, rule) is projected once and cached while a search tries many combinations."""
+
+    def __init__(self, model: nn.Module, arch: str, input_shape) -> None:
+        self.params = dict(model.named_parameters())
+        self.positions = output_positions(model, tuple(input_shape))
+        self.dense = build_report(model, {}, arch, tuple(input_shape)).macs_dense
+        self._kept: dict[tuple, int] = {}
+
+    def removed(self, name: str, rule: LayerRule) -> int:
+        key = (name, rule.sparsity, tuple(sorted(rule.ratios.items())), rule.group_size)
+        if key not in self._kept:
+            w = self.params[name].detach()
+            kept = int(projection_mask(w, rule).sum())
+            self._kept[key] = (w.numel() - kept) * self.positions[name.removesuffix(".weight")]
+        return self._kept[key]
+
+    def reduction(self, rules: dict[str, LayerRule]) -> float:
+        return self.dense / (self.dense - sum(self.removed(n, r) for n, r in rules.items()))
+
+
 def reduction_of(model: nn.Module, rules: dict[str, LayerRule], arch: str, input_shape) -> float:
-    work = copy.deepcopy(model)
-    torch.manual_seed(0)
-    return build_report(work, hard_prune(work, rules), arch, input_shape, rules).reduction
+    return MacModel(model, arch, input_shape).reduction(rules)
 
 
 def uniform_profile(model: nn.Module, arch: str, input_shape, target: float, kind: str,
                     group_size=None, layers: list[str] | None = None) -> dict[str, LayerRule]:
-    """The smallest uniform ratio whose realized whole-model reduction reaches `target` (bisection)."""
+    """The same ratio for every prunable layer, found by bisection; then, because counts are whole numbers
+    (9 KGC columns, 8 KGR rows), the largest layers are stepped back down while the target still holds, so
+    the result meets the target without overshooting by a whole count step."""
     layers = layers or prunable_layers(model)
     gs = tuple(group_size or DEFAULT_GROUP_SIZE.get(kind, (8, 8)))
+    macs = MacModel(model, arch, input_shape)
     lo, hi = 0.0, 0.97
-    if reduction_of(model, {n: _rule(kind, hi, gs) for n in layers}, arch, input_shape) < target:
+    if macs.reduction({n: _rule(kind, hi, gs) for n in layers}) < target:
         raise ValueError(f"a {target}x MAC reduction is out of reach by pruning {len(layers)} layers with {kind}")
-    for _ in range(18):
+    for _ in range(20):
         mid = (lo + hi) / 2
-        if reduction_of(model, {n: _rule(kind, mid, gs) for n in layers}, arch, input_shape) >= target:
+        if macs.reduction({n: _rule(kind, mid, gs) for n in layers}) >= target:
             hi = mid
         else:
             lo = mid
-    return {n: _rule(kind, hi, gs) for n in layers}
+    rules = {n: _rule(kind, hi, gs) for n in layers}
+    for name in sorted(layers, key=lambda n: -macs.removed(n, rules[n])):
+        for lower in (hi - d for d in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)):
+            trial = {**rules, name: _rule(kind, max(lower, 0.0), gs)}
+            if macs.reduction(trial) >= target:
+                rules = trial
+    return rules
 
 
 def sensitivity_profile(model: nn.Module, arch: str, input_shape, target: float, kind: str,
@@ -78,11 +106,12 @@ def sensitivity_profile(model: nn.Module, arch: str, input_shape, target: float,
             work = copy.deepcopy(model)
             hard_prune(work, {name: _rule(kind, r, gs)})
             table[name][r] = accuracy(work)
+    macs = MacModel(model, arch, input_shape)
     dense_macs = {lr.name: lr.macs_dense for lr in build_report(model, {}, arch, input_shape).layers}
     level = {n: 0 for n in layers}  # index into (0,) + ratios
     steps = (0.0,) + tuple(ratios)
     rules: dict[str, LayerRule] = {}
-    while reduction_of(model, rules, arch, input_shape) < target:
+    while macs.reduction(rules) < target:
         best, best_cost = None, float("inf")
         for n in layers:
             if level[n] + 1 >= len(steps):
