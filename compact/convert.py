@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ._ext import load_kernels
-from .modules import SLACK, SparseConv3d, _run
+from .modules import SLACK, SparseConv3d, _run, flat_layout, interior
 
 KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
 
@@ -107,23 +107,19 @@ class CompactC3D(nn.Module):
             return self._torch_features(x)
         x = x.contiguous()
         n, c, t, h, w = x.shape
-        grid = (t + 2, h + 2, w + 2)
-        s = grid[0] * grid[1] * grid[2]
+        one = (1, 1, 1)
+        grid, s = flat_layout((t, h, w), one)
         buf = x.new_zeros(n * c * s + SLACK)
-        buf[:n * c * s].view(n, c, *grid)[:, :, 1:t + 1, 1:h + 1, 1:w + 1] = x
+        interior(buf, n, c, grid, s, one, (t, h, w)).copy_(x)
         for name in self.conv_names:
             conv = self.convs[name]
             hw = grid[1] * grid[2]
             q = (t - 1) * hw + (h - 1) * grid[2] + w
             if not isinstance(conv, SparseConv3d):  # dense layer through PyTorch: leave and re-enter the layout
-                xin = buf[:n * c * s].view(n, c, *grid)[:, :, 1:t + 1, 1:h + 1, 1:w + 1]
-                y = torch.relu(conv(xin))
+                y = torch.relu(conv(interior(buf, n, c, grid, s, one, (t, h, w))))
                 cout = y.shape[1]
-                out = x.new_empty(n * cout * s + SLACK)
-                out[:n * cout * s].view(n, cout, *grid)[:, :, :t, :h, :w] = y
-                if name not in self.pool_of:
-                    out.zero_()
-                    out[:n * cout * s].view(n, cout, *grid)[:, :, 1:t + 1, 1:h + 1, 1:w + 1] = y
+                out = x.new_zeros(n * cout * s + SLACK)
+                interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
             else:
                 cout = conv.out_channels
                 ident = self._ident.get(c)
@@ -148,8 +144,7 @@ class CompactC3D(nn.Module):
                     dest = x.new_empty(n * c * to * ho * wo)
                     ocs, oh, ow, ooff = to * ho * wo, ho, wo, 0
                 else:
-                    g2 = (to + 2, ho + 2, wo + 2)
-                    s2 = g2[0] * g2[1] * g2[2]
+                    g2, s2 = flat_layout((to, ho, wo), one)
                     dest = x.new_zeros(n * c * s2 + SLACK)
                     ocs, oh, ow, ooff = s2, g2[1], g2[2], g2[1] * g2[2] + g2[2] + 1
                 ext.maxpool(out, dest, n * c, s, grid[1], grid[2], t, h, w, kt, kh, kw, ph, pw, to, ho, wo, ocs,
@@ -159,7 +154,7 @@ class CompactC3D(nn.Module):
                 t, h, w, grid, s, buf = to, ho, wo, g2, s2, dest
             else:
                 buf = out
-        return buf[:n * c * s].view(n, c, *grid)[:, :, 1:t + 1, 1:h + 1, 1:w + 1]
+        return interior(buf, n, c, grid, s, one, (t, h, w))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x).flatten(1)

@@ -18,6 +18,23 @@ def _triple(v) -> tuple[int, int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
 
 
+def flat_layout(dims, pad) -> tuple[tuple[int, int, int], int]:
+    """Grid and per-channel length of the flat zero-padded layout for a stride-1 conv.
+
+    Rows and planes share their separators: W + pw columns per row (the pw zero columns left of a row are also
+    the right padding of the row before), H + ph rows per plane, T + 2pt planes, and (ph + 1) zero rows at the
+    end, so every tap of every valid output position reads either data or a zero.
+    """
+    grid = (dims[0] + 2 * pad[0], dims[1] + pad[1], dims[2] + pad[2])
+    return grid, (grid[0] * grid[1] + pad[1] + 1) * grid[2]
+
+
+def interior(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) -> torch.Tensor:
+    """View of the data positions of a flat padded buffer as [n, c, T, H, W]."""
+    v = buf[:n * c * s_chan].view(n, c, s_chan)[:, :, :grid[0] * grid[1] * grid[2]].unflatten(2, tuple(grid))
+    return v[:, :, pad[0]:pad[0] + dims[0], pad[1]:pad[1] + dims[1], pad[2]:pad[2] + dims[2]]
+
+
 def _run(ext, plan: ConvPlan, off: torch.Tensor, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
          out_sample_stride: int, out_chan_stride: int, shift: int, chan_len: int, zero_rest: bool, n: int, q: int,
          bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None) -> None:
@@ -98,6 +115,11 @@ class SparseConv3d(nn.Module):
         return self.forward_kernel(ext, x)
 
     def forward_kernel(self, ext, x: torch.Tensor) -> torch.Tensor:
+        buf, ctx = self.prepare(x)
+        return self.finish(self.compute(ext, buf, ctx), ctx)
+
+    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Lay x out as the kernel's virtual input: kept channels, zero-padded flat planes, stride phases."""
         if len(self.kept_channels) < self.in_channels:
             x = x.index_select(1, self.kept_channels)
         ksz, pad, stride = list(self.kernel_size), list(self.padding), list(self.stride)
@@ -113,27 +135,38 @@ class SparseConv3d(nn.Module):
         dims = x.shape[2:]
         padded = [s + 2 * p for s, p in zip(dims, pad)]
         outd = [(pd - k) // st + 1 for pd, k, st in zip(padded, ksz, stride)]
-        grid = [-(-pd // st) for pd, st in zip(padded, stride)]
         nph = stride[0] * stride[1] * stride[2]
-        s_chan = grid[0] * grid[1] * grid[2]
-        per_sample = c * nph * s_chan
-        buf = x.new_zeros(n * per_sample + SLACK)
         if nph == 1:
-            v = buf[:n * per_sample].view(n, c, *grid)
-            v[:, :, pad[0]:pad[0] + dims[0], pad[1]:pad[1] + dims[1], pad[2]:pad[2] + dims[2]] = x
-        else:
+            grid, s_chan = flat_layout(dims, pad)
+            per_sample = c * s_chan
+            buf = x.new_zeros(n * per_sample + SLACK)
+            interior(buf, n, c, grid, s_chan, pad, dims).copy_(x)
+        else:  # stride phases: input position s*i + r of a dimension goes to phase r, index i
+            grid = [-(-pd // st) for pd, st in zip(padded, stride)]
+            s_chan = grid[0] * grid[1] * grid[2]
+            per_sample = c * nph * s_chan
+            buf = x.new_zeros(n * per_sample + SLACK)
             full = [g * st for g, st in zip(grid, stride)]
             xp = F.pad(x, (pad[2], full[2] - dims[2] - pad[2], pad[1], full[1] - dims[1] - pad[1],
                            pad[0], full[0] - dims[0] - pad[0]))
             xp = xp.view(n, c, grid[0], stride[0], grid[1], stride[1], grid[2], stride[2])
             buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid).copy_(
                 xp.permute(0, 1, 3, 5, 7, 2, 4, 6))
-        key = ("plain", tuple(grid), tuple(stride))
+        key = ("plain", tuple(grid), tuple(stride), s_chan)
         off = self.offsets(key, self._chan_index, tuple(stride), tuple(grid), s_chan)
         hw = grid[1] * grid[2]
         q = (outd[0] - 1) * hw + (outd[1] - 1) * grid[2] + outd[2]
-        out = x.new_empty(n * self.out_channels * q + 1)
-        _run(ext, self.plan, off, buf, per_sample, out, self.out_channels * q, q, 0, q, False, n, q, self.bias,
-             False, None)
-        y = out.as_strided((n, self.out_channels, *outd), (self.out_channels * q, q, hw, grid[2], 1))
+        return buf, {"n": n, "off": off, "per_sample": per_sample, "q": q, "outd": outd, "hw": hw, "wq": grid[2]}
+
+    def compute(self, ext, buf: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """The kernel call alone (what the per-layer benchmark times)."""
+        n, q = ctx["n"], ctx["q"]
+        out = buf.new_empty(n * self.out_channels * q + 1)
+        _run(ext, self.plan, ctx["off"], buf, ctx["per_sample"], out, self.out_channels * q, q, 0, q, False, n, q,
+             self.bias, False, None)
+        return out
+
+    def finish(self, out: torch.Tensor, ctx: dict) -> torch.Tensor:
+        n, q, outd = ctx["n"], ctx["q"], ctx["outd"]
+        y = out.as_strided((n, self.out_channels, *outd), (self.out_channels * q, q, ctx["hw"], ctx["wq"], 1))
         return y.contiguous()

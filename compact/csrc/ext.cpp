@@ -1,6 +1,8 @@
 // Python binding and run-time ISA dispatch for the prune3d compact sparse convolution kernels.
 #include <torch/extension.h>
 
+#include <omp.h>
+
 #include <string>
 
 #include "plan.h"
@@ -136,7 +138,13 @@ void maxpool(const torch::Tensor& in, torch::Tensor& out, int64_t NC, int64_t in
   }
 }
 
+void set_num_threads(int64_t n) { omp_set_num_threads(static_cast<int>(n)); }
+
+int64_t get_max_threads() { return omp_get_max_threads(); }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_num_threads", &set_num_threads);
+  m.def("get_max_threads", &get_max_threads);
   m.def("isa", &isa_name);
   m.def("set_isa", &set_isa);
   m.def("sparse_conv", &sparse_conv);

@@ -3,6 +3,8 @@
 #define VW 8
 #define GB_MAX 4
 #define NV_FOR(G) ((G) <= 2 ? 6 : (G) == 3 ? 4 : 3)
+#include <immintrin.h>
+#define P3D_BCAST _mm256_set1_ps
 #define P3D_RUN p3d_run_avx2
 #include "kernel_impl.h"
 #else

@@ -3,6 +3,8 @@
 #define VW 16
 #define GB_MAX 8
 #define NV_FOR(G) ((G) <= 4 ? 6 : (G) <= 6 ? 4 : 3)
+#include <immintrin.h>
+#define P3D_BCAST _mm512_set1_ps
 #define P3D_RUN p3d_run_avx512
 #include "kernel_impl.h"
 #else

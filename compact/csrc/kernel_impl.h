@@ -9,12 +9,22 @@
 typedef float vf __attribute__((vector_size(VW * 4)));
 typedef float vfu __attribute__((vector_size(VW * 4), aligned(4)));
 
+static inline vf bcast(float s) {
+#ifdef P3D_BCAST
+  return (vf)P3D_BCAST(s);
+#else
+  vf r;
+  for (int i = 0; i < VW; ++i) r[i] = s;
+  return r;
+#endif
+}
+
 // GB filters x NV vectors of positions held in registers; one load per vector and one broadcast per weight
 // for every kept (channel, tap) pair.
 template <int GB, int NV>
 static inline void block(const float* __restrict in, const int64_t* __restrict off, const float* __restrict w,
-                         int wstride, int64_t np, float* const* rows) {
-  for (int q = 0; q < P3D_TILE; q += NV * VW) {
+                         int wstride, int64_t np, float* const* rows, int qlim) {
+  for (int q = 0; q < qlim; q += NV * VW) {
     vf acc[GB][NV];
     for (int g = 0; g < GB; ++g)
       for (int v = 0; v < NV; ++v) acc[g][v] = *(const vfu*)(rows[g] + q + v * VW);
@@ -24,7 +34,7 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
       vf x[NV];
       for (int v = 0; v < NV; ++v) x[v] = *(const vfu*)(ip + v * VW);
       for (int g = 0; g < GB; ++g) {
-        vf wv = wp[g] + (vf){};
+        vf wv = bcast(wp[g]);
         for (int v = 0; v < NV; ++v) acc[g][v] += wv * x[v];
       }
     }
@@ -35,23 +45,24 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
 
 template <int GB>
 static inline void run_group(const float* in, const int64_t* off, const float* w, int wstride, int64_t np,
-                             float* const* rows) {
-  block<GB, NV_FOR(GB)>(in, off, w, wstride, np, rows);
+                             float* const* rows, int qlim) {
+  block<GB, NV_FOR(GB)>(in, off, w, wstride, np, rows, qlim);
 }
 
-static void run_task(const float* in, const int64_t* off, const float* w, int G, int64_t np, float* const* rows) {
+static void run_task(const float* in, const int64_t* off, const float* w, int G, int64_t np, float* const* rows,
+                     int qlim) {
   for (int g0 = 0; g0 < G; g0 += GB_MAX) {
     int gb = G - g0 < GB_MAX ? G - g0 : GB_MAX;
     switch (gb) {
-      case 1: run_group<1>(in, off, w + g0, G, np, rows + g0); break;
-      case 2: run_group<2>(in, off, w + g0, G, np, rows + g0); break;
-      case 3: run_group<3>(in, off, w + g0, G, np, rows + g0); break;
-      case 4: run_group<4>(in, off, w + g0, G, np, rows + g0); break;
+      case 1: run_group<1>(in, off, w + g0, G, np, rows + g0, qlim); break;
+      case 2: run_group<2>(in, off, w + g0, G, np, rows + g0, qlim); break;
+      case 3: run_group<3>(in, off, w + g0, G, np, rows + g0, qlim); break;
+      case 4: run_group<4>(in, off, w + g0, G, np, rows + g0, qlim); break;
 #if GB_MAX > 4
-      case 5: run_group<5>(in, off, w + g0, G, np, rows + g0); break;
-      case 6: run_group<6>(in, off, w + g0, G, np, rows + g0); break;
-      case 7: run_group<7>(in, off, w + g0, G, np, rows + g0); break;
-      case 8: run_group<8>(in, off, w + g0, G, np, rows + g0); break;
+      case 5: run_group<5>(in, off, w + g0, G, np, rows + g0, qlim); break;
+      case 6: run_group<6>(in, off, w + g0, G, np, rows + g0, qlim); break;
+      case 7: run_group<7>(in, off, w + g0, G, np, rows + g0, qlim); break;
+      case 8: run_group<8>(in, off, w + g0, G, np, rows + g0, qlim); break;
 #endif
       default: break;
     }
@@ -72,14 +83,15 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
       const int f0 = P->chunk_fstart[c], nf = P->chunk_fstart[c + 1] - f0;
       memset(acc, 0, sizeof(float) * nf * P3D_TILE);
       const float* in = P->in + n * P->in_sample_stride + tile * P3D_TILE;
+      const int64_t qbase = tile * P3D_TILE;
+      const int qlim = (int)(P->Q - qbase < P3D_TILE ? P->Q - qbase : P3D_TILE);
       for (int t = P->chunk_tstart[c]; t < P->chunk_tstart[c + 1]; ++t) {
         const int G = P->task_G[t];
         for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)P->task_rows[t * 8 + g] * P3D_TILE;
         const int64_t p0 = P->task_pstart[t];
-        run_task(in, P->pair_off + p0, P->weights + P->task_wstart[t], G, P->task_pstart[t + 1] - p0, rows);
+        run_task(in, P->pair_off + p0, P->weights + P->task_wstart[t], G, P->task_pstart[t + 1] - p0, rows, qlim);
       }
-      const int64_t qbase = tile * P3D_TILE;
-      const int64_t qn = P->Q - qbase < P3D_TILE ? P->Q - qbase : P3D_TILE;
+      const int64_t qn = qlim;
       for (int r = 0; r < nf; ++r) {
         const int m = P->chunk_filters[f0 + r];
         const float b = P->bias ? P->bias[m] : 0.f;

@@ -1,0 +1,201 @@
+"""Dense vs compact latency, side by side in one run: whole model and per conv layer.
+
+The dense side is the fastest dense path PyTorch offers, per layer: F.conv3d on contiguous input, on
+channels_last_3d input, and oneDNN with the weight prepacked (torch.utils.mkldnn); the whole dense model runs each
+conv with its fastest path, and the plain and all-channels_last models are timed too (the best is `dense_ms`).
+Timings interleave dense and compact, after warm-up, and report medians of `repeats`.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._ext import kernel_isa, load_kernels
+from .convert import CompactC3D, compile_sparse
+from .modules import SparseConv3d
+
+DENSE_METHODS = ("contiguous", "channels_last", "onednn")
+
+
+class DenseConv(nn.Module):
+    """A (masked) dense Conv3d run through one of PyTorch's dense paths; returns a tensor like F.conv3d."""
+
+    def __init__(self, conv: nn.Conv3d, method: str) -> None:
+        super().__init__()
+        self.method = method
+        self.conv = copy.deepcopy(conv).eval()
+        if method == "channels_last":
+            self.conv = self.conv.to(memory_format=torch.channels_last_3d)
+        elif method == "onednn":
+            import warnings
+
+            from torch.utils import mkldnn
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.conv = mkldnn.to_mkldnn(self.conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "contiguous":
+            return self.conv(x.contiguous())
+        if self.method == "channels_last":
+            return self.conv(x.contiguous(memory_format=torch.channels_last_3d))
+        return self.conv(x.to_mkldnn()).to_dense()
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median ms of each callable, calls interleaved round-robin after `warmup` rounds."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            dt = (time.perf_counter() - t0) * 1e3
+            if r >= warmup:
+                times[k].append(dt)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _conv_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    inputs, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv3d):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: inputs.__setitem__(name, i[0])))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
+    if isinstance(compact, CompactC3D):
+        return compact.convs[name] if name in compact.convs else None
+    try:
+        return compact.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+@torch.no_grad()
+def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tuple[int, ...], *,
+              batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 2, rules: dict | None = None,
+              per_layer: bool = True, compact: nn.Module | None = None, seed: int = 0) -> dict:
+    """Time the masked dense model (fastest dense path) against `compile_sparse(model, masks)`.
+
+    `input_shape` is one clip (C, T, H, W). Returns a dict with `dense_ms`, `sparse_ms`, `speedup`, `ideal` (whole
+    model MAC ratio), `efficiency` (speedup / ideal), `amdahl_ideal` (speedup possible if every conv ran at its
+    MAC ratio and the rest took dense time) and `amdahl_efficiency`, `max_rel_err`, `dense_candidates` and
+    `layers` (per conv: dense_ms and its method, compact_ms, speedup, ideal, efficiency).
+    """
+    from pruning.report import build_report
+
+    prev_threads = torch.get_num_threads()
+    ext = load_kernels()
+    torch.set_num_threads(threads)
+    if ext is not None:
+        ext.set_num_threads(threads)
+    try:
+        dense = copy.deepcopy(model).float().cpu().eval()
+        params = dict(dense.named_parameters())
+        for n, mk in masks.items():
+            params[n].mul_(mk.to(params[n].dtype))
+        if compact is None:
+            compact = compile_sparse(dense, masks, rules=rules)
+        torch.manual_seed(seed)
+        x = torch.randn(batch_size, *input_shape)
+        ref = dense(x)
+        out = compact(x)
+        max_rel_err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+        inputs = _conv_inputs(dense, x)
+        layers, best_method = [], {}
+        macs = {lr.name: lr for lr in build_report(dense, masks, "", tuple(input_shape), rules).layers}
+        for name, xin in inputs.items():
+            conv = dense.get_submodule(name)
+            cands = {m: DenseConv(conv, m) for m in DENSE_METHODS}
+            fns: dict[str, Callable] = {m: (lambda c=c, xin=xin: c(xin)) for m, c in cands.items()}
+            cmod = _compact_conv(compact, name)
+            if isinstance(cmod, SparseConv3d) and ext is not None:
+                buf, ctx = cmod.prepare(xin)
+                fns["compact"] = lambda cmod=cmod, buf=buf, ctx=ctx: cmod.compute(ext, buf, ctx)
+            elif cmod is not None:
+                fns["compact"] = lambda cmod=cmod, xin=xin: cmod(xin)
+            t = _interleaved(fns, repeats if per_layer else 1, 1 if per_layer else 0)
+            method = min(DENSE_METHODS, key=lambda m: t[m])
+            best_method[name] = method
+            lr = macs.get(f"{name}.weight")
+            ideal = lr.macs_dense / max(lr.macs_pruned, 1) if lr else 1.0
+            cms = t.get("compact", t[method])
+            layers.append({"name": name, "shape": list(conv.weight.shape), "input": list(xin.shape),
+                           "dense_ms": t[method], "dense_method": method,
+                           "dense_all_ms": {m: t[m] for m in DENSE_METHODS}, "compact_ms": cms,
+                           "speedup": t[method] / cms, "ideal": ideal, "efficiency": t[method] / cms / ideal})
+
+        fastest = copy.deepcopy(dense)
+        for name, method in best_method.items():
+            _set(fastest, name, DenseConv(dense.get_submodule(name), method))
+        cl = copy.deepcopy(dense).to(memory_format=torch.channels_last_3d)
+        x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+        t = _interleaved({"per_layer_fastest": lambda: fastest(x), "contiguous": lambda: dense(x),
+                          "channels_last": lambda: cl(x_cl), "compact": lambda: compact(x)}, repeats, warmup)
+        cands = {k: v for k, v in t.items() if k != "compact"}
+        dense_ms, sparse_ms = min(cands.values()), t["compact"]
+        report = build_report(dense, masks, "", tuple(input_shape), rules)
+        ideal = report.reduction
+        conv_dense = sum(lr["dense_ms"] for lr in layers)
+        rest = max(dense_ms - conv_dense, 0.0)
+        amdahl = dense_ms / (rest + sum(lr["dense_ms"] / lr["ideal"] for lr in layers))
+        speedup = dense_ms / sparse_ms
+        return {"input_shape": [batch_size, *input_shape], "batch_size": batch_size, "threads": threads,
+                "repeats": repeats, "isa": kernel_isa(), "dense_ms": dense_ms, "sparse_ms": sparse_ms,
+                "speedup": speedup, "ideal": ideal, "efficiency": speedup / ideal, "amdahl_ideal": amdahl,
+                "amdahl_efficiency": speedup / amdahl, "max_rel_err": max_rel_err, "dense_candidates": cands,
+                "layers": layers}
+    finally:
+        torch.set_num_threads(prev_threads)
+        if ext is not None:
+            ext.set_num_threads(prev_threads)
+
+
+def format_table(result: dict, title: str = "") -> str:
+    """Per-layer and whole-model table of a `benchmark` result."""
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"input {tuple(result['input_shape'])}, {result['threads']} threads, kernels: {result['isa']}, "
+                 f"median of {result['repeats']}")
+    lines.append(f"{'layer':<28} {'dense ms':>9} {'(path)':<14} {'compact ms':>10} {'speedup':>8} {'ideal':>6} "
+                 f"{'eff':>5}")
+    for lr in result["layers"]:
+        lines.append(f"{lr['name']:<28} {lr['dense_ms']:9.2f} {lr['dense_method']:<14} {lr['compact_ms']:10.2f} "
+                     f"{lr['speedup']:7.2f}x {lr['ideal']:5.2f}x {lr['efficiency']:5.2f}")
+    r = result
+    cand = ", ".join(f"{k} {v:.1f}" for k, v in r["dense_candidates"].items())
+    lines.append(f"{'whole model':<28} {r['dense_ms']:9.2f} {'':<14} {r['sparse_ms']:10.2f} {r['speedup']:7.2f}x "
+                 f"{r['ideal']:5.2f}x {r['efficiency']:5.2f}")
+    lines.append(f"dense candidates (ms): {cand}")
+    lines.append(f"Amdahl ideal (convs at their MAC ratio, rest dense) {r['amdahl_ideal']:.2f}x -> efficiency "
+                 f"{r['amdahl_efficiency']:.2f}; max rel err {r['max_rel_err']:.2e}")
+    return "\n".join(lines)
+
+
+def conv_ms_sum(layers: list[dict], key: str) -> float:
+    return sum(lr[key] for lr in layers)
+
+
+__all__ = ["DenseConv", "benchmark", "format_table", "F"]
