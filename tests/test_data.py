@@ -1,0 +1,163 @@
+"""Data pipeline: synthetic videos -> frames -> LMDB -> clips, exactly, for both dataset layouts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+import torch
+
+from datasets import DataError, build_dataset, consecutive_indices, segment_indices
+from datasets.create_lmdb import from_videos
+from datasets.extract_videos import extract
+from datasets.lmdb_format import META_KEY, video_key
+from datasets.make_synthetic import make_synthetic
+from datasets.splits import read_splits
+from datasets.video_io import decode_jpeg
+
+ROOT = Path(__file__).resolve().parent.parent
+KW = dict(clip_len=8, crop_size=32, short_side=40)
+
+
+def test_every_video_of_the_split_yields_a_correct_clip(synthetic):
+    lists = read_splits("ucf101", synthetic["splits"], 1)
+    for split in ("train", "val"):
+        ds = build_dataset(str(synthetic["lmdb"]), split, **KW)
+        expected = {e.video_id: e.label for e in lists.videos[split]}
+        assert ds.num_videos == len(expected) and ds.num_classes == 3
+        for k in range(len(ds)):
+            clip, label, v = ds[k]
+            assert clip.shape == (3, 8, 32, 32) and clip.dtype == torch.float32
+            assert label == expected[ds.video_ids[v]]
+
+
+def test_frames_from_lmdb_equal_the_extracted_jpegs(synthetic):
+    ds = build_dataset(str(synthetic["lmdb"]), "val", **KW)
+    for v in range(ds.num_videos):
+        idx = ds.indices(v)
+        got = ds.frames(v, idx)
+        folder = synthetic["frames"] / ds.video_ids[v]
+        want = np.stack([decode_jpeg((folder / f"{i + 1:05d}.jpg").read_bytes()) for i in idx])
+        assert np.array_equal(got, want)
+    frames_ds = build_dataset(str(synthetic["frames"]), "val", **KW)  # the frame-folder loader agrees
+    assert np.array_equal(frames_ds.frames(0, [0, 5]), ds.frames(0, [0, 5]))
+
+
+def test_sampling_worked_examples():
+    assert segment_indices(100, 4) == [12, 37, 62, 87]
+    assert segment_indices(16, 16) == list(range(16))
+    assert segment_indices(5, 8) == [0, 0, 1, 2, 2, 3, 4, 4]  # short videos repeat frames, never dropped
+    assert segment_indices(100, 4, clip=0, clips=2) == [6, 31, 56, 81]
+    assert consecutive_indices(5, 8, 3) == [3, 4, 0, 1, 2, 3, 4, 0]  # looped
+
+
+def test_multi_clip_test_set(synthetic):
+    ds = build_dataset(str(synthetic["lmdb"]), "val", test_clips=3, **KW)
+    assert len(ds) == 3 * ds.num_videos
+    assert [ds[k][2] for k in range(6)] == [0, 0, 0, 1, 1, 1]
+    assert ds.indices(0, 0) != ds.indices(0, 2)
+
+
+def test_corrupt_and_missing_videos_are_reported_and_the_rest_extracted(synthetic, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(synthetic["raw"], raw)
+    vids = sorted((raw / "UCF-101").rglob("*.avi"))
+    vids[0].write_bytes(b"not a video" * 100)
+    vids[1].unlink()
+    out = tmp_path / "frames"
+    s = extract("ucf101", str(raw / "UCF-101"), str(raw / "ucfTrainTestlist"), str(out), short_side=40,
+                progress=False)
+    failed = {line.split("\t")[0]: line.split("\t")[1] for line in (out / "failed.txt").read_text().splitlines()}
+    assert failed == {vids[0].stem: "corrupt", vids[1].stem: "missing"}
+    assert s["extracted"] == 12 - 2
+    listed = [ln.split()[0] for f in ("train.txt", "val.txt") for ln in (out / f).read_text().splitlines()]
+    assert sorted(listed) == sorted(v.stem for v in vids[2:])
+    again = extract("ucf101", str(raw / "UCF-101"), str(raw / "ucfTrainTestlist"), str(out), short_side=40,
+                    progress=False)
+    assert again["skipped"] == 10 and again["extracted"] == 0  # resumed: finished videos skipped
+
+
+def test_hmdb51_layout_end_to_end(tmp_path):
+    info = make_synthetic(tmp_path / "raw", classes=3, videos_per_class=3, frames=16, layout="hmdb51", workers=1)
+    from_videos("hmdb51", info["videos"], info["splits"], str(tmp_path / "lmdb"), short_side=40)
+    lists = read_splits("hmdb51", info["splits"], 1)
+    for split in ("train", "val"):
+        ds = build_dataset(str(tmp_path / "lmdb"), split, **KW)
+        assert ds.num_videos == len(lists.videos[split]) > 0
+        for k in range(len(ds)):
+            _, label, v = ds[k]
+            assert ds.class_names[label] == lists.class_names[label]
+            assert label == {e.video_id: e.label for e in lists.videos[split]}[ds.video_ids[v]]
+
+
+def test_interrupted_lmdb_build_resumes_and_is_not_readable_before(synthetic, tmp_path):
+    out = tmp_path / "lmdb"
+    calls = []
+
+    def flaky(v):
+        calls.append(v)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return [(synthetic["frames"] / v / "00001.jpg").read_bytes()]
+
+    from datasets.create_lmdb import build, read_frame_list
+
+    items, names = read_frame_list(synthetic["frames"], "train")
+    with pytest.raises(KeyboardInterrupt):
+        build(out, "train", items, names, flaky, progress=False)
+    with pytest.raises(DataError, match="interrupted"):
+        build_dataset(str(out), "train", **KW)
+    calls.clear()
+    build(out, "train", items, names, lambda v: (calls.append(v), [b"x"])[1], progress=False)
+    assert len(calls) == len(items) - 2  # the two finished videos were kept
+    assert (out / "train.lmdb").exists() and not (out / "train.lmdb.partial").exists()
+
+
+def _cli_error(args: list[str]) -> str:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    return out.stderr
+
+
+def test_bad_input_is_one_clear_line(synthetic, tmp_path):
+    # wrong path
+    err = _cli_error(["datasets/create_lmdb.py", "--frames", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert "nope" in err
+    with pytest.raises(DataError, match="no such data folder"):
+        build_dataset(str(tmp_path / "nowhere"), "train", **KW)
+    # a split file naming an unknown class
+    splits = tmp_path / "splits"
+    shutil.copytree(synthetic["splits"], splits)
+    with (splits / "trainlist01.txt").open("a") as f:
+        f.write("Juggling/v_Juggling_g01_c01.avi 1\n")
+    err = _cli_error(["datasets/extract_videos.py", "--videos", str(synthetic["videos"]), "--splits", str(splits),
+                      "--out", str(tmp_path / "f")])
+    assert "Juggling" in err and "trainlist01.txt" in err
+    # a damaged record, and a database of a newer format version
+    db = tmp_path / "db"
+    shutil.copytree(synthetic["lmdb"], db)
+    env = lmdb.open(str(db / "val.lmdb"), map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        txn.put(video_key(1), b"P3DV" + b"\x00" * 30)
+        meta = json.loads(txn.get(META_KEY))
+    env.close()
+    ds = build_dataset(str(db), "val", **KW)
+    with pytest.raises(DataError, match=rf"val.lmdb video {ds.video_ids[1]} .*damaged"):
+        ds[1]
+    ds._env.close()
+    env = lmdb.open(str(db / "val.lmdb"), map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        txn.put(META_KEY, json.dumps({**meta, "version": 99}).encode())
+    env.close()
+    with pytest.raises(DataError, match="newer prune3d"):
+        build_dataset(str(db), "val", **KW)
+    # the driver prints the same one line
+    err = _cli_error(["opt_main.py", "--evaluate", "--arch", "c3d", "--data-location", str(db), "--load-path", "x"])
+    assert "newer prune3d" in err
