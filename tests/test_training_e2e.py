@@ -1,0 +1,140 @@
+"""The driver on tiny synthetic data: phases, bit-exact resume after SIGKILL, DDP with gloo, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import build_model
+from pruning import load_profile
+from tests.test_projections import check_group_counts
+from training.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--arch", "c3d", "--width-mult", "0.25", "--clip-len", "8", "--crop-size", "32", "--short-side", "40",
+         "--batch-size", "4", "--workers", "0", "--dataset", "synthetic"]
+PROFILE = "c3d_kgrc_3.04x"
+
+
+def run(args: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "opt_main.py", *args], cwd=ROOT, capture_output=True, text=True, env=env,
+                         **kw)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense(synthetic, tmp_path_factory):
+    save = tmp_path_factory.mktemp("runs")
+    run(["--train", *SMALL, "--data-location", str(synthetic["lmdb"]), "--save-dir", str(save), "--name", "dense",
+         "--epochs", "1", "--lr", "0.01"])
+    return save / "dense" / "dense.pth"
+
+
+def admm_args(synthetic, save, name):
+    return ["--admm", *SMALL, "--data-location", str(synthetic["lmdb"]), "--config-file", PROFILE, "--save-dir",
+            str(save), "--name", name, "--epochs", "1", "--rho-num", "3", "--admm-epochs", "1", "--lr", "0.01"]
+
+
+def test_admm_then_masked_retrain_keep_the_pattern(synthetic, dense, tmp_path):
+    run(admm_args(synthetic, tmp_path, "admm") + ["--load-path", str(dense)])
+    admm = torch.load(tmp_path / "admm" / "admm.pth", weights_only=True)
+    assert set(admm["admm"]) >= {"Z", "U", "rho", "stage"} and admm["admm"]["stage"] == 2
+    run(["--masked-retrain", *SMALL, "--data-location", str(synthetic["lmdb"]), "--config-file", PROFILE,
+         "--save-dir", str(tmp_path), "--name", "rt", "--epochs", "2", "--load-path",
+         str(tmp_path / "admm" / "admm.pth"), "--warmup", "--warmup-epochs", "1", "--distill", "--lr", "0.01"])
+    ckpt = torch.load(tmp_path / "rt" / "retrained.pth", weights_only=True)
+    model = build_model("c3d", 3, width_mult=0.25, clip_len=8, crop_size=32)
+    rules = load_profile(PROFILE).resolve(model)
+    assert set(ckpt["masks"]) == set(rules)
+    for name, rule in rules.items():
+        w, m = ckpt["model"][name], ckpt["masks"][name]
+        assert torch.all(w[~m] == 0)  # the pattern held through retraining
+        check_group_counts(m, rule)
+    assert (tmp_path / "rt" / "metrics.jsonl").read_text().count("\n") == 2
+    assert (tmp_path / "rt" / "args.yaml").is_file()
+
+
+def test_resume_after_sigkill_is_bit_exact(synthetic, dense, tmp_path):
+    base = admm_args(synthetic, tmp_path, "a") + ["--load-path", str(dense)]
+    run(base)
+    killed = admm_args(synthetic, tmp_path, "b") + ["--load-path", str(dense)]
+    proc = subprocess.Popen([sys.executable, "opt_main.py", *killed], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    last = tmp_path / "b" / "last.pth"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(last, weights_only=True)["epoch"] < 3, "killed too late to test resuming"
+    out = run(killed + ["--resume", "auto"])
+    assert "resumed admm at epoch" in out.stdout
+    a = torch.load(tmp_path / "a" / "admm.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "admm.pth", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["admm"]["U"]:
+        assert torch.equal(a["admm"]["U"][key], b["admm"]["U"][key])
+
+
+def test_ddp_two_gloo_processes(synthetic, dense, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "opt_main.py"]
+    out = subprocess.run(torchrun + admm_args(synthetic, tmp_path, "ddp_admm") + ["--load-path", str(dense)],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "masks identical on 2 ranks" in out.stdout
+    rt = subprocess.run(torchrun + ["--masked-retrain", *SMALL, "--data-location", str(synthetic["lmdb"]),
+                                    "--config-file", PROFILE, "--save-dir", str(tmp_path), "--name", "ddp_rt",
+                                    "--epochs", "1", "--load-path", str(tmp_path / "ddp_admm" / "admm.pth")],
+                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert rt.returncode == 0, rt.stderr[-3000:]
+    assert "masks identical on 2 ranks" in rt.stdout
+    files = sorted(p.name for p in (tmp_path / "ddp_rt").iterdir() if p.suffix == ".pth")
+    assert files == ["best.pth", "last.pth", "retrained.pth"]  # rank 0 alone writes
+    assert sum(1 for p in (tmp_path / "ddp_rt").iterdir() if p.name.startswith(".")) == 0
+    # only rank 0 logs epochs
+    assert (tmp_path / "ddp_rt" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def _one_line_error(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = out.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_inputs(synthetic, dense, tmp_path):
+    data = ["--data-location", str(synthetic["lmdb"]), "--save-dir", str(tmp_path), "--epochs", "1"]
+    # a baseline of another arch
+    other = tmp_path / "r21d.pth"
+    save_checkpoint({"model": build_model("r2+1d", 3).state_dict()}, other)
+    err = _one_line_error(run(["--admm", *SMALL, *data, "--config-file", PROFILE, "--load-path", str(other)],
+                              check=False))
+    assert "r21d.pth" in err and "--arch c3d" in err
+    # a truncated checkpoint
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(dense.read_bytes()[:1000])
+    err = _one_line_error(run(["--admm", *SMALL, *data, "--config-file", PROFILE, "--load-path", str(trunc)],
+                              check=False))
+    assert "trunc.pth" in err and "truncated" in err
+    # masked retraining from a dense model
+    err = _one_line_error(run(["--masked-retrain", *SMALL, *data, "--config-file", PROFILE, "--load-path",
+                               str(dense)], check=False))
+    assert "no pruned weights" in err
+    # resuming with another profile
+    run(["--admm", *SMALL, *data, "--config-file", PROFILE, "--load-path", str(dense), "--name", "p",
+         "--rho-num", "1"])
+    err = _one_line_error(run(["--admm", *SMALL, *data, "--config-file", "c3d_kgr_1.76x", "--load-path",
+                               str(dense), "--resume", str(tmp_path / "p" / "last.pth")], check=False))
+    assert "another prune profile" in err
