@@ -1,6 +1,20 @@
-"""Compact inference for pruned 3D CNNs: sparse Conv3d kernels that skip the pruned work."""
+"""Compact inference for pruned 3D CNNs: sparse Conv3d kernels that skip the pruned work.
+
+    cm = compact.compile_sparse(model, masks, rules=rules)     # output == masked dense model
+    result = compact.benchmark(model, masks, (3, 16, 112, 112), batch_size=1, threads=2, repeats=10)
+    print(compact.format_table(result))
+    compact.export_onnx(model, masks, "model.onnx", (3, 16, 112, 112))
+    compact.save_compact(cm, "model_compact.pt")
+
+The C++ kernels (AVX-512 / AVX2 / generic, OpenMP) are built with torch.utils.cpp_extension on first use and
+cached; without a compiler everything runs through a pure-PyTorch path with the same results (logged once).
+"""
 
 from ._ext import kernel_isa, kernels_available, load_kernels
+from .bench import benchmark, format_table
+from .convert import CompactC3D, compile_sparse
+from .export import export_onnx, load_compact, masked_dense_copy, save_compact
 from .modules import SparseConv3d
 
-__all__ = ["SparseConv3d", "kernel_isa", "kernels_available", "load_kernels"]
+__all__ = ["CompactC3D", "SparseConv3d", "benchmark", "compile_sparse", "export_onnx", "format_table",
+           "kernel_isa", "kernels_available", "load_compact", "load_kernels", "masked_dense_copy", "save_compact"]

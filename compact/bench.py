@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._ext import kernel_isa, load_kernels
@@ -192,10 +191,3 @@ def format_table(result: dict, title: str = "") -> str:
     lines.append(f"Amdahl ideal (convs at their MAC ratio, rest dense) {r['amdahl_ideal']:.2f}x -> efficiency "
                  f"{r['amdahl_efficiency']:.2f}; max rel err {r['max_rel_err']:.2e}")
     return "\n".join(lines)
-
-
-def conv_ms_sum(layers: list[dict], key: str) -> float:
-    return sum(lr[key] for lr in layers)
-
-
-__all__ = ["DenseConv", "benchmark", "format_table", "F"]

@@ -10,7 +10,7 @@ from torch import nn
 from ._ext import load_kernels
 from .plan import ConvPlan, build_plan, pair_offsets
 
-TILE = 192
+TILE = 192  # >= P3D_TILE: only sizes the read slack
 SLACK = TILE + 64
 
 

@@ -183,3 +183,32 @@ def test_other_isas(isa):
         check_conv(conv, mask, "kgs")
     finally:
         ext.set_isa(best)
+
+
+def test_export_and_save(tmp_path):
+    import onnx
+
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    path = compact.export_onnx(model, masks, tmp_path / "m.onnx", (3, 8, 32, 32))
+    onnx_model = onnx.load(str(path))
+    onnx.checker.check_model(onnx_model)
+    conv2 = next(t for t in onnx_model.graph.initializer if t.name == "conv2.weight")
+    w = torch.from_numpy(onnx.numpy_helper.to_array(conv2).copy())
+    assert torch.equal(w != 0, masks["conv2.weight"] & (model.conv2.weight != 0))
+    cm = compile_sparse(model, masks, rules=rules)
+    compact.save_compact(cm, tmp_path / "c.pt")
+    loaded = compact.load_compact(tmp_path / "c.pt")
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert rel_err(loaded(x), model(x)) < TOL
+
+
+def test_benchmark_smoke():
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    r = compact.benchmark(model, masks, (3, 8, 32, 32), batch_size=2, threads=1, repeats=1, warmup=0, rules=rules)
+    for key in ("dense_ms", "sparse_ms", "speedup", "ideal", "max_rel_err", "layers"):
+        assert key in r
+    assert r["max_rel_err"] < TOL
+    assert len(r["layers"]) == 8 and all(lr["compact_ms"] > 0 for lr in r["layers"])
+    assert 2.5 < r["ideal"] < 3.5
+    assert "whole model" in compact.format_table(r)

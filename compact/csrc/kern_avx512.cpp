@@ -2,7 +2,7 @@
 #pragma GCC target("avx512f,fma")
 #define VW 16
 #define GB_MAX 8
-#define NV_FOR(G) ((G) <= 4 ? 6 : (G) <= 6 ? 4 : 3)
+#define NV_FOR(G) ((G) <= 4 ? 6 : 3)
 #include <immintrin.h>
 #define P3D_BCAST _mm512_set1_ps
 #define P3D_RUN p3d_run_avx512

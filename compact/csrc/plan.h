@@ -4,7 +4,9 @@
 #pragma once
 #include <stdint.h>
 
+#ifndef P3D_TILE
 #define P3D_TILE 192   // output positions per work unit (divisible by every NV * vector width)
+#endif
 #define P3D_CHMAX 32   // max filters per chunk (accumulator tile rows)
 
 typedef struct P3DPlan {
