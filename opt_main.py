@@ -74,13 +74,24 @@ def make_data(args: argparse.Namespace):
     info = arch_info(args.arch)
     common = dict(clip_len=args.clip_len, crop_size=args.crop_size, short_side=args.short_side,
                   sampling=args.sampling, mean=info.mean, std=info.std)
-    train_set = datasets.build_dataset(args.data_location, "train", train=True, **common)
-    val_set = datasets.build_dataset(args.data_location, "val", train=False, test_clips=args.test_clips, **common)
+    root = data_root(args.data_location, args.dataset)
+    train_set = datasets.build_dataset(root, "train", train=True, **common)
+    val_set = datasets.build_dataset(root, "val", train=False, test_clips=args.test_clips, **common)
     if args.num_classes not in (None, train_set.num_classes):
         raise UserError(f"--num-classes {args.num_classes} but {args.data_location} has {train_set.num_classes} "
                         "classes; drop --num-classes")
     args.num_classes = train_set.num_classes
     return train_set, val_set
+
+
+def data_root(location: str, dataset: str) -> str:
+    """This project's LMDB folder, or the original READMEs' layout: <root>/<dataset>_frame/{train,val}.lmdb or
+    frame folders with train.txt/val.txt."""
+    root = Path(location)
+    for cand in (root, root / f"{dataset}_frame", root / "datasets" / f"{dataset}_frame"):
+        if any((cand / n).exists() for n in ("train.lmdb", "train.lmdb.partial", "train.txt")):
+            return str(cand)
+    return str(root)
 
 
 def run_dir_for(args: argparse.Namespace) -> Path:
