@@ -94,10 +94,16 @@ def data_root(location: str, dataset: str) -> str:
     return str(root)
 
 
+def profile_stem(spec: str) -> str:
+    """'profiles/c3d_kgs_3.57x.yaml' -> 'c3d_kgs_3.57x' (Path.stem would cut at the '.57x')."""
+    name = Path(spec).name
+    return name.rsplit(".", 1)[0] if name.endswith((".yaml", ".yml")) else name
+
+
 def run_dir_for(args: argparse.Namespace) -> Path:
     if args.name:
         return Path(args.save_dir) / args.name
-    prof = "+".join(Path(c).stem for c in args.config_file) if args.config_file else "dense"
+    prof = "+".join(profile_stem(c) for c in args.config_file) if args.config_file else "dense"
     return Path(args.save_dir) / f"{args.arch}_{args.dataset}_{prof}_{args.phase}"
 
 

@@ -45,6 +45,19 @@ class C3D(nn.Module):
         self.fc6 = nn.Linear(cin * t * s * s, fc)
         self.fc7 = nn.Linear(fc, fc)
         self.fc8 = nn.Linear(fc, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # PyTorch's default init shrinks activations through 8 convs without normalisation, so C3D trained from
+        # scratch would not learn; He init keeps the signal alive (what the C3D reimplementations use).
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.fc8.weight, std=0.01)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for name, _ in CONVS:

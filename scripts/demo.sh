@@ -8,14 +8,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-checkpoints/demo}
 DATA=${DATA:-data/demo}
 CLASSES=${CLASSES:-5}
-VIDEOS=${VIDEOS:-20}          # per class
+VIDEOS=${VIDEOS:-40}          # per class
 FRAMES=${FRAMES:-40}          # per video (25 fps)
 PROFILE=${PROFILE:-c3d_kgrc_3.04x}
-DENSE_EPOCHS=${DENSE_EPOCHS:-25}
+DENSE_EPOCHS=${DENSE_EPOCHS:-30}
 ADMM_EPOCHS=${ADMM_EPOCHS:-2}   # per rho stage (3 stages)
 RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-10}
 SMALL=(--arch c3d --width-mult 0.25 --clip-len 8 --crop-size 56 --short-side 64 --batch-size 8
-       --workers 2 --dataset synthetic --data-location "$DATA/lmdb" --save-dir "$OUT" --test-clips 2)
+       --workers 2 --dataset synthetic --data-location "$DATA/lmdb" --save-dir "$OUT" --test-clips 2
+       --optimizer adam --weight-decay 0)
 start=$(date +%s)
 
 [ -d "$DATA/raw/UCF-101" ] || python datasets/make_synthetic.py --out "$DATA/raw" --classes "$CLASSES" \
@@ -24,12 +25,12 @@ python datasets/extract_videos.py --dataset ucf101 --videos "$DATA/raw/UCF-101" 
   --splits "$DATA/raw/ucfTrainTestlist" --out "$DATA/frames" --short-side 64
 python datasets/create_lmdb.py --frames "$DATA/frames" --out "$DATA/lmdb"
 
-python opt_main.py --train "${SMALL[@]}" --name dense --epochs "$DENSE_EPOCHS" --lr 0.05 --warmup \
+python opt_main.py --train "${SMALL[@]}" --name dense --epochs "$DENSE_EPOCHS" --lr 1e-3 --warmup \
   --warmup-epochs 2 --resume auto
 python opt_main.py --admm "${SMALL[@]}" --name admm --config-file "$PROFILE" --load-path "$OUT/dense/dense.pth" \
-  --epochs "$ADMM_EPOCHS" --rho-num 3 --rho 1e-3 --admm-epochs 1 --lr 0.005 --resume auto
+  --epochs "$ADMM_EPOCHS" --rho-num 3 --rho 1e-3 --admm-epochs 1 --lr 2e-4 --resume auto
 python opt_main.py --masked-retrain "${SMALL[@]}" --name retrain --config-file "$PROFILE" \
-  --load-path "$OUT/admm/admm.pth" --epochs "$RETRAIN_EPOCHS" --lr 0.01 --warmup --warmup-epochs 1 \
+  --load-path "$OUT/admm/admm.pth" --epochs "$RETRAIN_EPOCHS" --lr 3e-4 --warmup --warmup-epochs 1 \
   --distill --teacher-path "$OUT/dense/dense.pth" --kd-off-epochs 2 --resume auto
 python opt_main.py --report --arch c3d --width-mult 0.25 --clip-len 8 --crop-size 56 --config-file "$PROFILE" \
   --resume "$OUT/retrain/retrained.pth" --report-json "$OUT/report.json"
