@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DATASET=${DATASET:-ucf101}
-DATA=${DATA:-datasets/ucf101_lmdb}          # folder with train.lmdb / val.lmdb
+DATA=${DATA:-datasets}                       # train.lmdb/val.lmdb here or in <DATA>/ucf101_frame/ (original layout)
 BASELINE=${BASELINE:-}                       # empty: found in checkpoints/baseline/ by arch and dataset
 SAVE=${SAVE:-checkpoints}
 NPROC=${NPROC:-1}                            # >1: DDP with torchrun on this machine
