@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._ext import kernel_isa, load_kernels
-from .convert import CompactC3D, compile_sparse
+from .convert import CompactC3D, compile_sparse, fold_batchnorm
 from .modules import SparseConv3d
 
 DENSE_METHODS = ("contiguous", "channels_last", "onednn")
@@ -120,6 +120,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         ref = dense(x)
         out = compact(x)
         max_rel_err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        # the dense side gets the same inference folding of BatchNorm into the convs as the compact model
+        folded = fold_batchnorm(dense)
 
         inputs = _conv_inputs(dense, x)
         layers, best_method = [], {}
@@ -164,6 +166,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
                 "repeats": repeats, "isa": kernel_isa(), "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                 "speedup": speedup, "ideal": ideal, "efficiency": speedup / ideal, "amdahl_ideal": amdahl,
                 "amdahl_efficiency": speedup / amdahl, "max_rel_err": max_rel_err, "dense_candidates": cands,
+                "batchnorm_folded": folded,
                 "layers": layers}
     finally:
         torch.set_num_threads(prev_threads)

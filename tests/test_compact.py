@@ -212,3 +212,29 @@ def test_benchmark_smoke():
     assert len(r["layers"]) == 8 and all(lr["compact_ms"] > 0 for lr in r["layers"])
     assert 2.5 < r["ideal"] < 3.5
     assert "whole model" in compact.format_table(r)
+
+
+@pytest.mark.parametrize("arch,profile,clip", [("r2+1d", "r2+1d_kgs_3.20x", (4, 24, 24)),
+                                               ("s3d", "s3d_kgs_1.84x", (8, 32, 32))])
+def test_whole_video_nets(arch, profile, clip):
+    """torchvision R(2+1)D-18 / S3D: BatchNorm folded, ReLU fused, strided convs; equal to the masked dense model."""
+    torch.manual_seed(0)
+    model = build_model(arch, 10).eval()
+    rules = load_profile(profile).resolve(model)
+    masks = hard_prune(model, rules)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    cm = compile_sparse(model, masks, rules=rules)
+    n_sparse = sum(isinstance(m, SparseConv3d) for m in cm.modules())
+    assert n_sparse == len(masks)
+    assert sum(isinstance(m, nn.BatchNorm3d) for m in cm.modules()) < sum(
+        isinstance(m, nn.BatchNorm3d) for m in model.modules())
+    assert any(m.relu for m in cm.modules() if isinstance(m, SparseConv3d))
+    x = torch.randn(2, 3, *clip)
+    with torch.no_grad():
+        assert rel_err(cm(x), model(x)) < TOL

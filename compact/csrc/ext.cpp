@@ -54,7 +54,8 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
                  const torch::Tensor& chunk_filters, const torch::Tensor& chunk_tstart, const torch::Tensor& task_G,
                  const torch::Tensor& task_rows, const torch::Tensor& task_pstart, const torch::Tensor& task_wstart,
                  const torch::Tensor& pair_off, const torch::Tensor& weights, const c10::optional<torch::Tensor>& bias,
-                 const c10::optional<torch::Tensor>& valid, int64_t in_sample_stride, int64_t out_sample_stride,
+                 const c10::optional<torch::Tensor>& valid, const c10::optional<torch::Tensor>& oidx,
+                 int64_t in_sample_stride, int64_t out_sample_stride,
                  int64_t out_chan_stride, int64_t out_shift, int64_t out_chan_len, bool zero_rest, int64_t N,
                  int64_t Q, bool relu) {
   check(in, torch::kFloat, "in");
@@ -87,6 +88,8 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
   if (bias.has_value() && bias->defined()) { check(*bias, torch::kFloat, "bias"); p.bias = ptr<float>(*bias); }
   p.valid = nullptr;
   if (valid.has_value() && valid->defined()) { check(*valid, torch::kFloat, "valid"); p.valid = ptr<float>(*valid); }
+  p.oidx = nullptr;
+  if (oidx.has_value() && oidx->defined()) { check(*oidx, torch::kInt, "oidx"); p.oidx = ptr<int32_t>(*oidx); }
   p.relu = relu ? 1 : 0;
   if (p.nchunks <= 0 || N <= 0 || Q <= 0) return;
   switch (isa_level()) {

@@ -98,7 +98,15 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
         float* chan = P->out + n * P->out_sample_stride + (int64_t)m * P->out_chan_stride;
         float* dst = chan + P->out_shift + qbase;
         const float* a = acc + (int64_t)r * P3D_TILE;
-        if (P->valid) {
+        if (P->oidx) {  // scatter straight into an unpadded output
+          const int32_t* oi = P->oidx + qbase;
+          for (int64_t q = 0; q < qn; ++q) {
+            const int32_t j = oi[q];
+            if (j < 0) continue;
+            float v = a[q] + b;
+            chan[j] = P->relu ? (v > 0.f ? v : 0.f) : v;
+          }
+        } else if (P->valid) {
           const float* vm = P->valid + qbase;
           if (P->relu) {
             for (int64_t q = 0; q < qn; ++q) { float v = a[q] + b; dst[q] = (v > 0.f ? v : 0.f) * vm[q]; }

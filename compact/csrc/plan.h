@@ -31,6 +31,7 @@ typedef struct P3DPlan {
   const float* bias;            // [Cout] or NULL
   int relu;
   const float* valid;           // [Q] 0/1 multipliers or NULL
+  const int32_t* oidx;          // [Q] output index within the channel (-1: not an output) or NULL
 } P3DPlan;
 
 #ifdef __cplusplus
