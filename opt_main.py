@@ -44,6 +44,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.crop_size = args.crop_size or info.crop_size
     args.short_side = args.short_side or info.short_side
     args.phase = phase_of(args)
+    if args.batch_size is None:  # clips per step when training; latency is measured per clip
+        args.batch_size = 1 if args.phase == "benchmark" else 16
     args.total_epochs = args.epochs * (args.rho_num if args.phase == "admm" else 1)
     return args
 
@@ -454,13 +456,62 @@ def search_profile(args: argparse.Namespace, device: torch.device) -> dict:
     return {"path": str(out), "reduction": rep.reduction}
 
 
+def pruned_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]:
+    """(model, masks, rules): a checkpoint's (--resume) or random weights projected to --config-file."""
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt:
+        adopt_model_args(args, ckpt, ("num_classes", "width_mult", "clip_len", "crop_size"))
+    model = make_model(args).eval()
+    profile = make_profile(args)
+    rules = profile.resolve(model) if profile else {}
+    if ckpt:
+        load_weights(model, ckpt, args.resume, args.arch)
+        masks = {k: v.bool() for k, v in (ckpt.get("masks") or zero_masks(model)).items()}
+    else:
+        if not rules:
+            raise UserError(f"--{args.phase} needs a pruned model: pass --resume CKPT or --config-file PROFILE")
+        torch.manual_seed(args.seed)
+        masks = hard_prune(model, rules)
+    return model, masks, rules
+
+
 def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
-    raise UserError("--benchmark needs the compact engine (compact/), which this checkout does not have yet")
+    """Dense (fastest PyTorch path per layer) vs compact latency, interleaved, in one run."""
+    import compact
+
+    model, masks, rules = pruned_model(args)
+    shape = (3, args.clip_len, args.crop_size, args.crop_size)
+    threads = args.threads or torch.get_num_threads()
+    result = compact.benchmark(model, masks, shape, batch_size=args.batch_size or 1, threads=threads,
+                               repeats=args.repeats, rules=rules)
+    title = (f"{args.arch} {' '.join(args.config_file or [args.resume or ''])} batch {args.batch_size or 1}, "
+             f"{threads} threads, kernels: {compact.kernel_isa()}")
+    print(compact.format_table(result, title=title))
+    out = args.benchmark_json or (Path(args.resume).parent / "benchmark.json" if args.resume else None)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {out}")
+    return result
+
+
+def export(args: argparse.Namespace, device: torch.device) -> dict:
+    """--export onnx: the dense-equivalent pruned model as ONNX, and the compact model's state beside it."""
+    import compact
+
+    model, masks, rules = pruned_model(args)
+    shape = (3, args.clip_len, args.crop_size, args.crop_size)
+    stem = Path(args.resume).with_suffix("") if args.resume else Path(args.save_dir) / f"{args.arch}_pruned"
+    onnx_path = compact.export_onnx(model, masks, f"{stem}.onnx", shape)
+    compact_path = compact.save_compact(compact.compile_sparse(model, masks, rules=rules), f"{stem}_compact.pt",
+                                        {"arch": args.arch, "input_shape": list(shape)})
+    print(f"wrote {onnx_path} and {compact_path}")
+    return {"onnx": str(onnx_path), "compact": str(compact_path)}
 
 
 PHASE_FUNCS = {"train": train, "admm": admm, "rew": rew, "masked_retrain": masked_retrain,
                "evaluate": evaluate_phase, "report": report, "benchmark": benchmark,
-               "plots": plots, "target_reduction": search_profile}
+               "plots": plots, "target_reduction": search_profile, "export": export}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -468,7 +519,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.phase is None:
         raise UserError("pick a phase: --train, --admm, --rew, --masked-retrain, --evaluate, --report or --benchmark")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.phase in ("report", "benchmark", "plots", "target_reduction"):
+    if args.phase in ("report", "benchmark", "plots", "target_reduction", "export"):
         return PHASE_FUNCS[args.phase](args, device)
     dist_utils.init_distributed(device)
     seed_everything(args.seed)

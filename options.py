@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-PHASES = ("train", "admm", "rew", "masked_retrain", "evaluate", "report", "benchmark", "plots", "target_reduction")
+PHASES = ("train", "admm", "rew", "masked_retrain", "evaluate", "report", "benchmark", "plots", "target_reduction",
+          "export")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -70,7 +71,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=50,
                    help="epochs (per rho stage for --admm)")
-    g.add_argument("--batch-size", "-b", "--batch_size", dest="batch_size", type=int, default=16)
+    g.add_argument("--batch-size", "-b", "--batch_size", dest="batch_size", type=int, default=None,
+                   help="default 16 for training, 1 for --benchmark")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4)
