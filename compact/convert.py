@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import torch
@@ -132,17 +133,25 @@ class CompactC3D(nn.Module):
     input; convs followed by a pool write a grid that the C++ max-pool reads and re-pads. fc layers are PyTorch.
     """
 
-    def __init__(self, model: nn.Module, dense_layers: bool = True) -> None:
+    def __init__(self, model: nn.Module, dense_layers: bool = True, autotune: bool = True) -> None:
         super().__init__()
         from models.c3d import CONVS, POOLS
 
         self.conv_names = [n for n, _ in CONVS]
         self.pool_of = {c: p[0] for c, p in POOLS.items()}
         self.convs = nn.ModuleDict()
+        self.dense_convs = nn.ModuleDict()  # unpruned convs: the kernel or PyTorch, chosen by timing on first use
+        self.autotune = autotune
+        self.dense_mode: str | None = None  # force "kernel", "torch" or "torch_cl" for the unpruned convs
+        self._choice: dict = {}
         for n in self.conv_names:
             m = getattr(model, n)
             if not isinstance(m, SparseConv3d):
-                m = SparseConv3d(m, None, name=n) if dense_layers else m
+                if dense_layers:
+                    self.dense_convs[n] = m
+                    m = SparseConv3d(m, None, name=n)
+                self.convs[n] = m
+                continue
             self.convs[n] = m
         self.pools = nn.ModuleDict({p: getattr(model, p) for p in self.pool_of.values()})
         self.fc6, self.fc7, self.fc8 = model.fc6, model.fc7, model.fc8
@@ -169,6 +178,49 @@ class CompactC3D(nn.Module):
             v = self._valid[key] = torch.from_numpy(ok.astype(np.float32))
         return v
 
+    def _conv_step(self, ext, name, mode, buf, n, c, cout, t, h, w, grid, s, q, hw) -> torch.Tensor:
+        """One conv + bias + ReLU from the padded layout into the next layout (pool grid or padded)."""
+        one = (1, 1, 1)
+        if mode != "kernel":  # PyTorch's dense conv: leave and re-enter the layout
+            conv = self.dense_convs[name] if name in self.dense_convs else self.convs[name]
+            xin = interior(buf, n, c, grid, s, one, (t, h, w))
+            xin = xin.contiguous(memory_format=torch.channels_last_3d) if mode == "torch_cl" else xin.contiguous()
+            y = torch.relu_(conv(xin))
+            out = buf.new_zeros(n * cout * s + SLACK)
+            interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
+            return out
+        conv = self.convs[name]
+        ident = self._ident.get(c)
+        if ident is None:
+            ident = self._ident[c] = np.arange(c, dtype=np.int64)
+        off = conv.offsets(("c3d", grid), ident, (1, 1, 1), grid, s)
+        out = buf.new_empty(n * cout * s + SLACK)
+        if name in self.pool_of:
+            _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, 0, s, False, n, q, conv.bias, True, None)
+        else:
+            valid = self._valid_mask(grid, (t, h, w), q)
+            _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, hw + grid[2] + 1, s, True, n, q, conv.bias,
+                 True, valid)
+        return out
+
+    def _choose(self, ext, name, args) -> str:
+        if self.dense_mode:
+            return self.dense_mode
+        key = (name, args[1:3] + args[4:7], torch.get_num_threads())
+        mode = self._choice.get(key)
+        if mode is None:
+            if not self.autotune:
+                mode = "kernel"
+            else:
+                times = {}
+                for m in ("kernel", "torch", "torch_cl") * 3:  # interleaved, best of 3 after a first call
+                    t0 = time.perf_counter()
+                    self._conv_step(ext, name, m, *args)
+                    times.setdefault(m, []).append(time.perf_counter() - t0)
+                mode = min(times, key=lambda m: min(times[m][1:]))
+            self._choice[key] = mode
+        return mode
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         ext = load_kernels()
         if ext is None or x.dtype != torch.float32:
@@ -183,24 +235,11 @@ class CompactC3D(nn.Module):
             conv = self.convs[name]
             hw = grid[1] * grid[2]
             q = (t - 1) * hw + (h - 1) * grid[2] + w
-            if not isinstance(conv, SparseConv3d):  # dense layer through PyTorch: leave and re-enter the layout
-                y = torch.relu(conv(interior(buf, n, c, grid, s, one, (t, h, w))))
-                cout = y.shape[1]
-                out = x.new_zeros(n * cout * s + SLACK)
-                interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
-            else:
-                cout = conv.out_channels
-                ident = self._ident.get(c)
-                if ident is None:
-                    ident = self._ident[c] = np.arange(c, dtype=np.int64)
-                off = conv.offsets(("c3d", grid), ident, (1, 1, 1), grid, s)
-                out = x.new_empty(n * cout * s + SLACK)
-                if name in self.pool_of:
-                    _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, 0, s, False, n, q, conv.bias, True, None)
-                else:
-                    valid = self._valid_mask(grid, (t, h, w), q)
-                    _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, hw + grid[2] + 1, s, True, n, q,
-                         conv.bias, True, valid)
+            cout = conv.out_channels
+            mode = "kernel" if isinstance(conv, SparseConv3d) else "torch"
+            if name in self.dense_convs:  # unpruned layer: the kernel or oneDNN, whichever ran faster here
+                mode = self._choose(ext, name, (buf, n, c, cout, t, h, w, grid, s, q, hw))
+            out = self._conv_step(ext, name, mode, buf, n, c, cout, t, h, w, grid, s, q, hw)
             c = cout
             if name in self.pool_of:
                 pool = self.pools[self.pool_of[name]]

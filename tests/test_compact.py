@@ -150,6 +150,10 @@ def test_whole_c3d(profile):
             assert rel_err(cm(x), ref) < TOL
             assert rel_err(cm._torch_features(x), ref_f) < TOL
             assert rel_err(unfused(x), ref) < TOL
+            for mode in ("kernel", "torch", "torch_cl"):  # every path an unpruned conv may take
+                cm.dense_mode = mode
+                assert rel_err(cm(x), ref) < TOL, mode
+            cm.dense_mode = None
 
 
 def test_fallback_without_compiler(monkeypatch, caplog):
