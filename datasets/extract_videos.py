@@ -1,123 +1,226 @@
-"""Raw videos -> JPEG frame folders and split lists, decoded with PyAV.
+"""Raw UCF101/HMDB51 videos -> JPEG frame folders + list files (decoded with PyAV).
 
-    python datasets/extract_videos.py --dataset ucf101 --videos ucf101 --splits ucfTrainTestlist --out ucf101_frame
-    cd datasets && python extract_videos.py -d ucf101         # the original README's spelling, same defaults
+    python datasets/extract_videos.py -d ucf101          # ucf101/ + ucfTrainTestlist/ -> ucf101_frame/
+    python datasets/extract_videos.py --dataset hmdb51 --videos hmdb51 --splits testTrainMulti_7030_splits \
+        --out hmdb51_frame --split 1 --short-side 128 --workers 8
 
-Writes ``<out>/<video_id>/00001.jpg ...`` (short side resized), ``<out>/train.txt`` and ``<out>/val.txt``
-(lines ``<video_id> <num_frames> <label>``, 0-based labels), ``<out>/classes.txt`` (one class name per line,
-in label order) and ``<out>/failed.txt`` (``<video_id>\\t<status>\\t<message>``: missing, empty, corrupt, or
-truncated (frames kept)). Finished videos are skipped on a re-run; a broken video never stops the run.
+Output in ``--out``:
+  <video_id>/00001.jpg ...    frames in decode order, short side resized to --short-side (1-based names)
+  <video_id>/.done            JSON marker written last (atomically): the video is complete and is skipped on rerun
+  train.txt, val.txt          one line per usable video: "<video_id> <num_frames> <label>" (label 0-based;
+                              val = the official test list of --split)
+  classes.txt                 class names, line i = label i
+  dataset.json                dataset, split, short side, class names
+  failed.txt                  one tab-separated line per problem video: video_id, split, status
+                              (missing|empty|corrupt|truncated), kept|skipped, file, message
+A truncated video keeps the frames decoded before the damage (and is listed in failed.txt as kept); missing,
+empty and corrupt videos are left out of the lists (listed as skipped) and retried on the next run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import os
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
+if __package__ in (None, ""):  # run as a script (python datasets/extract_videos.py, or from inside datasets/)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.errors import DataError, run_cli  # noqa: E402
-from datasets.splits import DEFAULT_DIRS, read_splits  # noqa: E402
-from datasets.splits import locate as locate_videos  # noqa: E402
-from datasets.video_io import VideoReadError, encode_jpeg, iter_frames  # noqa: E402
+from datasets.errors import DataError, run_cli
+from datasets.splits import DEFAULT_DIRS, SPLIT_NAMES, VideoEntry, index_videos, locate, read_splits
+from datasets.video_io import VideoReadError, encode_jpeg, iter_frames
+
+DONE = ".done"
 
 
-@dataclass
-class Outcome:
-    video_id: str
-    status: str  # ok, skipped, truncated, missing, empty, corrupt
-    frames: int = 0
-    message: str = ""
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file + rename, so readers never see a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
-def extract_one(job: tuple[str, str | None, str, int, int]) -> Outcome:
-    """Decode one video into ``<out>/<video_id>/`` via a temporary folder renamed at the end (atomic)."""
-    video_id, path, out, short_side, quality = job
-    final = Path(out) / video_id
-    if final.is_dir():
-        return Outcome(video_id, "skipped", len(list(final.glob("*.jpg"))))
-    tmp = Path(out) / f".{video_id}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def read_done(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _extract_one(args: tuple[str, str | None, str, int, int]) -> dict:
+    video_id, path, out, short_side, quality = args
+    folder = Path(out) / video_id
+    if folder.exists():  # leftovers of an interrupted run: start this video again
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     from datasets.video_io import DecodeReport
 
     report = DecodeReport()
     try:
-        for i, frame in enumerate(iter_frames(path, short_side, report), 1):
-            (tmp / f"{i:05d}.jpg").write_bytes(encode_jpeg(frame, quality))
-    except VideoReadError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return Outcome(video_id, e.status, 0, str(e))
-    os.replace(tmp, final)
-    return Outcome(video_id, report.status, report.frames, report.message)
+        for i, rgb in enumerate(iter_frames(path, short_side, report), 1):
+            (folder / f"{i:05d}.jpg").write_bytes(encode_jpeg(rgb, quality))
+    except VideoReadError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        return {"video_id": video_id, "status": exc.status, "message": str(exc), "frames": 0, "path": path}
+    except Exception as exc:  # never stop the whole run for one video
+        shutil.rmtree(folder, ignore_errors=True)
+        msg = f"{type(exc).__name__}: {exc}"
+        return {"video_id": video_id, "status": "corrupt", "message": msg, "frames": 0, "path": path}
+    marker = {
+        "video_id": video_id,
+        "status": report.status,
+        "message": report.message,
+        "frames": report.frames,
+        "width": report.width,
+        "height": report.height,
+        "source": path,
+    }
+    write_atomic(folder / DONE, json.dumps(marker))
+    return {**marker, "path": path}
 
 
-def extract(dataset: str, videos: str, splits: str, out: str, split: int = 1, short_side: int = 128,
-            workers: int = 1, quality: int = 90, progress: bool = True) -> dict:
-    """Extract every video of one split; returns a summary with the failures."""
+def extract(
+    dataset: str,
+    videos: str | os.PathLike,
+    splits: str | os.PathLike,
+    out: str | os.PathLike,
+    split: int = 1,
+    short_side: int = 128,
+    quality: int = 90,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Extract every video of ``split`` (train and val); returns a summary dict. Resumable."""
     lists = read_splits(dataset, splits, split)
-    entries = {name: locate_videos(es, videos) for name, es in lists.videos.items()}
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(e.video_id, str(e.path) if e.path else None, str(out_dir), short_side, quality)
-            for es in entries.values() for e in es]
-    outcomes: dict[str, Outcome] = {}
-    if workers > 1:
-        with get_context("fork").Pool(workers) as pool:
-            it = pool.imap_unordered(extract_one, jobs, chunksize=1)
-            for o in _progress(it, len(jobs), progress):
-                outcomes[o.video_id] = o
-    else:
-        for o in _progress(map(extract_one, jobs), len(jobs), progress):
-            outcomes[o.video_id] = o
-    failed = [o for o in outcomes.values() if o.status not in ("ok", "skipped")]
-    for name, es in entries.items():
-        lines = [f"{e.video_id} {outcomes[e.video_id].frames} {e.label}\n" for e in es
-                 if outcomes[e.video_id].frames > 0]
-        (out_dir / f"{name}.txt").write_text("".join(lines))
-    (out_dir / "classes.txt").write_text("".join(c + "\n" for c in lists.class_names))
-    (out_dir / "failed.txt").write_text("".join(f"{o.video_id}\t{o.status}\t{o.message}\n"
-                                                for o in sorted(failed, key=lambda o: o.video_id)))
-    return {"videos": len(jobs), "extracted": sum(o.status == "ok" for o in outcomes.values()),
-            "skipped": sum(o.status == "skipped" for o in outcomes.values()), "failed": failed,
-            "out": str(out_dir)}
+    index = index_videos(videos)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"dataset": dataset, "split": split, "short_side": short_side, "class_names": lists.class_names}
+    old = out / "dataset.json"
+    if old.is_file():
+        prev = json.loads(old.read_text())
+        if (prev.get("dataset"), prev.get("short_side")) != (dataset, short_side):
+            raise DataError(
+                f"{out} already holds {prev.get('dataset')} frames at short side {prev.get('short_side')}: "
+                f"use another --out for {dataset} at short side {short_side}"
+            )
+    write_atomic(old, json.dumps(info, indent=1))
+    write_atomic(out / "classes.txt", "".join(c + "\n" for c in lists.class_names))
+
+    located: dict[str, list[VideoEntry]] = {s: locate(lists.videos[s], videos, index) for s in SPLIT_NAMES}
+    results: dict[str, dict] = {}
+    todo = []
+    for entries in located.values():
+        for e in entries:
+            done = read_done(out / e.video_id)
+            if done is not None:
+                results[e.video_id] = {**done, "path": done.get("source"), "resumed": True}
+            else:
+                todo.append((e.video_id, str(e.path) if e.path else None, str(out), short_side, quality))
+    if todo:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"extract {dataset}", unit="video")
+        if workers > 1 and len(todo) > 1:
+            with multiprocessing.get_context().Pool(min(workers, len(todo))) as pool:
+                for r in pool.imap_unordered(_extract_one, todo):
+                    results[r["video_id"]] = r
+                    if bar:
+                        bar.update()
+        else:
+            for job in todo:
+                r = _extract_one(job)
+                results[r["video_id"]] = r
+                if bar:
+                    bar.update()
+        if bar:
+            bar.close()
+
+    summary: dict = {
+        "out": str(out),
+        "failed": [],
+        "counts": {},
+        "videos": len(results),
+        "skipped": sum(bool(r.get("resumed")) for r in results.values()),  # finished in an earlier run
+        "extracted": sum(r["status"] in ("ok", "truncated") and not r.get("resumed") for r in results.values()),
+    }
+    failed_lines = ["# video_id\tsplit\tstatus\tkept|skipped\tfile\tmessage\n"]
+    for s in SPLIT_NAMES:
+        lines, counts = [], Counter()
+        for e in located[s]:
+            r = results[e.video_id]
+            counts[r["status"]] += 1
+            counts["resumed"] += bool(r.get("resumed"))
+            kept = r["status"] in ("ok", "truncated")
+            if kept:
+                lines.append(f"{e.video_id} {r['frames']} {e.label}\n")
+            if r["status"] != "ok":
+                fields = [e.video_id, s, r["status"], "kept" if kept else "skipped", r.get("path") or e.rel,
+                          r.get("message", "")]
+                failed_lines.append("\t".join(fields) + "\n")
+                summary["failed"].append(
+                    {"video_id": e.video_id, "split": s, "status": r["status"], "kept": kept, "message": fields[5]}
+                )
+        write_atomic(out / f"{s}.txt", "".join(lines))
+        summary["counts"][s] = {"listed": len(located[s]), "written": len(lines), **counts}
+    write_atomic(out / "failed.txt", "".join(failed_lines))
+    return summary
 
 
-def _progress(it, total: int, enabled: bool):
-    from tqdm import tqdm
+def print_summary(summary: dict, file=sys.stdout) -> None:
+    for s, c in summary["counts"].items():
+        extra = ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k not in ("listed", "written", "ok") and v)
+        note = f" ({extra})" if extra else ""
+        print(f"{s}: {c['written']} of {c['listed']} videos in {s}.txt{note}", file=file)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} problem video(s), listed in {Path(summary['out']) / 'failed.txt'}:", file=file)
+        for f in summary["failed"][:20]:
+            kept = "kept" if f["kept"] else "skipped"
+            print(f"  {f['video_id']} [{f['split']}] {f['status']} ({kept}): {f['message']}", file=file)
+        if len(summary["failed"]) > 20:
+            print(f"  ... and {len(summary['failed']) - 20} more", file=file)
 
-    return tqdm(it, total=total, desc="extract", unit="video", disable=not enabled)
+
+def default_videos_dir(dataset: str) -> str:
+    d = DEFAULT_DIRS[dataset][0]
+    # `unrar x UCF101.rar` gives UCF-101/; the original README's `unrar e` gives a flat ucf101/.
+    if dataset == "ucf101" and not Path(d).exists() and Path("UCF-101").exists():
+        return "UCF-101"
+    return d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", "-d", choices=sorted(DEFAULT_DIRS), default="ucf101")
-    p.add_argument("--videos", help="folder of the unpacked videos (flat or <Class>/ layout)")
-    p.add_argument("--splits", help="folder of the official split files")
-    p.add_argument("--out", "-o", help="output folder of frame folders and lists")
-    p.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
-    p.add_argument("--short-side", type=int, default=128, help="resize so the short side is N (256 for S3D)")
-    p.add_argument("--workers", "-j", type=int, default=os.cpu_count() or 1)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", "-d", choices=list(DEFAULT_DIRS), default="ucf101")
+    p.add_argument("--videos", help="folder of raw videos, flat or one folder per class (default: ucf101/ or hmdb51/)")
+    p.add_argument("--splits", help="split folder (default: ucfTrainTestlist/ or testTrainMulti_7030_splits/)")
+    p.add_argument("--out", "-o", help="output folder (default: ucf101_frame/ or hmdb51_frame/)")
+    p.add_argument("--split", "-s", type=int, default=1, choices=[1, 2, 3])
+    p.add_argument("--short-side", type=int, default=128,
+                   help="resize the short side to N (256 for S3D); 0 keeps the size")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    p.add_argument("--workers", "-j", type=int, default=os.cpu_count() or 1)
     a = p.parse_args(argv)
-    videos, splits, out = DEFAULT_DIRS[a.dataset]
-    s = extract(a.dataset, a.videos or videos, a.splits or splits, a.out or out, a.split, a.short_side,
-                a.workers, a.quality)
-    print(f"{s['videos']} videos: {s['extracted']} extracted, {s['skipped']} already done, "
-          f"{len(s['failed'])} with problems (listed in {s['out']}/failed.txt)")
-    for o in s["failed"]:
-        print(f"  {o.video_id}: {o.status}: {o.message}", file=sys.stderr)
-    if s["videos"] and s["extracted"] + s["skipped"] == 0:
-        raise DataError(f"no video of the split could be read from {a.videos or videos}: check --videos")
+    videos = a.videos or default_videos_dir(a.dataset)
+    splits = a.splits or DEFAULT_DIRS[a.dataset][1]
+    out = a.out or DEFAULT_DIRS[a.dataset][2]
+    summary = extract(a.dataset, videos, splits, out, a.split, a.short_side, a.quality, a.workers)
+    print_summary(summary)
+    if summary["videos"] and summary["extracted"] + summary["skipped"] == 0:
+        raise DataError(f"no video of the split could be read from {videos}: check --videos (see {out}/failed.txt)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from datasets.extract_videos import main as _main  # workers must find _extract_one in an importable module
+
+    sys.exit(run_cli(_main))

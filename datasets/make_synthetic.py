@@ -28,7 +28,6 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (python datasets/make_synthetic.py or from inside datasets/)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    __package__ = "datasets"
 
 import av
 import numpy as np
@@ -359,4 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    from datasets.make_synthetic import main as _main  # spawned workers must find _make_one by import
+
+    sys.exit(run_cli(_main))

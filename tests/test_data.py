@@ -73,7 +73,9 @@ def test_corrupt_and_missing_videos_are_reported_and_the_rest_extracted(syntheti
     out = tmp_path / "frames"
     s = extract("ucf101", str(raw / "UCF-101"), str(raw / "ucfTrainTestlist"), str(out), short_side=40,
                 progress=False)
-    failed = {line.split("\t")[0]: line.split("\t")[1] for line in (out / "failed.txt").read_text().splitlines()}
+    rows = [ln.split("\t") for ln in (out / "failed.txt").read_text().splitlines() if not ln.startswith("#")]
+    failed = {r[0]: r[2] for r in rows}  # video_id, split, status, kept|skipped, file, message
+    assert all(r[3] == "skipped" for r in rows)
     assert failed == {vids[0].stem: "corrupt", vids[1].stem: "missing"}
     assert s["extracted"] == 12 - 2
     listed = [ln.split()[0] for f in ("train.txt", "val.txt") for ln in (out / f).read_text().splitlines()]
@@ -81,6 +83,7 @@ def test_corrupt_and_missing_videos_are_reported_and_the_rest_extracted(syntheti
     again = extract("ucf101", str(raw / "UCF-101"), str(raw / "ucfTrainTestlist"), str(out), short_side=40,
                     progress=False)
     assert again["skipped"] == 10 and again["extracted"] == 0  # resumed: finished videos skipped
+    assert all((out / v.stem / ".done").is_file() for v in vids[2:])
 
 
 def test_hmdb51_layout_end_to_end(tmp_path):
@@ -161,3 +164,18 @@ def test_bad_input_is_one_clear_line(synthetic, tmp_path):
     # the driver prints the same one line
     err = _cli_error(["opt_main.py", "--evaluate", "--arch", "c3d", "--data-location", str(db), "--load-path", "x"])
     assert "newer prune3d" in err
+
+
+def test_video_metrics_average_softmax_over_clips():
+    import torch
+
+    from datasets import clip_metrics, video_metrics
+
+    # video 0 (label 0): one confident wrong clip, two mildly right ones -> the averaged softmax still says 1;
+    # video 1 (label 2): both clips right.
+    logits = torch.tensor([[0.0, 9.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0, 0, 5.0], [0, 0, 5.0]])
+    labels = torch.tensor([0, 0, 0, 2, 2])
+    vidx = torch.tensor([0, 0, 0, 1, 1])
+    assert abs(clip_metrics(logits, labels)["top1"] - 4 / 5) < 1e-6
+    m = video_metrics(logits, labels, vidx)
+    assert m["top1"] == 0.5 and m["top5"] == 1.0 and m["num_videos"] == 2
