@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._ext import load_kernels
-from .modules import SLACK, SparseConv3d, _run, flat_layout, interior
+from .modules import SLACK, AutoConv3d, SparseConv3d, _run, flat_layout, interior
 
 KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
 
@@ -71,7 +71,7 @@ def _fuse_relu(model: nn.Module) -> int:
     count = 0
     for chain in _chains(model):
         for i, (_, _, m) in enumerate(chain):
-            if not isinstance(m, SparseConv3d) or m.relu:
+            if not isinstance(m, (SparseConv3d, AutoConv3d)) or m.relu:
                 continue
             j = i + 1
             while j < len(chain) and isinstance(chain[j][2], nn.Identity):
@@ -110,6 +110,8 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
         wname = f"{name}.weight"
         mask = masks.get(wname)
         if mask is None:
+            if fuse and not isinstance(model, C3D):  # unpruned: fastest of kernel / PyTorch paths
+                _set_module(model, name, AutoConv3d(mod, name=name))
             continue
         rule = (rules or {}).get(wname)
         block, union_only = 4, False

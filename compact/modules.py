@@ -141,8 +141,21 @@ class SparseConv3d(nn.Module):
         if nph == 1:
             grid, s_chan = flat_layout(dims, pad)
             per_sample = c * s_chan
-            buf = x.new_zeros(n * per_sample + SLACK)
-            interior(buf, n, c, grid, s_chan, pad, dims).copy_(x)
+            buf = x.new_empty(n * per_sample + SLACK)
+            buf[n * per_sample:].zero_()
+            chans = buf[:n * per_sample].view(n, c, s_chan)
+            vol = grid[0] * grid[1] * grid[2]
+            chans[:, :, vol:].zero_()
+            v = chans[:, :, :vol].unflatten(2, tuple(grid))
+            # zero only the padding (leading/trailing planes, separator rows and columns), then copy the data
+            v[:, :, :pad[0]].zero_()
+            v[:, :, pad[0] + dims[0]:].zero_()
+            mid = v[:, :, pad[0]:pad[0] + dims[0]]
+            if pad[1]:
+                mid[:, :, :, :pad[1]].zero_()
+            if pad[2]:
+                mid[:, :, :, pad[1]:, :pad[2]].zero_()
+            mid[:, :, :, pad[1]:, pad[2]:].copy_(x)
         else:  # stride phases: input position s*i + r of a dimension goes to phase r, index i
             grid = [-(-pd // st) for pd, st in zip(padded, stride)]
             s_chan = grid[0] * grid[1] * grid[2]
@@ -176,3 +189,56 @@ class SparseConv3d(nn.Module):
         _run(ext, self.plan, ctx["off"], buf, ctx["per_sample"], out, self.out_channels * per, per, 0, per, False, n,
              q, self.bias, self.relu, None, oidx)
         return out
+
+
+class AutoConv3d(nn.Module):
+    """An unpruned Conv3d run by whichever is fastest for the input shape it meets: the direct kernel (dense plan),
+    F.conv3d on contiguous input or on channels_last_3d input (timed interleaved on first use; same results)."""
+
+    def __init__(self, conv: nn.Conv3d, name: str = "") -> None:
+        super().__init__()
+        self.conv = conv
+        self.conv_cl = None
+        self.kernel = None
+        try:
+            self.kernel = SparseConv3d(conv, None, name=name)
+        except ValueError:
+            pass
+        self.relu = False
+        self.mode: str | None = None  # force "kernel", "torch" or "torch_cl"
+        self._choice: dict = {}
+
+    def _run(self, mode: str, x: torch.Tensor) -> torch.Tensor:
+        if mode == "kernel":
+            y = self.kernel(x)
+        elif mode == "torch_cl":
+            if self.conv_cl is None:
+                import copy
+
+                self.conv_cl = copy.deepcopy(self.conv).to(memory_format=torch.channels_last_3d)
+            y = self.conv_cl(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
+        else:
+            y = self.conv(x)
+        return torch.relu_(y) if self.relu else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.mode
+        if mode is None:
+            key = (tuple(x.shape), torch.get_num_threads())
+            mode = self._choice.get(key)
+            if mode is None:
+                modes = ["torch", "torch_cl"]
+                if self.kernel is not None and load_kernels() is not None:
+                    modes.append("kernel")
+                times: dict[str, list[float]] = {}
+                import time
+
+                with torch.no_grad():
+                    for m in modes * 3:
+                        t0 = time.perf_counter()
+                        self._run(m, x)
+                        times.setdefault(m, []).append(time.perf_counter() - t0)
+                mode = self._choice[key] = min(times, key=lambda m: min(times[m][1:]))
+        if mode == "kernel" and self.kernel is not None:
+            self.kernel.relu = False
+        return self._run(mode, x)

@@ -11,7 +11,7 @@ from torch import nn
 import compact
 from compact import _ext
 from compact.convert import CompactC3D, compile_sparse
-from compact.modules import SparseConv3d
+from compact.modules import AutoConv3d, SparseConv3d
 from models import build_model
 from pruning import LayerRule, hard_prune, project
 from pruning.profile import load_profile
@@ -234,11 +234,17 @@ def test_whole_video_nets(arch, profile, clip):
                 m.weight.normal_(1, 0.1)
                 m.bias.normal_(0, 0.1)
     cm = compile_sparse(model, masks, rules=rules)
-    n_sparse = sum(isinstance(m, SparseConv3d) for m in cm.modules())
-    assert n_sparse == len(masks)
+    sparse = {f"{n}.weight" for n, m in cm.named_modules() if isinstance(m, SparseConv3d) and not n.endswith(".kernel")}
+    assert sparse == set(masks)
     assert sum(isinstance(m, nn.BatchNorm3d) for m in cm.modules()) < sum(
         isinstance(m, nn.BatchNorm3d) for m in model.modules())
     assert any(m.relu for m in cm.modules() if isinstance(m, SparseConv3d))
     x = torch.randn(2, 3, *clip)
+    autos = [m for m in cm.modules() if isinstance(m, AutoConv3d)]
     with torch.no_grad():
-        assert rel_err(cm(x), model(x)) < TOL
+        ref = model(x)
+        assert rel_err(cm(x), ref) < TOL
+        for mode in ("kernel", "torch", "torch_cl"):  # every path an unpruned conv may take
+            for m in autos:
+                m.mode = mode
+            assert rel_err(cm(x), ref) < TOL, mode
