@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-checkpoints/demo}
 DATA=${DATA:-data/demo}
 CLASSES=${CLASSES:-5}
-VIDEOS=${VIDEOS:-40}          # per class
+VIDEOS=${VIDEOS:-20}          # per class
 FRAMES=${FRAMES:-40}          # per video (25 fps)
 PROFILE=${PROFILE:-c3d_kgrc_3.04x}
-DENSE_EPOCHS=${DENSE_EPOCHS:-30}
+DENSE_EPOCHS=${DENSE_EPOCHS:-12}
 ADMM_EPOCHS=${ADMM_EPOCHS:-2}   # per rho stage (3 stages)
 RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-10}
 SMALL=(--arch c3d --width-mult 0.25 --clip-len 8 --crop-size 56 --short-side 64 --batch-size 8
