@@ -190,6 +190,25 @@ def finish(trainer: Trainer, args: argparse.Namespace, masks: dict | None, extra
     return metrics
 
 
+def prune_setup(args: argparse.Namespace, device: torch.device):
+    """What every pruning phase starts from: data, model, profile rules and the starting checkpoint."""
+    data = make_data(args)
+    model = make_model(args).to(device)
+    profile = make_profile(args, required=True)
+    rules = profile.resolve(model)
+    start = load_start(model, args, required=True)
+    return data, model, profile, rules, start
+
+
+def fit_then_prune(args, model, data, hooks, device, profile, rules, old) -> dict:
+    """Train towards the sparse set (ADMM or reweighting), then hard prune and write the phase result."""
+    trainer = start_trainer(args, model, data, hooks, device, profile, run_dir_for(args))
+    trainer.fit()
+    before = trainer.evaluate()["video_top1"]
+    masks = prune_to_profile(model, rules, old)
+    return finish(trainer, args, masks, {"video_top1_before_prune": before})
+
+
 def start_trainer(args, model, data, hooks, device, profile, run_dir) -> Trainer:
     trainer = Trainer(args, model, data[0], data[1], hooks, run_dir, device,
                       profile.to_dict() if profile else None)
@@ -214,11 +233,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
 
 def admm(args: argparse.Namespace, device: torch.device) -> dict:
     """ADMM towards the profile's sparse set (SPEC §5), then hard prune."""
-    data = make_data(args)
-    model = make_model(args).to(device)
-    profile = make_profile(args, required=True)
-    rules = profile.resolve(model)
-    start = load_start(model, args, required=True)
+    data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
     solver = ADMM(rules, rho=args.rho, rho_num=args.rho_num, keep_masks=old)
     solver.initialize(model)
@@ -243,20 +258,12 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
         on_iteration_end=(lambda it: z_u_step() if it % args.admm_iters == 0 else None) if args.admm_iters
         else None,
         on_epoch_end=epoch_end, state=solver.state_dict, load_state=solver.load_state_dict)
-    trainer = start_trainer(args, model, data, hooks, device, profile, run_dir_for(args))
-    trainer.fit()
-    before = trainer.evaluate()["video_top1"]
-    masks = prune_to_profile(model, rules, old)
-    return finish(trainer, args, masks, {"video_top1_before_prune": before})
+    return fit_then_prune(args, model, data, hooks, device, profile, rules, old)
 
 
 def rew(args: argparse.Namespace, device: torch.device) -> dict:
     """Reweighted group-lasso (SPEC §6), then hard prune."""
-    data = make_data(args)
-    model = make_model(args).to(device)
-    profile = make_profile(args, required=True)
-    rules = profile.resolve(model)
-    start = load_start(model, args, required=True)
+    data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
     penalty = ReweightedGroupLasso(rules, args.rew_lambda, args.rew_eps)
 
@@ -266,20 +273,12 @@ def rew(args: argparse.Namespace, device: torch.device) -> dict:
 
     hooks = PhaseHooks("rew", extra_loss=penalty.penalty, masks=old or None, on_epoch_start=epoch_start,
                        state=penalty.state_dict, load_state=penalty.load_state_dict)
-    trainer = start_trainer(args, model, data, hooks, device, profile, run_dir_for(args))
-    trainer.fit()
-    before = trainer.evaluate()["video_top1"]
-    masks = prune_to_profile(model, rules, old)
-    return finish(trainer, args, masks, {"video_top1_before_prune": before})
+    return fit_then_prune(args, model, data, hooks, device, profile, rules, old)
 
 
 def masked_retrain(args: argparse.Namespace, device: torch.device) -> dict:
     """Hard prune with the profile and retrain with the pattern fixed (SPEC §7)."""
-    data = make_data(args)
-    model = make_model(args).to(device)
-    profile = make_profile(args, required=True)
-    rules = profile.resolve(model)
-    start = load_start(model, args, required=True)
+    data, model, profile, rules, start = prune_setup(args, device)
     if not start.get("masks") and not zero_masks(model):
         raise UserError(f"{args.load_path}: has no pruned weights (no masks, no zeros); --masked-retrain starts "
                         "from an --admm or --rew result")
