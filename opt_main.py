@@ -47,6 +47,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.batch_size is None:  # clips per step when training; latency is measured per clip
         args.batch_size = 1 if args.phase == "benchmark" else 16
     args.total_epochs = args.epochs * (args.rho_num if args.phase == "admm" else 1)
+    if args.hflip is None:
+        args.hflip = args.dataset != "synthetic"
     return args
 
 
@@ -77,7 +79,7 @@ def make_data(args: argparse.Namespace):
     common = dict(clip_len=args.clip_len, crop_size=args.crop_size, short_side=args.short_side,
                   sampling=args.sampling, mean=info.mean, std=info.std)
     root = data_root(args.data_location, args.dataset)
-    train_set = datasets.build_dataset(root, "train", train=True, **common)
+    train_set = datasets.build_dataset(root, "train", train=True, hflip=args.hflip, **common)
     val_set = datasets.build_dataset(root, "val", train=False, test_clips=args.test_clips, **common)
     if args.num_classes not in (None, train_set.num_classes):
         raise UserError(f"--num-classes {args.num_classes} but {args.data_location} has {train_set.num_classes} "

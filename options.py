@@ -65,6 +65,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--crop-size", type=int, default=None, help="default: 112 (224 for s3d)")
     g.add_argument("--short-side", type=int, default=None, help="resize before crop; default 128 (256 for s3d)")
     g.add_argument("--sampling", choices=("segment", "consecutive"), default="segment")
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips in training; default on, off for --dataset synthetic, whose "
+                        "classes include left vs right motion")
     g.add_argument("--test-clips", type=int, default=1, help="clips per video at evaluation (video-level accuracy)")
     g.add_argument("--workers", "-j", type=int, default=4)
 

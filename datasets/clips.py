@@ -40,10 +40,15 @@ def consecutive_start(n: int, t: int, clip: int, clips: int, train: bool) -> int
     return round(span * (clip + 0.5) / clips) if clips > 1 else span // 2
 
 
-def clip_transform(train: bool, short_side: int, crop_size: int, mean, std) -> v2.Compose:
-    """Whole-clip transforms on uint8 [T, C, H, W]: one crop and one flip for all frames of a clip."""
+def clip_transform(train: bool, short_side: int, crop_size: int, mean, std, hflip: bool = True) -> v2.Compose:
+    """Whole-clip transforms on uint8 [T, C, H, W]: one crop and one flip for all frames of a clip.
+
+    Flipping swaps left and right motion, so it is for datasets whose labels do not depend on direction."""
     steps = [v2.Resize(short_side, antialias=True)]
-    steps += [v2.RandomCrop(crop_size), v2.RandomHorizontalFlip()] if train else [v2.CenterCrop(crop_size)]
+    if train:
+        steps += [v2.RandomCrop(crop_size)] + ([v2.RandomHorizontalFlip()] if hflip else [])
+    else:
+        steps += [v2.CenterCrop(crop_size)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 
@@ -53,14 +58,14 @@ class ClipDataset(Dataset):
 
     def __init__(self, *, labels: list[int], video_ids: list[str], class_names: list[str], clip_len: int,
                  crop_size: int, short_side: int, sampling: str, test_clips: int, mean, std, train: bool,
-                 num_frames: list[int]) -> None:
+                 num_frames: list[int], hflip: bool = True) -> None:
         if sampling not in ("segment", "consecutive"):
             raise DataError(f"unknown sampling {sampling!r}: expected segment or consecutive")
         self.labels, self.video_ids, self.class_names = labels, video_ids, class_names
         self.clip_len, self.sampling, self.train = clip_len, sampling, train
         self.clips_per_video = 1 if train else max(1, test_clips)
         self._num_frames = num_frames
-        self.transform = clip_transform(train, short_side, crop_size, mean, std)
+        self.transform = clip_transform(train, short_side, crop_size, mean, std, hflip)
 
     @property
     def num_classes(self) -> int:
@@ -158,13 +163,14 @@ class FrameFolderClips(ClipDataset):
 
 def build_dataset(root: str, split: str, *, clip_len: int = 16, crop_size: int = 112, short_side: int = 128,
                   sampling: str = "segment", test_clips: int = 1, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                  train: bool | None = None) -> ClipDataset:
+                  train: bool | None = None, hflip: bool = True) -> ClipDataset:
     """The clips of one split under `root`: ``<root>/<split>.lmdb`` if present, else frame folders."""
     root_p = Path(root)
     if not root_p.is_dir():
         raise DataError(f"{root}: no such data folder; pass --data-location (a folder with train.lmdb/val.lmdb)")
     kw = dict(clip_len=clip_len, crop_size=crop_size, short_side=short_side, sampling=sampling,
-              test_clips=test_clips, mean=mean, std=std, train=split == "train" if train is None else train)
+              test_clips=test_clips, mean=mean, std=std, train=split == "train" if train is None else train,
+              hflip=hflip)
     if (root_p / f"{split}.lmdb").exists() or (root_p / f"{split}.lmdb.partial").exists():
         return LmdbClips(root_p / f"{split}.lmdb", **kw)
     if (root_p / f"{split}.txt").is_file():

@@ -121,25 +121,38 @@ def _displacement(m: Motion, t: float, phase: float) -> tuple[float, float, floa
     raise ValueError(m.kind)
 
 
-def render_video(motion: Motion, num_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Frames [H, W, 3] uint8 of one video of the given motion class."""
+SCENES = ("panning", "static", "plain")
+
+
+def render_video(motion: Motion, num_frames: int, rng: np.random.Generator, scene: str = "panning",
+                 shape_scale: float = 1.0, speed_scale: float = 1.0) -> list[np.ndarray]:
+    """Frames [H, W, 3] uint8 of one video of the given motion class.
+
+    ``scene``: ``panning`` texture (the hard default: background motion competes with the class motion),
+    ``static`` texture, or ``plain`` colour with sensor noise (easy enough for a tiny model in minutes)."""
     # Per-video jitter: classes stay separable but are not a single exact trajectory.
     m = Motion(
         motion.kind,
         motion.angle + rng.uniform(-6, 6),
-        motion.speed * rng.uniform(0.85, 1.15),
-        motion.period * rng.uniform(0.9, 1.1),
+        motion.speed * speed_scale * rng.uniform(0.85, 1.15),
+        motion.period / speed_scale * rng.uniform(0.9, 1.1),
         motion.amp * rng.uniform(0.85, 1.15),
         motion.direction,
     )
+    if scene not in SCENES:
+        raise DataError(f"unknown scene {scene!r}: expected one of {', '.join(SCENES)}")
     tex = _texture(rng)
     bg_angle, bg_speed = rng.uniform(0, 2 * math.pi), rng.uniform(0.3, 1.5)
+    if scene != "panning":
+        bg_speed = 0.0
+    if scene == "plain":
+        tex = rng.uniform(40, 200, 3).astype(np.float32) + rng.normal(0, 6, (HEIGHT, WIDTH, 3)).astype(np.float32)
     shapes = []
     for _ in range(int(rng.integers(2, 4))):
         shapes.append(
             dict(
                 kind=rng.choice(["disc", "square", "ring", "diamond"]),
-                r=float(rng.uniform(12, 22)),
+                r=float(rng.uniform(12, 22)) * shape_scale,
                 color=rng.uniform(0, 255, 3).astype(np.float32),
                 x0=float(rng.uniform(0, WIDTH)),
                 y0=float(rng.uniform(0, HEIGHT)),
@@ -204,6 +217,9 @@ class _Job:
     num_frames: int
     seed: int
     container: str
+    scene: str = "panning"
+    shape_scale: float = 1.0
+    speed_scale: float = 1.0
 
 
 def _make_one(job: _Job) -> str:
@@ -211,7 +227,8 @@ def _make_one(job: _Job) -> str:
         return job.path
     rng = np.random.default_rng([job.seed, job.class_index, job.video_index, 1])
     motion = motion_catalogue()[job.class_index][1]
-    write_video(Path(job.path), render_video(motion, job.num_frames, rng), job.container)
+    write_video(Path(job.path), render_video(motion, job.num_frames, rng, job.scene, job.shape_scale,
+                                                   job.speed_scale), job.container)
     return job.path
 
 
@@ -250,6 +267,9 @@ def make_synthetic(
     container: str = "avi",
     workers: int = 1,
     progress: bool = False,
+    scene: str = "panning",
+    shape_scale: float = 1.0,
+    speed_scale: float = 1.0,
 ) -> dict:
     """Write the dataset under ``out``; returns a summary dict (paths of the video and split folders)."""
     cat = motion_catalogue()
@@ -259,6 +279,12 @@ def make_synthetic(
         raise DataError("--videos-per-class must be at least 2 (one train and one test video per class)")
     if frames < 1:
         raise DataError("--frames must be at least 1")
+    if scene not in SCENES:
+        raise DataError(f"unknown --scene {scene!r}: expected one of {', '.join(SCENES)}")
+    if not 0.25 <= shape_scale <= 4:
+        raise DataError(f"--shape-scale must be between 0.25 and 4, got {shape_scale}")
+    if not 0.25 <= speed_scale <= 4:
+        raise DataError(f"--speed-scale must be between 0.25 and 4, got {speed_scale}")
     out = Path(out)
     names = [n for n, _ in cat[:classes]]
     ext = ".avi" if container == "avi" else ".mp4"
@@ -277,7 +303,8 @@ def make_synthetic(
             for j, (g, k) in enumerate(groups):
                 rel = f"{name}/v_{name}_g{g:02d}_c{k:02d}{ext}"
                 n = max(1, int(round(frames * lengths[c, j])))
-                jobs.append(_Job(str(video_root / rel), c, j, n, seed, container))
+                jobs.append(_Job(str(video_root / rel), c, j, n, seed, container, scene, shape_scale,
+                                 speed_scale))
                 for s in (1, 2, 3):
                     if _ucf_test_split(g, ng) == s:
                         split_lines[f"testlist0{s}.txt"].append(rel)
@@ -292,7 +319,8 @@ def make_synthetic(
             files = [f"Synthetic_{name}_{cls}_f_cm_np{1 + j % 3}_fr_med_{j}{ext}" for j in range(videos_per_class)]
             for j, f in enumerate(files):
                 n = max(1, int(round(frames * lengths[c, j])))
-                jobs.append(_Job(str(video_root / cls / f), c, j, n, seed, container))
+                jobs.append(_Job(str(video_root / cls / f), c, j, n, seed, container, scene, shape_scale,
+                                 speed_scale))
             for s in (1, 2, 3):
                 split_lines[f"{cls}_test_split{s}.txt"] = [
                     f"{f} {i} " for f, i in zip(files, _hmdb_ids(videos_per_class, s))
@@ -336,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--container", choices=["avi", "mp4"], default="avi", help="avi = MPEG-4/XviD like UCF101, mp4 = H.264"
     )
+    p.add_argument("--scene", choices=SCENES, default="panning",
+                   help="background: panning texture (hard), static texture, or plain colour (easy, for the demo)")
+    p.add_argument("--shape-scale", type=float, default=1.0, help="multiply the moving shapes' size")
+    p.add_argument("--speed-scale", type=float, default=1.0, help="multiply the motions' speed (and frequency)")
     p.add_argument("--workers", "-j", type=int, default=min(4, os.cpu_count() or 1))
     a = p.parse_args(argv)
     info = make_synthetic(
@@ -349,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.container,
         a.workers,
         progress=True,
+        scene=a.scene,
+        shape_scale=a.shape_scale,
+        speed_scale=a.speed_scale,
     )
     print(
         f"wrote {info['num_videos']} videos of {len(info['classes'])} classes to {info['videos']}, "

@@ -179,3 +179,31 @@ def test_video_metrics_average_softmax_over_clips():
     assert abs(clip_metrics(logits, labels)["top1"] - 4 / 5) < 1e-6
     m = video_metrics(logits, labels, vidx)
     assert m["top1"] == 0.5 and m["top5"] == 1.0 and m["num_videos"] == 2
+
+
+def test_scenes_and_scales_change_what_is_rendered():
+    from datasets.make_synthetic import motion_catalogue, render_video
+
+    motion = dict(motion_catalogue())["DriftRight"]
+    pan = render_video(motion, 6, np.random.default_rng(0))
+    plain = render_video(motion, 6, np.random.default_rng(0), scene="plain")
+    static = render_video(motion, 6, np.random.default_rng(0), scene="static")
+    fast = render_video(motion, 6, np.random.default_rng(0), scene="static", speed_scale=3)
+    big = render_video(motion, 6, np.random.default_rng(0), scene="static", shape_scale=2)
+
+    def moving(frames):  # fraction of pixels that change between the first and the last frame
+        return float((np.abs(frames[-1].astype(int) - frames[0]).sum(-1) > 30).mean())
+
+    assert moving(pan) > 0.1  # the textured background pans
+    assert moving(static) < 0.05 and moving(plain) < 0.05  # only the shapes move
+    assert plain[0].reshape(-1, 3).std(0).max() < static[0].reshape(-1, 3).std(0).max()
+    assert moving(fast) > moving(static) and moving(big) > moving(static)
+    with pytest.raises(DataError, match="scene"):
+        render_video(motion, 2, np.random.default_rng(0), scene="cloudy")
+
+
+def test_horizontal_flip_is_optional(synthetic):
+    flips = build_dataset(str(synthetic["lmdb"]), "train", **KW)
+    fixed = build_dataset(str(synthetic["lmdb"]), "train", hflip=False, **KW)
+    assert any(type(t).__name__ == "RandomHorizontalFlip" for t in flips.transform.transforms)
+    assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in fixed.transform.transforms)
