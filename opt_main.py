@@ -56,7 +56,7 @@ def make_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.num_classes is None:
         args.num_classes = DATASET_CLASSES.get(args.dataset, 101)
     return build_model(args.arch, args.num_classes, width_mult=args.width_mult, clip_len=args.clip_len,
-                       crop_size=args.crop_size)
+                       crop_size=args.crop_size, dropout=args.dropout)
 
 
 def make_profile(args: argparse.Namespace, required: bool = False):

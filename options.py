@@ -39,6 +39,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--arch", "-a", default="c3d", help="c3d | r2+1d | s3d")
     g.add_argument("--num-classes", type=int, default=None, help="default: from the dataset (101 for ucf101)")
     g.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (c3d)")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="dropout before the classifier; default the published 0.5 (c3d) / 0.2 (s3d)")
     g.add_argument("--load-path", "--load_path", default=None,
                    help="starting weights: baseline or an earlier phase's checkpoint")
     g.add_argument("--resume", default=None, help="checkpoint to continue (or 'auto'); with --report, count its zeros")

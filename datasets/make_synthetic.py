@@ -129,7 +129,8 @@ def render_video(motion: Motion, num_frames: int, rng: np.random.Generator, scen
     """Frames [H, W, 3] uint8 of one video of the given motion class.
 
     ``scene``: ``panning`` texture (the hard default: background motion competes with the class motion),
-    ``static`` texture, or ``plain`` colour with sensor noise (easy enough for a tiny model in minutes)."""
+    ``static`` texture, or ``plain`` dark colour with bright shapes and sensor noise: edges of one polarity,
+    which a tiny model learns from in minutes."""
     # Per-video jitter: classes stay separable but are not a single exact trajectory.
     m = Motion(
         motion.kind,
@@ -146,14 +147,15 @@ def render_video(motion: Motion, num_frames: int, rng: np.random.Generator, scen
     if scene != "panning":
         bg_speed = 0.0
     if scene == "plain":
-        tex = rng.uniform(40, 200, 3).astype(np.float32) + rng.normal(0, 6, (HEIGHT, WIDTH, 3)).astype(np.float32)
+        # dark ground, bright shapes: edges keep one polarity, so a single oriented 3D filter sees the direction
+        tex = rng.uniform(10, 60, 3).astype(np.float32) + rng.normal(0, 6, (HEIGHT, WIDTH, 3)).astype(np.float32)
     shapes = []
     for _ in range(int(rng.integers(2, 4))):
         shapes.append(
             dict(
                 kind=rng.choice(["disc", "square", "ring", "diamond"]),
                 r=float(rng.uniform(12, 22)) * shape_scale,
-                color=rng.uniform(0, 255, 3).astype(np.float32),
+                color=rng.uniform(*((150, 255) if scene == "plain" else (0, 255)), 3).astype(np.float32),
                 x0=float(rng.uniform(0, WIDTH)),
                 y0=float(rng.uniform(0, HEIGHT)),
             )

@@ -41,14 +41,24 @@ def arch_info(arch: str) -> ArchInfo:
 
 
 def build_model(arch: str, num_classes: int, *, width_mult: float = 1.0, clip_len: int = 16,
-                crop_size: int = 112) -> nn.Module:
-    """Build a model; C3D also adapts to the clip size and width so tests can run the real model small."""
+                crop_size: int = 112, dropout: float | None = None) -> nn.Module:
+    """Build a model; C3D also adapts to the clip size and width so tests can run the real model small.
+
+    `dropout` (C3D's fc6/fc7, S3D's classifier) defaults to the published value, 0.5 and 0.2."""
     info = arch_info(arch)
     if info.width_mult:
-        return info.builder(num_classes, width_mult=width_mult, clip_len=clip_len, crop_size=crop_size)
+        extra = {} if dropout is None else {"dropout": dropout}
+        return info.builder(num_classes, width_mult=width_mult, clip_len=clip_len, crop_size=crop_size, **extra)
     if width_mult != 1.0:
         raise ValueError(f"--width-mult is only supported for c3d, not {info.name}")
-    return info.builder(num_classes)
+    model = info.builder(num_classes)
+    if dropout is not None:
+        drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+        if not drops:
+            raise ValueError(f"--dropout: {info.name} has no dropout layer")
+        for m in drops:
+            m.p = dropout
+    return model
 
 
 def conv_weight_names(model: nn.Module) -> list[str]:

@@ -88,3 +88,12 @@ def test_report_json_from_profile_and_from_checkpoint(tmp_path):
     assert layers["conv2.weight"]["density"] == pytest.approx(masks["conv2.weight"].float().mean().item())
     assert layers["conv3a.weight"]["density"] == 1.0
     assert rep2["params_pruned"] == rep2["params_dense"] - int((~masks["conv2.weight"]).sum())
+
+
+def test_dropout_option_reaches_the_model():
+    assert build_model("c3d", 5, width_mult=0.25, clip_len=8, crop_size=32).dropout.p == 0.5
+    assert build_model("c3d", 5, width_mult=0.25, clip_len=8, crop_size=32, dropout=0.1).dropout.p == 0.1
+    s3d = build_model("s3d", 5, dropout=0.0)
+    assert [m.p for m in s3d.modules() if isinstance(m, torch.nn.Dropout)] == [0.0]
+    with pytest.raises(ValueError, match="no dropout"):
+        build_model("r2+1d", 5, dropout=0.1)
