@@ -5,8 +5,11 @@
     python scripts/bench_compact.py --arch r2+1d --profile r2+1d_kgrc_3.05x --json out.json
 
 Weights are random, projected onto the profile (hard_prune), unless --resume gives a checkpoint whose weights
-(and masks, if stored) are used. `--channel-pruned-equal-macs` adds, side by side, a physically filter-pruned
-model (whole filters and the matching input channels dropped, dense kernels) at the same MAC reduction.
+(and masks, if stored) are used. `--channel-pruned-equal-macs` (C3D only; needs `pip install torch-pruning`) adds,
+side by side and timed interleaved, Torch-Pruning's physically channel-pruned C3D (whole filters and the matching
+input channels removed, a smaller dense model) at the profile's MAC reduction:
+
+    python scripts/bench_compact.py --arch c3d --profile c3d_kgrc_3.04x --batch-size 1 8 --channel-pruned-equal-macs
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compact  # noqa: E402
 from models import build_model  # noqa: E402
+from models.c3d import CONVS  # noqa: E402
 from pruning import hard_prune  # noqa: E402
 from pruning.profile import load_profile  # noqa: E402
 from pruning.report import build_report  # noqa: E402
@@ -43,9 +48,13 @@ def parse(argv=None):
     p.add_argument("--resume", default=None, help="checkpoint with model weights (state_dict or {'model': ...})")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--channel-pruned-equal-macs", action="store_true",
-                   help="also benchmark filter pruning (physically dropped channels) at the same MAC reduction")
+                   help="C3D: also time Torch-Pruning's channel-pruned C3D (uniform L2-magnitude channel ratio, "
+                        "physically smaller dense model) at the profile's MAC reduction, side by side")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.channel_pruned_equal_macs and args.arch != "c3d":
+        p.error("--channel-pruned-equal-macs is implemented for --arch c3d only")
+    return args
 
 
 def load_weights(model, path):
@@ -61,71 +70,90 @@ def load_weights(model, path):
     return masks
 
 
-def filter_pruned_at(model, target: float, input_shape):
-    """Filter (=channel) pruning at one uniform ratio on every conv but the first, searched for `target` MACs."""
-    from pruning import LayerRule
-    from pruning.masks import hard_prune as hp
+def torch_pruning_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Conv3d)][1:]
-    lo, hi = 0.0, 0.95
-    for _ in range(20):
-        mid = (lo + hi) / 2
-        masks = _propagate(model, {n: LayerRule("filter", {"filter": mid}) for n in names}, hp)
-        red = build_report(model, masks, "", input_shape).reduction
-        lo, hi = (mid, hi) if red < target else (lo, mid)
-    return _propagate(model, {n: LayerRule("filter", {"filter": hi}) for n in names}, hp)
+    try:
+        return version("torch-pruning")
+    except PackageNotFoundError:  # not installed as a distribution: the module's own (not always current) number
+        import torch_pruning
+
+        return torch_pruning.__version__
 
 
-def _propagate(model, rules, hp):
-    """Filter masks, plus the matching input channels of the next conv (sequential C3D only): what Torch-Pruning
-    does physically."""
-    import copy
+def torch_pruned_c3d(model, target: float, input_shape, tol: float = 0.005, max_runs: int = 10):
+    """Torch-Pruning's physically channel-pruned copy of C3D at `target`x MAC reduction.
 
-    m = copy.deepcopy(model)
-    masks = hp(m, rules)
-    convs = [n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Conv3d)]
-    full = {f"{n}.weight": torch.ones_like(m.get_submodule(n).weight, dtype=torch.bool) for n in convs}
-    full.update(masks)
-    for a, b in zip(convs, convs[1:]):
-        kept = full[f"{a}.weight"].flatten(1).any(1)
-        full[f"{b}.weight"] = full[f"{b}.weight"] & kept.view(1, -1, 1, 1, 1)
-    return full
+    tp.pruner.MetaPruner with L2 filter magnitude prunes one uniform channel ratio from every conv, fc6 and fc7; its
+    dependency graph drops the matching input channels of each next layer, fc6's columns of the flattened conv5b
+    output included. conv1's 3 input channels and fc8 (the classes) stay whole. The pruned model's MACs are counted
+    like the profile's (weights x output positions of every conv and linear), and the ratio is searched until they
+    give `target` within `tol`. Layers of equal width lose a channel at the same ratios, so the MAC reductions a
+    uniform ratio can reach jump (up to ~2.5% apart at full width, more on narrow models): when the target falls
+    between two neighbouring uniform ratios, the convs that differ between them (normally by one channel) take the
+    higher ratio one by one, deepest first (a pruning_ratio_dict override), and the number moved is bisected.
+
+    Returns (model, MAC reduction, uniform ratio, names of the convs at the next ratio).
+    """
+    import torch_pruning as tp
+
+    names = [name for name, _ in CONVS]
+    dense = build_report(model, {}, "", input_shape).macs_dense
+    example = torch.randn(1, *input_shape)
+    tried = []  # (relative MAC error, reduction, ratio, convs at the next ratio, model)
+
+    def run(ratio, finer=(), finer_ratio=0.0):
+        small = copy.deepcopy(model).eval().requires_grad_(True)  # the dependency graph is traced through autograd
+        with torch.enable_grad():
+            tp.pruner.MetaPruner(small, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                 pruning_ratio=ratio, ignored_layers=[small.fc8],
+                                 pruning_ratio_dict={small.get_submodule(n): finer_ratio for n in finer}).step()
+        red = dense / build_report(small, {}, "", input_shape).macs_dense
+        tried.append((abs(red / target - 1), red, ratio, list(finer), small.requires_grad_(False)))
+        return red, [small.get_submodule(n).out_channels for n in names]
+
+    # uniform ratio: MACs of a conv scale about as (1 - ratio)^2, so interpolate log(reduction) against
+    # -log(1 - ratio) inside the bracket [lo, hi] (reduction below / above the target)
+    lo, hi = (0.0, 1.0, [model.get_submodule(n).out_channels for n in names]), None
+    ratio = 1 - target ** -0.5
+    while len(tried) < max_runs:
+        red, widths = run(ratio)
+        if abs(red / target - 1) <= tol:
+            break
+        if red < target:
+            lo = (ratio, red, widths)
+        else:
+            hi = (ratio, red, widths)
+        if hi is not None and max(a - b for a, b in zip(lo[2], hi[2])) <= 1:  # neighbouring uniform ratios
+            break
+        x0, y0 = -math.log1p(-lo[0]), math.log(lo[1])
+        if hi is None:
+            x = max(math.log(target) / (y0 / x0 if x0 > 0 and y0 > 0 else 2.0), x0 * 1.02 + 1e-3)
+        else:
+            x1, y1 = -math.log1p(-hi[0]), math.log(hi[1])
+            x = x0 + (math.log(target) - y0) * (x1 - x0) / (y1 - y0)
+            x = min(max(x, x0 + 0.1 * (x1 - x0)), x1 - 0.1 * (x1 - x0))
+        ratio = min(1 - math.exp(-x), 0.95)
+    if min(tried, key=lambda t: t[0])[0] > tol and hi is not None:
+        # between two uniform ratios: the last k differing convs at the higher one, k bisected
+        diff = [n for n, a, b in zip(names, lo[2], hi[2]) if a != b][::-1]
+        a, b = 0, len(diff)
+        while b - a > 1:
+            k = (a + b) // 2
+            red, _ = run(lo[0], diff[:k], hi[0])
+            if abs(red / target - 1) <= tol:
+                break
+            a, b = (k, b) if red < target else (a, k)
+    err, red, ratio, finer, small = min(tried, key=lambda t: t[0])
+    if err > 0.01:
+        logging.warning("Torch-Pruning: the closest channel-pruned C3D found has %.3fx MACs, not %.3fx", red, target)
+    return small, red, ratio, finer
 
 
 @torch.no_grad()
-def physically_pruned_c3d(model, masks):
-    """A smaller dense C3D holding only the kept filters/channels (what Torch-Pruning produces for C3D)."""
-    from models.c3d import CONVS
-
-    small = copy.deepcopy(model).eval()
-    prev_keep = None
-    for name, _ in CONVS:
-        conv = getattr(small, name)
-        mask = masks.get(f"{name}.weight")
-        w = conv.weight * mask if mask is not None else conv.weight
-        keep = w.flatten(1).any(1) if mask is not None else torch.ones(w.shape[0], dtype=torch.bool)
-        w = w[keep]
-        if prev_keep is not None:
-            w = w[:, prev_keep]
-        new = torch.nn.Conv3d(w.shape[1], w.shape[0], 3, padding=1)
-        new.weight.copy_(w)
-        new.bias.copy_(conv.bias[keep])
-        setattr(small, name, new)
-        prev_keep = keep
-    fc6 = small.fc6
-    c = len(prev_keep)
-    wf = fc6.weight.view(fc6.out_features, c, -1)[:, prev_keep].reshape(fc6.out_features, -1)
-    new_fc = torch.nn.Linear(wf.shape[1], fc6.out_features)
-    new_fc.weight.copy_(wf)
-    new_fc.bias.copy_(fc6.bias)
-    small.fc6 = new_fc
-    return small
-
-
-@torch.no_grad()
-def side_by_side(model, masks, fmasks, rules, input_shape, bs, args, mac_ratio):
-    """Interleaved: full dense, physically channel-pruned dense (both contiguous and channels_last, best taken) and
-    the kernel-group compact model."""
+def side_by_side(model, masks, small, rules, input_shape, bs, args, info):
+    """Interleaved: full dense, Torch-Pruning's channel-pruned dense `small` (both contiguous and channels_last, best
+    taken) and the kernel-group compact model."""
     from compact.bench import _interleaved
 
     torch.set_num_threads(args.threads)
@@ -134,7 +162,6 @@ def side_by_side(model, masks, fmasks, rules, input_shape, bs, args, mac_ratio):
         ext.set_num_threads(args.threads)
     dense = compact.masked_dense_copy(model, masks)
     full = compact.masked_dense_copy(model, {})
-    small = physically_pruned_c3d(model, fmasks)
     cm = compact.compile_sparse(model, masks, rules=rules)
     x = torch.randn(bs, *input_shape)
     xc = x.contiguous(memory_format=torch.channels_last_3d)
@@ -143,12 +170,13 @@ def side_by_side(model, masks, fmasks, rules, input_shape, bs, args, mac_ratio):
                       "small_cl": lambda: cl["small"](xc), "kg_compact": lambda: cm(x),
                       "kg_masked_dense": lambda: dense(x)}, args.repeats, args.warmup)
     full_ms, small_ms = min(t["full"], t["full_cl"]), min(t["small"], t["small_cl"])
-    res = {"arch": "c3d", "profile": "side by side", "batch_size": bs, "mac_ratio_channel_pruned": mac_ratio,
+    res = {"arch": "c3d", "profile": "side by side", "batch_size": bs, **info,
            "full_dense_ms": full_ms, "channel_pruned_dense_ms": small_ms, "kg_compact_ms": t["kg_compact"],
            "channel_pruned_speedup": full_ms / small_ms, "kg_compact_speedup": full_ms / t["kg_compact"], "raw": t}
     print(f"== side by side, batch {bs} (interleaved, whole model, dense = best of contiguous/channels_last):\n"
-          f"   full dense {full_ms:.1f} ms | physically channel-pruned dense ({mac_ratio:.2f}x MACs) {small_ms:.1f} ms "
-          f"-> {res['channel_pruned_speedup']:.2f}x | {args.profile} compact {t['kg_compact']:.1f} ms -> "
+          f"   full dense {full_ms:.1f} ms | {info['channel_pruner']} channel-pruned dense "
+          f"({info['mac_ratio_channel_pruned']:.2f}x MACs) {small_ms:.1f} ms -> {res['channel_pruned_speedup']:.2f}x | "
+          f"{args.profile} compact ({info['mac_ratio_profile']:.2f}x MACs) {t['kg_compact']:.1f} ms -> "
           f"{res['kg_compact_speedup']:.2f}x", flush=True)
     return res
 
@@ -166,6 +194,17 @@ def main(argv=None) -> int:
     if masks is None:
         masks = hard_prune(model, rules)
     input_shape = (3, args.clip_len, crop, crop)
+    small = None
+    if args.channel_pruned_equal_macs:  # Torch-Pruning's C3D at the profile's MAC reduction, the same for every batch
+        target = build_report(model, masks, "", input_shape).reduction
+        small, mac_ratio, ratio, finer = torch_pruned_c3d(model, target, input_shape)
+        convs = {name: small.get_submodule(name).out_channels for name, _ in CONVS}
+        info = {"channel_pruner": f"torch-pruning {torch_pruning_version()}", "channel_pruning_ratio": ratio,
+                "channel_pruning_next_step": finer, "channel_pruned_filters": convs,
+                "mac_ratio_channel_pruned": mac_ratio, "mac_ratio_profile": target}
+        step = f" ({', '.join(finer)} at the next uniform step)" if finer else ""
+        print(f"== {info['channel_pruner']}: uniform channel pruning ratio {ratio:.4f}{step} -> {mac_ratio:.3f}x MACs "
+              f"(profile {target:.3f}x); conv filters {list(convs.values())}", flush=True)
     results = []
     for bs in args.batch_size:
         r = compact.benchmark(model, masks, input_shape, batch_size=bs, threads=args.threads, repeats=args.repeats,
@@ -173,16 +212,8 @@ def main(argv=None) -> int:
         r.update(arch=args.arch, profile=args.profile)
         print(compact.format_table(r, f"== {args.arch} {args.profile}, batch {bs}"), flush=True)
         results.append(r)
-        if args.channel_pruned_equal_macs:
-            fmasks = filter_pruned_at(model, r["ideal"], input_shape)
-            rf = compact.benchmark(model, fmasks, input_shape, batch_size=bs, threads=args.threads,
-                                   repeats=args.repeats, warmup=args.warmup)
-            rf.update(arch=args.arch, profile=f"filter-pruned at {rf['ideal']:.2f}x MACs")
-            title = f"== {args.arch} filter-pruned masks through the compact engine, batch {bs}"
-            print(compact.format_table(rf, title), flush=True)
-            results.append(rf)
-            if args.arch == "c3d":  # the physically smaller dense model vs full dense vs kernel-group compact
-                results.append(side_by_side(model, masks, fmasks, rules, input_shape, bs, args, rf["ideal"]))
+        if small is not None:
+            results.append(side_by_side(model, masks, small, rules, input_shape, bs, args, info))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
