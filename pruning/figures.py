@@ -68,7 +68,7 @@ def training_curves(history: list[dict], path: Path, residuals: list[dict] | Non
     axes[1].set_ylim(0, 1)
     axes[1].legend()
     if residuals:
-        for name in residuals[0]:
+        for name in (k for k in residuals[0] if k != "epoch"):  # each record is {"epoch": e, layer: residual}
             axes[2].semilogy([r["epoch"] for r in residuals], [r[name] for r in residuals if name in r],
                              label=name.removesuffix(".weight"))
         axes[2].set_title("ADMM primal residual ||W-Z||/||W||")

@@ -138,3 +138,26 @@ def test_bad_inputs(synthetic, dense, tmp_path):
     err = _one_line_error(run(["--admm", *SMALL, *data, "--config-file", "c3d_kgr_1.76x", "--load-path",
                                str(dense), "--resume", str(tmp_path / "p" / "last.pth")], check=False))
     assert "another prune profile" in err
+
+
+def test_demo_script_end_to_end_at_toy_size(tmp_path):
+    """scripts/demo.sh itself (every step, the summary and the figures) with a handful of videos and epochs; the
+    final checkpoint holds the profile's pattern exactly."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
+           "CLASSES": "3", "VIDEOS": "4", "FRAMES": "16", "DENSE_EPOCHS": "1", "ADMM_EPOCHS": "1",
+           "RETRAIN_EPOCHS": "1"}
+    out = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["chance"] == pytest.approx(1 / 3) and summary["reduction"] > 2
+    assert 0 <= summary["dense_top1"] <= 1 and 0 <= summary["pruned_top1"] <= 1
+    ckpt = torch.load(summary["pruned_checkpoint"], weights_only=True)
+    model = build_model("c3d", 3, width_mult=0.25, clip_len=8, crop_size=56)
+    rules = load_profile(PROFILE).resolve(model)
+    for name, rule in rules.items():
+        assert torch.all(ckpt["model"][name][~ckpt["masks"][name]] == 0)
+        check_group_counts(ckpt["masks"][name], rule)
+    figures = tmp_path / "out" / "retrain" / "figures"
+    assert (figures / "macs_per_layer.png").stat().st_size > 0 and list(figures.glob("groups_*.png"))
