@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from datasets.metrics import clip_metrics, video_metrics
 from pruning import apply_masks, mask_gradients
 
 from . import distributed as dist_utils
@@ -53,12 +54,6 @@ def restore_rng(state: dict) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hit = top == labels[:, None]
-    return [int(hit[:, :k].any(1).sum()) for k in ks]
 
 
 @dataclass
@@ -259,7 +254,7 @@ class Trainer:
         self.scaler.scale(total / a.accum_steps).backward()
         sums["loss"] += loss.item() * len(labels)
         sums["penalty"] += penalty.item() * len(labels) if penalty is not None else 0.0
-        sums["correct"] += topk_correct(logits.detach().float(), labels, (1,))[0]
+        sums["correct"] += round(clip_metrics(logits, labels, (1,))["top1"] * len(labels))
         sums["n"] += len(labels)
         if (self.iteration + 1) % a.accum_steps and self.iteration + 1 < self.iters_per_epoch:
             return
@@ -288,18 +283,17 @@ def evaluate(model: nn.Module, dataset, args: argparse.Namespace, device: torch.
     model.eval()
     loader = make_loader(dataset, batch_size=args.batch_size, workers=args.workers, train=False, seed=args.seed,
                          epoch=0, rank=rank, world=world)
-    probs, labels, vids, failed_all = [], [], [], []
+    logits, labels, vids, failed_all = [], [], [], []
     t0 = time.time()
     with torch.no_grad():
         for clips, y, v, failed in tqdm(loader, desc="eval", leave=False, disable=rank != 0, dynamic_ncols=True):
             failed_all += [f"sample {i}: {m}" for i, m in failed]
             if clips is None:
                 continue
-            out = model(clips.to(device)).float().softmax(1).cpu()
-            probs.append(out)
+            logits.append(model(clips.to(device)).float().cpu())
             labels.append(y)
             vids.append(v)
-    local = (torch.cat(probs) if probs else torch.zeros(0, 1), torch.cat(labels) if labels else torch.zeros(0),
+    local = (torch.cat(logits) if logits else torch.zeros(0, 1), torch.cat(labels) if labels else torch.zeros(0),
              torch.cat(vids) if vids else torch.zeros(0), failed_all)
     parts = dist_utils.gather_objects(local)
     P = torch.cat([p[0] for p in parts if len(p[0])])
@@ -308,13 +302,9 @@ def evaluate(model: nn.Module, dataset, args: argparse.Namespace, device: torch.
     failures = [f for p in parts for f in p[3]]
     if load_errors is not None:
         load_errors.extend(failures)
-    c1, c5 = topk_correct(P, Y)
-    uniq, inv = torch.unique(V, return_inverse=True)
-    vp = torch.zeros(len(uniq), P.shape[1]).index_add_(0, inv, P)
-    vy = torch.zeros(len(uniq), dtype=torch.long).scatter_(0, inv, Y)
-    v1, v5 = topk_correct(vp, vy)
-    return {"clip_top1": c1 / len(Y), "clip_top5": c5 / len(Y), "video_top1": v1 / len(uniq),
-            "video_top5": v5 / len(uniq), "val_clips": len(Y), "val_videos": len(uniq),
+    clip, video = clip_metrics(P, Y), video_metrics(P, Y, V)
+    return {"clip_top1": clip["top1"], "clip_top5": clip["top5"], "video_top1": video["top1"],
+            "video_top5": video["top5"], "val_clips": len(Y), "val_videos": video["num_videos"],
             "val_load_errors": len(failures), "eval_s": round(time.time() - t0, 2)}
 
 
