@@ -125,4 +125,13 @@ def sensitivity_profile(model: nn.Module, arch: str, input_shape, target: float,
             raise ValueError(f"a {target}x MAC reduction is out of reach with ratios up to {max(ratios)}")
         level[best] += 1
         rules[best] = _rule(kind, steps[level[best]], gs)
+    # The last whole step overshoots; lower that layer's ratio to the least that still meets the target.
+    lo, hi = steps[level[best] - 1], steps[level[best]]
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        if macs.reduction({**rules, best: _rule(kind, mid, gs)}) >= target:
+            hi = mid
+        else:
+            lo = mid
+    rules[best] = _rule(kind, hi, gs)
     return rules, table

@@ -12,7 +12,7 @@ from models import build_model
 from opt_main import cli
 from pruning import LayerRule, load_profile, projection_mask
 from pruning.figures import kernel_group_map
-from pruning.search import reduction_of, uniform_profile
+from pruning.search import reduction_of, sensitivity_profile, uniform_profile
 
 SMALL = ["--arch", "c3d", "--width-mult", "0.25", "--clip-len", "8", "--crop-size", "32", "--num-classes", "5"]
 
@@ -23,6 +23,26 @@ def test_uniform_search_meets_target(kind, target):
     rules = uniform_profile(model, "c3d", (3, 8, 32, 32), target, kind)
     assert reduction_of(model, rules, "c3d", (3, 8, 32, 32)) == pytest.approx(target, rel=0.02)
     assert reduction_of(model, rules, "c3d", (3, 8, 32, 32)) >= target
+
+
+@pytest.mark.parametrize("target", [2.0, 3.0])
+def test_sensitivity_search_spares_the_sensitive_layer_and_meets_target(target):
+    model = build_model("c3d", 5, width_mult=0.5, clip_len=8, crop_size=32)
+    shape = (3, 8, 32, 32)
+    calls = []
+
+    def accuracy(m):  # a stand-in for validation accuracy: conv3b matters ten times more than the others
+        calls.append(1)
+        zeros = {n: float((p == 0).float().mean()) for n, p in m.named_parameters() if n.endswith("weight")}
+        return 1.0 - 10 * zeros["conv3b.weight"] - sum(zeros.values())
+
+    rules, table = sensitivity_profile(model, "c3d", shape, target, "kgrc", accuracy)
+    assert len(calls) == 1 + 4 * len(table)  # the dense model, then every layer at every ratio
+    reduction = reduction_of(model, rules, "c3d", shape)
+    assert target <= reduction <= 1.02 * target
+    ratio = {n: r.ratios["kgr"] for n, r in rules.items()}
+    assert ratio.get("conv3b.weight", 0.0) < ratio["conv2.weight"]
+    assert table["conv3b.weight"][0.5] < table["conv2.weight"][0.5]
 
 
 def test_target_reduction_cli_writes_a_loadable_profile(tmp_path, capsys):
