@@ -10,7 +10,7 @@ def _topk(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]) -> di
     for k in ks:
         k_eff = min(k, scores.shape[1])  # top-5 of a 3-class problem is top-3
         hit = (scores.topk(k_eff, dim=1).indices == labels[:, None]).any(dim=1)
-        out[f"top{k}"] = hit.float().mean().item() if len(hit) else 0.0
+        out[f"top{k}"] = int(hit.sum()) / len(hit) if len(hit) else 0.0  # exact fraction, not float32
     return out
 
 

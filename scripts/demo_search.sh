@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profile search on the demo (run scripts/demo.sh first): search a KGRC profile for TARGET x MAC reduction
 # twice, uniform and by measured sensitivity, prune and retrain each the same way from the demo's dense model,
-# and compare. Writes checkpoints/demo/search/compare.json.
+# and compare. Writes checkpoints/demo/search/compare.json. SEARCHES="sensitivity" reruns one arm only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/demo_common.sh
@@ -11,7 +11,7 @@ KIND=${KIND:-kgrc}
 DENSE="$OUT/dense/dense.pth"
 [ -f "$DENSE" ] || { echo "demo_search.sh: $DENSE not found; run scripts/demo.sh first" >&2; exit 2; }
 
-for SEARCH in uniform sensitivity; do
+for SEARCH in ${SEARCHES:-uniform sensitivity}; do
   PROFILE_YAML="$OUT/search/${KIND}_${SEARCH}_${TARGET}x.yaml"
   python opt_main.py --target-reduction "$TARGET" --sparsity-type "$KIND" --search "$SEARCH" "${SMALL[@]}" \
     --num-classes "$CLASSES" --load-path "$DENSE" --search-subset 140 --search-out "$PROFILE_YAML"
