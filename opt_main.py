@@ -69,8 +69,9 @@ def make_profile(args: argparse.Namespace, required: bool = False):
                         balanced=args.balanced, score=args.score, kgrc_method=args.kgrc_method)
 
 
-def make_data(args: argparse.Namespace):
-    """Train and validation datasets; sets args.num_classes from the data."""
+def make_data(args: argparse.Namespace, eval_train: bool = False):
+    """Train and validation datasets; sets args.num_classes from the data. `eval_train`: the train split with
+    the evaluation transform (centre crop, no flip), for measuring without touching the validation split."""
     import datasets
 
     if not args.data_location:
@@ -79,7 +80,7 @@ def make_data(args: argparse.Namespace):
     common = dict(clip_len=args.clip_len, crop_size=args.crop_size, short_side=args.short_side,
                   sampling=args.sampling, mean=info.mean, std=info.std)
     root = data_root(args.data_location, args.dataset)
-    train_set = datasets.build_dataset(root, "train", train=True, hflip=args.hflip, **common)
+    train_set = datasets.build_dataset(root, "train", train=not eval_train, hflip=args.hflip, **common)
     val_set = datasets.build_dataset(root, "val", train=False, test_clips=args.test_clips, **common)
     if args.num_classes not in (None, train_set.num_classes):
         raise UserError(f"--num-classes {args.num_classes} but {args.data_location} has {train_set.num_classes} "
@@ -436,10 +437,14 @@ def search_profile(args: argparse.Namespace, device: torch.device) -> dict:
         model = make_model(args)
         rules = uniform_profile(model, args.arch, shape, args.target_reduction, kind, group)
     else:
-        _, val_set = make_data(args)
+        train_set, val_set = make_data(args, eval_train=args.search_split == "train")
+        measure_on = train_set if args.search_split == "train" else val_set
         model = make_model(args).to(device)
         load_start(model, args, required=True)
-        subset = torch.utils.data.Subset(val_set, range(min(args.search_subset, len(val_set))))
+        # evenly spaced clips: the datasets are ordered by class, so the first N would miss classes
+        count = min(args.search_subset, len(measure_on))
+        picks = torch.linspace(0, len(measure_on) - 1, count).long().tolist()
+        subset = torch.utils.data.Subset(measure_on, picks)
         rules, table = sensitivity_profile(model, args.arch, shape, args.target_reduction, kind,
                                            lambda m: evaluate(m, subset, args, device)["clip_top1"], group)
     first = next(iter(rules.values()))
@@ -449,6 +454,7 @@ def search_profile(args: argparse.Namespace, device: torch.device) -> dict:
     header = (f"# {args.search} search for {args.target_reduction:g}x on {args.arch} at {'x'.join(map(str, shape))}:"
               f" the report gives {rep.reduction:.3f}x\n")
     if table:
+        header += f"# measured on {len(subset)} {args.search_split} clips (clip top-1)\n"
         header += "".join(f"# sensitivity {n}: " + ", ".join(f"{r:g}->{a:.3f}" for r, a in t.items()) + "\n"
                           for n, t in table.items())
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--search", choices=("uniform", "sensitivity"), default="uniform",
                    help="--target-reduction: uniform ratios, or allocation by measured sensitivity (needs data)")
     g.add_argument("--search-out", default=None, help="where --target-reduction writes the profile YAML")
-    g.add_argument("--search-subset", type=int, default=64, help="validation clips per sensitivity evaluation")
+    g.add_argument("--search-subset", type=int, default=64,
+                   help="clips per sensitivity evaluation, evenly spaced over the split")
+    g.add_argument("--search-split", choices=("val", "train"), default="val",
+                   help="where --search sensitivity measures; train (evaluation transform) keeps val untouched")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     g.add_argument("--print-freq", type=int, default=20)

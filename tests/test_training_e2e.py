@@ -161,3 +161,14 @@ def test_demo_script_end_to_end_at_toy_size(tmp_path):
         check_group_counts(ckpt["masks"][name], rule)
     figures = tmp_path / "out" / "retrain" / "figures"
     assert (figures / "macs_per_layer.png").stat().st_size > 0 and list(figures.glob("groups_*.png"))
+
+
+def test_sensitivity_search_on_the_train_split(synthetic, dense, tmp_path):
+    out = tmp_path / "sens.yaml"
+    run([*SMALL, "--data-location", str(synthetic["lmdb"]), "--load-path", str(dense), "--target-reduction", "2.0",
+         "--sparsity-type", "kgrc", "--search", "sensitivity", "--search-split", "train", "--search-subset", "6",
+         "--search-out", str(out), "--num-classes", "3"])
+    text = out.read_text()
+    assert "# measured on 6 train clips" in text and text.count("# sensitivity conv") == 7
+    model = build_model("c3d", 3, width_mult=0.25, clip_len=8, crop_size=32)
+    assert set(load_profile(str(out)).resolve(model)) <= {n for n, _ in model.named_parameters()}
