@@ -47,11 +47,11 @@ def build_model(arch: str, num_classes: int, *, width_mult: float = 1.0, clip_le
     `dropout` (C3D's fc6/fc7, S3D's classifier) defaults to the published value, 0.5 and 0.2."""
     info = arch_info(arch)
     if info.width_mult:
-        extra = {} if dropout is None else {"dropout": dropout}
-        return info.builder(num_classes, width_mult=width_mult, clip_len=clip_len, crop_size=crop_size, **extra)
-    if width_mult != 1.0:
+        model = info.builder(num_classes, width_mult=width_mult, clip_len=clip_len, crop_size=crop_size)
+    elif width_mult != 1.0:
         raise ValueError(f"--width-mult is only supported for c3d, not {info.name}")
-    model = info.builder(num_classes)
+    else:
+        model = info.builder(num_classes)
     if dropout is not None:
         drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
         if not drops:

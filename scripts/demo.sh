@@ -21,8 +21,8 @@ python datasets/create_lmdb.py --frames "$DATA/frames" --out "$DATA/lmdb"
 python opt_main.py --train "${SMALL[@]}" --save-dir "$OUT" --name dense --epochs "$DENSE_EPOCHS" --lr 3e-4 \
   --warmup --warmup-epochs 1 --resume auto
 prune_and_retrain "$PROFILE" .
-python opt_main.py --report --arch c3d --width-mult 0.25 --clip-len 8 --crop-size 56 --config-file "$PROFILE" \
-  --resume "$OUT/retrain/retrained.pth" --report-json "$OUT/report.json"
+python opt_main.py --report "${SMALL[@]}" --config-file "$PROFILE" --resume "$OUT/retrain/retrained.pth" \
+  --report-json "$OUT/report.json"
 python opt_main.py --plots --arch c3d --resume "$OUT/admm/admm.pth"          # ADMM residuals per layer
 python opt_main.py --plots --arch c3d --resume "$OUT/retrain/retrained.pth"
 

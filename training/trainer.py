@@ -254,7 +254,7 @@ class Trainer:
         self.scaler.scale(total / a.accum_steps).backward()
         sums["loss"] += loss.item() * len(labels)
         sums["penalty"] += penalty.item() * len(labels) if penalty is not None else 0.0
-        sums["correct"] += round(clip_metrics(logits, labels, (1,))["top1"] * len(labels))
+        sums["correct"] += clip_metrics(logits, labels, (1,))["top1"] * len(labels)
         sums["n"] += len(labels)
         if (self.iteration + 1) % a.accum_steps and self.iteration + 1 < self.iters_per_epoch:
             return
