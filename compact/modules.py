@@ -8,9 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._ext import load_kernels
-from .plan import ConvPlan, build_plan, pair_offsets
+from .plan import TILE, ConvPlan, PairOffsets, build_plan, pair_offsets
 
-TILE = 192  # >= P3D_TILE: only sizes the read slack
 SLACK = TILE + 64
 
 
@@ -35,13 +34,14 @@ def interior(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) ->
     return v[:, :, pad[0]:pad[0] + dims[0], pad[1]:pad[1] + dims[1], pad[2]:pad[2] + dims[2]]
 
 
-def _run(ext, plan: ConvPlan, off: torch.Tensor, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
+def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
          out_sample_stride: int, out_chan_stride: int, shift: int, chan_len: int, zero_rest: bool, n: int, q: int,
          bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None, oidx: torch.Tensor | None = None) -> None:
     t = plan.torch_tensors()
-    ext.sparse_conv(inp, out, t["chunk_fstart"], t["chunk_filters"], t["chunk_tstart"], t["task_G"], t["task_rows"],
-                    t["task_pstart"], t["task_wstart"], off, t["weights"], bias, valid, oidx, in_sample_stride,
-                    out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu)
+    ext.sparse_conv(inp, out, t["chunk_fstart"], t["chunk_filters"], off.chunk_pcstart, off.piece_task,
+                    off.piece_range, t["task_G"], t["task_rows"], t["task_pstart"], t["task_wstart"], off.off,
+                    t["weights"], bias, valid, oidx,
+                    in_sample_stride, out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu)
 
 
 class SparseConv3d(nn.Module):
@@ -90,7 +90,7 @@ class SparseConv3d(nn.Module):
         w[self.kept_filters[:, None], self.kept_channels[None, :]] = self.weight_compact
         return w
 
-    def offsets(self, key, channel_index, stride, grid, chan_stride) -> torch.Tensor:
+    def offsets(self, key, channel_index, stride, grid, chan_stride) -> PairOffsets:
         off = self._offsets.get(key)
         if off is None:
             off = self._offsets[key] = pair_offsets(self.plan, channel_index, stride, grid, chan_stride)

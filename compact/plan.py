@@ -1,23 +1,30 @@
 """From a pruned Conv3d weight and its mask to the work lists the sparse kernel runs.
 
-The output filters are cut into chunks (at most 8 filters: the register block of the kernel). Within a chunk
-and one block of input channels, filters whose kept (channel, tap) sets are identical form a task that shares
-one pair list (KGC, KGRC, KGS and blk-vanilla groups share exactly; KGR rows share per input block); a block
-whose filters all differ (irregular) is run as the union of their pairs instead when that is cheaper. Tasks of
-a chunk with the same filters are merged across input blocks. All-zero filters are never computed (their
-output is the bias) and all-zero input channels never appear in any pair list.
+The output filters are cut into sharing groups of at most 8 filters (the register block of the kernel). Within a
+group and one block of input channels, filters whose kept (channel, tap) sets are identical form a task that
+shares one pair list (KGC, KGRC, KGS and blk-vanilla groups share exactly; KGR rows share per input block); a
+block whose filters all differ (irregular) is run as the union of their pairs instead when that is cheaper. Tasks
+of a group with the same filters are merged across input blocks. Up to CHMAX filters (several groups) form a chunk,
+one accumulator tile of the kernel. All-zero filters are never computed (their output is the bias) and all-zero
+input channels never appear in any pair list. `pair_offsets` adds what depends on the input geometry: where each
+pair reads, and the cache-blocked order the kernel runs a chunk's pairs in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 MAX_G = 8
-CHMAX = 32  # rows of the kernel's accumulator tile (plan.h P3D_CHMAX)
+CHMAX = 64  # rows of the kernel's accumulator tile (plan.h P3D_CHMAX)
 TASK_OVERHEAD = 16.0
+TILE = 192  # output positions per work unit (plan.h P3D_TILE)
+L1_BUDGET = 16 * 1024  # bytes of input one pair segment may touch per tile (half of a 32 KiB L1)
+SEG_ALIGN = 8
+L2_BUDGET = 192 * 1024  # bytes of input a channel superblock may touch per tile (well within a 512 KiB L2)
 
 
 @dataclass
@@ -141,20 +148,24 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
     task_g, task_rows, pstart, wstart = [], [], [0], []
     pair_flat, wparts = [], []
     wpos = 0
-    for fl, tasks in chunks:
-        filters.extend(int(f) for f in fl)
+    per_chunk = max(1, CHMAX // chunk)  # sharing groups run together on one accumulator tile (see pair_offsets)
+    for c0 in range(0, len(chunks), per_chunk):
+        base = len(filters)
+        for fl, tasks in chunks[c0:c0 + per_chunk]:
+            row0 = len(filters) - base
+            filters.extend(int(f) for f in fl)
+            for rows, parts in tasks.items():
+                flat = np.sort(np.concatenate(parts))
+                g = len(rows)
+                task_g.append(g)
+                task_rows.extend([row0 + r for r in rows] + [0] * (MAX_G - g))
+                pair_flat.append(flat)
+                pstart.append(pstart[-1] + len(flat))
+                wstart.append(wpos)
+                wt = wnp[fl[list(rows)]][:, flat].T  # [npairs, g]
+                wparts.append(np.ascontiguousarray(wt, dtype=np.float32).reshape(-1))
+                wpos += wt.size
         fstart.append(len(filters))
-        for rows, parts in tasks.items():
-            flat = np.sort(np.concatenate(parts))
-            g = len(rows)
-            task_g.append(g)
-            task_rows.extend(list(rows) + [0] * (MAX_G - g))
-            pair_flat.append(flat)
-            pstart.append(pstart[-1] + len(flat))
-            wstart.append(wpos)
-            wt = wnp[fl[list(rows)]][:, flat].T  # [npairs, g]
-            wparts.append(np.ascontiguousarray(wt, dtype=np.float32).reshape(-1))
-            wpos += wt.size
         tstart.append(len(task_g))
     dropped = np.flatnonzero(~kept_f)
     for i in range(0, len(dropped), CHMAX):  # output = bias only, no work
@@ -172,8 +183,55 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
         weights=np.concatenate(wparts) if wparts else np.zeros(1, np.float32))
 
 
+class PairOffsets(NamedTuple):
+    """Where the kernel reads each pair for one input geometry, and the order it runs them in.
+
+    A chunk's work is cut into pieces (a task's pairs on a few input channels) and run superblock by superblock
+    of input channels: each piece's rows of the tile stay in L1 while every filter pass and position vector goes
+    over them, and each superblock's rows stay in L2 while every task of the chunk reads them.
+    """
+
+    off: torch.Tensor  # int64 [npairs]: input offset relative to the sample base
+    chunk_pcstart: torch.Tensor  # int32 [nchunks+1] into the pieces
+    piece_task: torch.Tensor  # int32 [npieces]
+    piece_range: torch.Tensor  # int64 [npieces, 2]: pairs [begin, end) of the piece
+
+
+def tile_channels(kernel: tuple[int, int, int], stride: tuple[int, int, int], grid: tuple[int, int, int],
+                  chan_stride: int, budget: int) -> int:
+    """Input channels whose rows of one output tile fit in `budget` bytes."""
+    kt, kh, kw = kernel
+    nph = stride[0] * stride[1] * stride[2]
+    rows = -(-kt // stride[0])
+    per_phase = min(chan_stride, rows * (TILE + (-(-kh // stride[1]) - 1) * grid[2] + -(-kw // stride[2])))
+    return max(1, budget // (4 * nph * per_phase))
+
+
+def piece_schedule(plan: ConvPlan, buffer_channel: np.ndarray, seg_channels: int,
+                   sb_channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chunk_pcstart, piece_task, piece_range): each task cut every `seg_channels` buffer channels, and each
+    chunk's pieces ordered by superblock of `sb_channels` channels, then task."""
+    n = len(plan.pair_c)
+    nchunks = len(plan.chunk_fstart) - 1
+    if n == 0:
+        return (torch.zeros(nchunks + 1, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
+                torch.zeros((0, 2), dtype=torch.int64))
+    counts = np.diff(plan.task_pstart)
+    task = np.repeat(np.arange(len(counts)), counts)
+    seg = buffer_channel // seg_channels
+    starts = np.flatnonzero(np.r_[True, (task[1:] != task[:-1]) | (seg[1:] != seg[:-1])])
+    ends = np.r_[starts[1:], n]
+    ptask = task[starts]
+    pchunk = np.repeat(np.arange(nchunks), np.diff(plan.chunk_tstart))[ptask]
+    psb = buffer_channel[starts] // (seg_channels * max(1, sb_channels // seg_channels))
+    order = np.lexsort((ptask, psb, pchunk))
+    pcstart = np.searchsorted(pchunk[order], np.arange(nchunks + 1)).astype(np.int32)
+    rng = np.stack([starts[order], ends[order]], 1).astype(np.int64)
+    return torch.from_numpy(pcstart), torch.from_numpy(ptask[order].astype(np.int32)), torch.from_numpy(rng)
+
+
 def pair_offsets(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, int, int], grid: tuple[int, int, int],
-                 chan_stride: int) -> torch.Tensor:
+                 chan_stride: int) -> PairOffsets:
     """Input offsets of every pair for a virtual input laid out as [channel][phase][grid] flat planes.
 
     `channel_index` maps original input channels to their position in the buffer; `stride` phases: input
@@ -187,4 +245,9 @@ def pair_offsets(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, i
     phase = ((dt % st) * sh + dh % sh) * sw + dw % sw
     vc = channel_index[plan.pair_c] * (st * sh * sw) + phase
     off = vc * chan_stride + (dt // st) * hq * wq + (dh // sh) * wq + dw // sw
-    return torch.from_numpy(np.ascontiguousarray(off, dtype=np.int64))
+    # whole channel blocks per piece: a kernel-group task spans SEG_ALIGN channels, and shorter pieces cost more in
+    # accumulator traffic than they save in L1 misses
+    seg = max(1, tile_channels(plan.kernel, stride, grid, chan_stride, L1_BUDGET) // SEG_ALIGN) * SEG_ALIGN
+    sb = tile_channels(plan.kernel, stride, grid, chan_stride, L2_BUDGET)
+    sched = piece_schedule(plan, channel_index[plan.pair_c], seg, sb)
+    return PairOffsets(torch.from_numpy(np.ascontiguousarray(off, dtype=np.int64)), *sched)

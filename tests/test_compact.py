@@ -3,6 +3,7 @@ R(2+1)D-18 and S3D; the pure-PyTorch fallback equals the compiled kernels; prune
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,48 @@ def test_wrong_weights_are_detected():
     sc.plan.weights[0] += 1.0
     x = torch.randn(1, 16, *SPATIAL)
     assert rel_err(sc(x), F.conv3d(x, conv.weight * mask, conv.bias, 1, 1)) > TOL
+
+
+def test_piece_schedule_partitions_every_task():
+    """Pieces cover each task's pairs exactly once, stay inside their chunk, and run superblock by superblock."""
+    from compact.plan import piece_schedule
+
+    conv, mask = make_conv(40, 72, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "kgrc")
+    plan = SparseConv3d(conv, mask).plan
+    chan = plan.pair_c  # buffer channel = original channel here
+    pcstart, ptask, rng = (t.numpy() for t in piece_schedule(plan, chan, seg_channels=8, sb_channels=16))
+    assert len(pcstart) == len(plan.chunk_fstart) and pcstart[-1] == len(ptask)
+    covered = np.zeros(len(plan.pair_c), int)
+    for c in range(len(pcstart) - 1):
+        tasks = range(plan.chunk_tstart[c], plan.chunk_tstart[c + 1])
+        sbs = []
+        for i in range(pcstart[c], pcstart[c + 1]):
+            t, (b, e) = ptask[i], rng[i]
+            assert t in tasks and plan.task_pstart[t] <= b < e <= plan.task_pstart[t + 1]
+            assert chan[b] // 8 == chan[e - 1] // 8  # one 8-channel segment per piece
+            covered[b:e] += 1
+            sbs.append(chan[b] // 16)
+        assert sbs == sorted(sbs)
+    assert (covered == 1).all()
+    assert plan.chunk_fstart[1] > 8  # several 8-filter sharing groups share one accumulator tile
+
+
+@pytest.mark.parametrize("kind", ["kgrc", "kgr", "kgs", "irregular"])
+@pytest.mark.parametrize("geom", [((3, 3, 3), (1, 1, 1), (1, 1, 1)), ((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+                                  ((3, 1, 1), (1, 1, 1), (1, 0, 0))], ids=["333", "133s2", "311"])
+def test_tiny_cache_budgets_split_work_into_many_pieces(monkeypatch, kind, geom):
+    """With budgets of a few bytes every task is cut at every channel block and every superblock: still exact."""
+    import compact.plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "L1_BUDGET", 1)
+    monkeypatch.setattr(plan_mod, "L2_BUDGET", 1)
+    k, s, p = geom
+    conv, mask = make_conv(40, 40, k, s, p, True, kind, seed=7)
+    sc = check_conv(conv, mask, kind)
+    _, ctx = sc.prepare(torch.randn(1, 40, *SPATIAL))
+    order = ctx["off"].piece_task.tolist()
+    # merged tasks (kgs, irregular) are cut; single-block tasks (kgr, kgrc) are interleaved across superblocks
+    assert len(order) > len(sc.plan.task_G) or order != sorted(order)
 
 
 def small_c3d(profile: str):

@@ -51,7 +51,8 @@ void set_isa(const std::string& name) {
 }
 
 void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tensor& chunk_fstart,
-                 const torch::Tensor& chunk_filters, const torch::Tensor& chunk_tstart, const torch::Tensor& task_G,
+                 const torch::Tensor& chunk_filters, const torch::Tensor& chunk_pcstart, const torch::Tensor& piece_task,
+                 const torch::Tensor& piece_range, const torch::Tensor& task_G,
                  const torch::Tensor& task_rows, const torch::Tensor& task_pstart, const torch::Tensor& task_wstart,
                  const torch::Tensor& pair_off, const torch::Tensor& weights, const c10::optional<torch::Tensor>& bias,
                  const c10::optional<torch::Tensor>& valid, const c10::optional<torch::Tensor>& oidx,
@@ -60,8 +61,9 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
                  int64_t Q, bool relu) {
   check(in, torch::kFloat, "in");
   check(out, torch::kFloat, "out");
-  for (auto* t : {&chunk_fstart, &chunk_filters, &chunk_tstart, &task_G, &task_rows}) check(*t, torch::kInt, "int32");
-  for (auto* t : {&task_pstart, &task_wstart, &pair_off}) check(*t, torch::kLong, "int64");
+  for (auto* t : {&chunk_fstart, &chunk_filters, &chunk_pcstart, &piece_task, &task_G, &task_rows})
+    check(*t, torch::kInt, "int32");
+  for (auto* t : {&piece_range, &task_pstart, &task_wstart, &pair_off}) check(*t, torch::kLong, "int64");
   check(weights, torch::kFloat, "weights");
   P3DPlan p;
   p.in = ptr<float>(in);
@@ -77,7 +79,11 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
   p.nchunks = static_cast<int>(chunk_fstart.numel() - 1);
   p.chunk_fstart = ptr<int32_t>(chunk_fstart);
   p.chunk_filters = ptr<int32_t>(chunk_filters);
-  p.chunk_tstart = ptr<int32_t>(chunk_tstart);
+  TORCH_CHECK(chunk_pcstart.numel() == chunk_fstart.numel(), "chunk_pcstart: one entry per chunk + 1");
+  TORCH_CHECK(piece_range.numel() == 2 * piece_task.numel(), "piece_range: [npieces, 2]");
+  p.chunk_pcstart = ptr<int32_t>(chunk_pcstart);
+  p.piece_task = ptr<int32_t>(piece_task);
+  p.piece_range = ptr<int64_t>(piece_range);
   p.task_G = ptr<int32_t>(task_G);
   p.task_rows = ptr<int32_t>(task_rows);
   p.task_pstart = ptr<int64_t>(task_pstart);

@@ -31,6 +31,9 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
     const float* wp = w;
     for (int64_t p = 0; p < np; ++p, wp += wstride) {
       const float* ip = in + off[p] + q;
+#ifdef P3D_PREFETCH
+      __builtin_prefetch(ip + P3D_PREFETCH, 0, 3);  // the rows of a pair are streams the hardware does not track
+#endif
       vf x[NV];
       for (int v = 0; v < NV; ++v) x[v] = *(const vfu*)(ip + v * VW);
       for (int g = 0; g < GB; ++g) {
@@ -49,8 +52,9 @@ static inline void run_group(const float* in, const int64_t* off, const float* w
   block<GB, NV_FOR(GB)>(in, off, w, wstride, np, rows, qlim);
 }
 
-static void run_task(const float* in, const int64_t* off, const float* w, int G, int64_t np, float* const* rows,
-                     int qlim) {
+// One piece: np pairs shared by G filters, run in register passes of at most GB_MAX filters.
+static void run_piece(const float* in, const int64_t* off, const float* w, int G, int64_t np, float* const* rows,
+                      int qlim) {
   for (int g0 = 0; g0 < G; g0 += GB_MAX) {
     int gb = G - g0 < GB_MAX ? G - g0 : GB_MAX;
     switch (gb) {
@@ -85,11 +89,13 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
       const float* in = P->in + n * P->in_sample_stride + tile * P3D_TILE;
       const int64_t qbase = tile * P3D_TILE;
       const int qlim = (int)(P->Q - qbase < P3D_TILE ? P->Q - qbase : P3D_TILE);
-      for (int t = P->chunk_tstart[c]; t < P->chunk_tstart[c + 1]; ++t) {
+      for (int i = P->chunk_pcstart[c]; i < P->chunk_pcstart[c + 1]; ++i) {
+        const int t = P->piece_task[i];
         const int G = P->task_G[t];
         for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)P->task_rows[t * 8 + g] * P3D_TILE;
-        const int64_t p0 = P->task_pstart[t];
-        run_task(in, P->pair_off + p0, P->weights + P->task_wstart[t], G, P->task_pstart[t + 1] - p0, rows, qlim);
+        const int64_t p0 = P->piece_range[2 * i], p1 = P->piece_range[2 * i + 1];
+        run_piece(in, P->pair_off + p0, P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G, G, p1 - p0,
+                  rows, qlim);
       }
       const int64_t qn = qlim;
       for (int r = 0; r < nf; ++r) {

@@ -7,7 +7,7 @@
 #ifndef P3D_TILE
 #define P3D_TILE 192   // output positions per work unit (divisible by every NV * vector width)
 #endif
-#define P3D_CHMAX 32   // max filters per chunk (accumulator tile rows)
+#define P3D_CHMAX 64   // max filters per chunk (accumulator tile rows)
 
 typedef struct P3DPlan {
   const float* in;             // virtual input: [N][Cv][S] flat padded planes (+ slack at the end)
@@ -21,7 +21,9 @@ typedef struct P3DPlan {
   int nchunks;
   const int32_t* chunk_fstart;  // [nchunks+1] into chunk_filters
   const int32_t* chunk_filters; // output channel of each chunk row
-  const int32_t* chunk_tstart;  // [nchunks+1] into tasks
+  const int32_t* chunk_pcstart; // [nchunks+1] into pieces (the chunk's work, in the order it runs)
+  const int32_t* piece_task;    // task of each piece
+  const int64_t* piece_range;   // [npieces][2]: the piece's pairs [begin, end), a sub-range of its task's pairs
   const int32_t* task_G;        // filters per task (1..8)
   const int32_t* task_rows;     // [ntasks*8] chunk-local row of each task filter
   const int64_t* task_pstart;   // [ntasks+1] into pair_off
