@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._ext import kernel_isa, load_kernels
+from .chain import SparseConvPair
 from .convert import CompactC3D, compile_sparse, fold_batchnorm
 from .modules import SparseConv3d
 
@@ -85,9 +86,16 @@ def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
     if isinstance(compact, CompactC3D):
         return compact.convs[name] if name in compact.convs else None
     try:
-        return compact.get_submodule(name)
+        m = compact.get_submodule(name)
     except AttributeError:
         return None
+    if isinstance(m, SparseConvPair):
+        return m.first
+    if isinstance(m, nn.Identity):  # the second conv of a chained pair
+        for p in compact.modules():
+            if isinstance(p, SparseConvPair) and p.second.name == name:
+                return p.second
+    return m
 
 
 @torch.no_grad()

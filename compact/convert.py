@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._ext import load_kernels
+from .chain import chain_conv_pairs
 from .modules import SLACK, AutoConv3d, SparseConv3d, _run, flat_layout, interior
 
 KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
@@ -93,8 +94,9 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
     block from the group size; irregular layers run as the union of each 8-filter block (nearly dense). For C3D
     with `fuse=True` the result runs the whole conv stack in the kernels' padded layout with bias + ReLU fused and
     max-pooling in C++; `dense_layers` (default: same as fuse) also runs the unpruned convs through the kernels.
-    For other models `fuse=True` folds eval-mode BatchNorm3d into the preceding conv and fuses a following ReLU
-    into the sparse conv's output write. The model is copied and put in eval mode; the input is untouched.
+    For other models `fuse=True` folds eval-mode BatchNorm3d into the preceding conv, fuses a following ReLU
+    into the sparse conv's output write, and chains a sparse conv straight into a following temporal sparse conv
+    (R(2+1)D's (2+1)D convs, `SparseConvPair`). The model is copied and put in eval mode; the input is untouched.
     """
     from models.c3d import C3D  # local: keep compact importable on its own
 
@@ -124,6 +126,7 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
         return CompactC3D(model, dense_layers=fuse if dense_layers is None else dense_layers)
     if fuse:
         _fuse_relu(model)
+        chain_conv_pairs(_chains(model))
     return model
 
 

@@ -210,7 +210,7 @@ def tile_channels(kernel: tuple[int, int, int], stride: tuple[int, int, int], gr
 def piece_schedule(plan: ConvPlan, buffer_channel: np.ndarray, seg_channels: int,
                    sb_channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(chunk_pcstart, piece_task, piece_range): each task cut every `seg_channels` buffer channels, and each
-    chunk's pieces ordered by superblock of `sb_channels` channels, then task."""
+    chunk's pieces ordered by superblock of `sb_channels` channels, then segment, then task."""
     n = len(plan.pair_c)
     nchunks = len(plan.chunk_fstart) - 1
     if n == 0:
@@ -224,7 +224,9 @@ def piece_schedule(plan: ConvPlan, buffer_channel: np.ndarray, seg_channels: int
     ptask = task[starts]
     pchunk = np.repeat(np.arange(nchunks), np.diff(plan.chunk_tstart))[ptask]
     psb = buffer_channel[starts] // (seg_channels * max(1, sb_channels // seg_channels))
-    order = np.lexsort((ptask, psb, pchunk))
+    pseg = buffer_channel[starts] // seg_channels
+    # every task on one segment runs back to back, so the segment's rows are read from L2 once per chunk
+    order = np.lexsort((ptask, pseg, psb, pchunk))
     pcstart = np.searchsorted(pchunk[order], np.arange(nchunks + 1)).astype(np.int32)
     rng = np.stack([starts[order], ends[order]], 1).astype(np.int64)
     return torch.from_numpy(pcstart), torch.from_numpy(ptask[order].astype(np.int32)), torch.from_numpy(rng)

@@ -11,6 +11,7 @@ from torch import nn
 
 import compact
 from compact import _ext
+from compact.chain import SparseConvPair
 from compact.convert import CompactC3D, compile_sparse
 from compact.modules import AutoConv3d, SparseConv3d
 from models import build_model
@@ -143,8 +144,8 @@ def test_piece_schedule_partitions_every_task():
             assert t in tasks and plan.task_pstart[t] <= b < e <= plan.task_pstart[t + 1]
             assert chan[b] // 8 == chan[e - 1] // 8  # one 8-channel segment per piece
             covered[b:e] += 1
-            sbs.append(chan[b] // 16)
-        assert sbs == sorted(sbs)
+            sbs.append((chan[b] // 16, chan[b] // 8))
+        assert sbs == sorted(sbs)  # superblock by superblock, segment by segment
     assert (covered == 1).all()
     assert plan.chunk_fstart[1] > 8  # several 8-filter sharing groups share one accumulator tile
 
@@ -277,8 +278,14 @@ def test_whole_video_nets(arch, profile, clip):
                 m.weight.normal_(1, 0.1)
                 m.bias.normal_(0, 0.1)
     cm = compile_sparse(model, masks, rules=rules)
-    sparse = {f"{n}.weight" for n, m in cm.named_modules() if isinstance(m, SparseConv3d) and not n.endswith(".kernel")}
+    inner = {id(m.kernel) for m in cm.modules() if isinstance(m, AutoConv3d)}
+    sparse = {f"{m.name}.weight" for m in cm.modules() if isinstance(m, SparseConv3d) and id(m) not in inner}
     assert sparse == set(masks)
+    pairs = [m for m in cm.modules() if isinstance(m, SparseConvPair)]
+    if arch == "r2+1d":  # every (2+1)D conv with a stride-1 temporal half runs chained
+        expect = [n for n in masks if n.endswith(".0.3.weight") and n.replace(".0.3.", ".0.0.") in masks
+                  and model.get_submodule(n[:-7]).stride == (1, 1, 1)]
+        assert expect and len(pairs) == len(expect)
     assert sum(isinstance(m, nn.BatchNorm3d) for m in cm.modules()) < sum(
         isinstance(m, nn.BatchNorm3d) for m in model.modules())
     assert any(m.relu for m in cm.modules() if isinstance(m, SparseConv3d))
@@ -287,6 +294,10 @@ def test_whole_video_nets(arch, profile, clip):
     with torch.no_grad():
         ref = model(x)
         assert rel_err(cm(x), ref) < TOL
+        for p in pairs:  # the chained layout equals the two convs run apart
+            xin = torch.randn(2, p.first.in_channels, 4, 12, 12)
+            assert rel_err(p(xin), p.second(p.first(xin))) < TOL
+            assert rel_err(p(xin), p.second.forward_torch(p.first.forward_torch(xin))) < TOL
         for mode in ("kernel", "torch", "torch_cl"):  # every path an unpruned conv may take
             for m in autos:
                 m.mode = mode
