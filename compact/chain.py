@@ -14,6 +14,7 @@ from torch import nn
 
 from ._ext import load_kernels
 from .modules import SLACK, SparseConv3d, _run, flat_layout
+from .scratch import SCRATCH
 
 
 def can_chain(first: nn.Module, second: nn.Module) -> bool:
@@ -44,20 +45,23 @@ class SparseConvPair(nn.Module):
         pt = self.second.padding[0]
         grid, s = flat_layout((t, h, w), self.second.padding)  # (t + 2pt, h, w) planes, then one zero row
         c = self.first.out_channels
-        mid = buf.new_empty(n * c * s + SLACK)
+        mid = SCRATCH.take(n * c * s + SLACK, buf)
         planes = mid[:n * c * s].view(n, c, s)
         planes[:, :, :pt * h * w].zero_()
         planes[:, :, (pt + t) * h * w:].zero_()
         mid[n * c * s:].zero_()
         _run(ext, self.first.plan, ctx["off"], buf, ctx["per_sample"], mid, c * s, s, 0, s, False, n, ctx["q"],
              self.first.bias, self.first.relu, None, self._scatter_index(ctx, pt))
+        SCRATCH.give(buf)
         kt = self.second.kernel_size[0]
         outd = [t + 2 * pt - kt + 1, h, w]
         hw = grid[1] * grid[2]
         ctx2 = {"n": n, "off": self.second.offsets(("pair", grid), self._ident, (1, 1, 1), grid, s),
                 "per_sample": c * s, "q": (outd[0] - 1) * hw + (outd[1] - 1) * grid[2] + outd[2], "outd": outd,
                 "hw": hw, "wq": grid[2]}
-        return self.second.compute(ext, mid, ctx2)
+        out = self.second.compute(ext, mid, ctx2)
+        SCRATCH.give(mid)
+        return out
 
     def _scatter_index(self, ctx: dict, pt: int) -> torch.Tensor:
         """Where each position `first` computes lands in `second`'s layout (-1: a separator, not an output)."""

@@ -12,6 +12,7 @@ from torch import nn
 from ._ext import load_kernels
 from .chain import chain_conv_pairs
 from .modules import SLACK, AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d, _run, flat_layout, interior
+from .scratch import SCRATCH
 
 KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
 
@@ -195,7 +196,7 @@ class CompactC3D(nn.Module):
             xin = interior(buf, n, c, grid, s, one, (t, h, w))
             xin = xin.contiguous(memory_format=torch.channels_last_3d) if mode == "torch_cl" else xin.contiguous()
             y = torch.relu_(conv(xin))
-            out = buf.new_zeros(n * cout * s + SLACK)
+            out = SCRATCH.take(n * cout * s + SLACK, buf, zero=True)
             interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
             return out
         conv = self.convs[name]
@@ -203,7 +204,7 @@ class CompactC3D(nn.Module):
         if ident is None:
             ident = self._ident[c] = np.arange(c, dtype=np.int64)
         off = conv.offsets(("c3d", grid), ident, (1, 1, 1), grid, s)
-        out = buf.new_empty(n * cout * s + SLACK)
+        out = SCRATCH.take(n * cout * s + SLACK, buf)
         if name in self.pool_of:
             _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, 0, s, False, n, q, conv.bias, True, None)
         else:
@@ -238,7 +239,7 @@ class CompactC3D(nn.Module):
         n, c, t, h, w = x.shape
         one = (1, 1, 1)
         grid, s = flat_layout((t, h, w), one)
-        buf = x.new_zeros(n * c * s + SLACK)
+        buf = SCRATCH.take(n * c * s + SLACK, x, zero=True)
         interior(buf, n, c, grid, s, one, (t, h, w)).copy_(x)
         for name in self.conv_names:
             conv = self.convs[name]
@@ -249,6 +250,7 @@ class CompactC3D(nn.Module):
             if name in self.dense_convs:  # unpruned layer: the kernel or oneDNN, whichever ran faster here
                 mode = self._choose(ext, name, (buf, n, c, cout, t, h, w, grid, s, q, hw))
             out = self._conv_step(ext, name, mode, buf, n, c, cout, t, h, w, grid, s, q, hw)
+            SCRATCH.give(buf)
             c = cout
             if name in self.pool_of:
                 pool = self.pools[self.pool_of[name]]
@@ -261,16 +263,17 @@ class CompactC3D(nn.Module):
                     ocs, oh, ow, ooff = to * ho * wo, ho, wo, 0
                 else:
                     g2, s2 = flat_layout((to, ho, wo), one)
-                    dest = x.new_zeros(n * c * s2 + SLACK)
+                    dest = SCRATCH.take(n * c * s2 + SLACK, x, zero=True)
                     ocs, oh, ow, ooff = s2, g2[1], g2[2], g2[1] * g2[2] + g2[2] + 1
                 ext.maxpool(out, dest, n * c, s, grid[1], grid[2], t, h, w, kt, kh, kw, ph, pw, to, ho, wo, ocs,
                             oh, ow, ooff)
+                SCRATCH.give(out)
                 if last:
                     return dest.view(n, c, to, ho, wo)
                 t, h, w, grid, s, buf = to, ho, wo, g2, s2, dest
             else:
                 buf = out
-        return interior(buf, n, c, grid, s, one, (t, h, w))
+        return interior(buf, n, c, grid, s, one, (t, h, w)).contiguous()  # never hand out a scratch buffer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x).flatten(1)

@@ -9,6 +9,7 @@ from torch import nn
 
 from ._ext import load_kernels
 from .plan import TILE, ConvPlan, PairOffsets, build_plan, pair_offsets
+from .scratch import SCRATCH
 
 SLACK = TILE + 64
 
@@ -118,7 +119,9 @@ class SparseConv3d(nn.Module):
 
     def forward_kernel(self, ext, x: torch.Tensor) -> torch.Tensor:
         buf, ctx = self.prepare(x)
-        return self.compute(ext, buf, ctx)
+        out = self.compute(ext, buf, ctx)
+        SCRATCH.give(buf)
+        return out
 
     def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Lay x out as the kernel's virtual input: kept channels, zero-padded flat planes, stride phases."""
@@ -141,7 +144,7 @@ class SparseConv3d(nn.Module):
         if nph == 1:
             grid, s_chan = flat_layout(dims, pad)
             per_sample = c * s_chan
-            buf = x.new_empty(n * per_sample + SLACK)
+            buf = SCRATCH.take(n * per_sample + SLACK, x)
             buf[n * per_sample:].zero_()
             chans = buf[:n * per_sample].view(n, c, s_chan)
             vol = grid[0] * grid[1] * grid[2]
@@ -160,7 +163,7 @@ class SparseConv3d(nn.Module):
             grid = [-(-pd // st) for pd, st in zip(padded, stride)]
             s_chan = grid[0] * grid[1] * grid[2]
             per_sample = c * nph * s_chan
-            buf = x.new_zeros(n * per_sample + SLACK)
+            buf = SCRATCH.take(n * per_sample + SLACK, x, zero=True)
             full = [g * st for g, st in zip(grid, stride)]
             xp = F.pad(x, (pad[2], full[2] - dims[2] - pad[2], pad[1], full[1] - dims[1] - pad[1],
                            pad[0], full[0] - dims[0] - pad[0]))

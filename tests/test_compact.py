@@ -314,3 +314,48 @@ def test_channels_last_max_pool_equals_max_pool(ceil):
     x = torch.randn(2, 5, 3, 9, 10)
     y = fast(x)
     assert y.is_contiguous() and torch.equal(y, pool(x))
+
+
+def test_scratch_pool_reuses_best_fit_and_keeps_only_the_largest():
+    from compact.scratch import ScratchPool
+
+    pool = ScratchPool(max_buffers=2)
+    like = torch.zeros(1)
+    a, b = pool.take(1000, like), pool.take(5000, like)
+    pa, pb = a.data_ptr(), b.data_ptr()
+    pool.give(a)
+    pool.give(b)
+    assert pool.take(900, like).data_ptr() == pa  # best fit: the 1000, not the 5000
+    assert pool.take(3000, like).data_ptr() == pb
+    assert pool.take(6000, like, zero=True).abs().sum() == 0  # nothing fits: a new one
+    c = pool.take(10, like)
+    pool.give(c)
+    pool.give(pool.take(7000, like))
+    pool.give(pool.take(8000, like))
+    assert sorted(t.numel() for t in pool._free) == [7000, 8000]
+
+
+@pytest.mark.parametrize("arch", ["c3d", "r2+1d"])
+def test_outputs_never_alias_scratch_buffers(arch):
+    """A second call reuses the scratch buffers: the first call's output must be untouched by it."""
+    torch.manual_seed(0)
+    if arch == "c3d":
+        model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+        shape = (2, 3, 8, 32, 32)
+    else:
+        model = build_model(arch, 10).eval()
+        rules = load_profile("r2+1d_kgrc_3.05x").resolve(model)
+        masks = hard_prune(model, rules)
+        shape = (1, 3, 4, 24, 24)
+    cm = compile_sparse(model, masks, rules=rules)
+    x1, x2 = torch.randn(shape), torch.randn(shape)
+    with torch.no_grad():
+        y1 = cm(x1)
+        feats = cm.features(x1) if arch == "c3d" else None
+        keep, keep_f = y1.clone(), feats.clone() if feats is not None else None
+        cm(x2)
+        cm(x2)
+        assert torch.equal(y1, keep)
+        if feats is not None:
+            assert torch.equal(feats, keep_f)
+        assert rel_err(cm(x1), model(x1)) < TOL
