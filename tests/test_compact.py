@@ -359,3 +359,17 @@ def test_outputs_never_alias_scratch_buffers(arch):
         if feats is not None:
             assert torch.equal(feats, keep_f)
         assert rel_err(cm(x1), model(x1)) < TOL
+
+
+@pytest.mark.parametrize("clip,crop", [(12, 40), (8, 36)])
+def test_c3d_engine_odd_sizes_pooling_borders(clip, crop):
+    """Odd grids (5x5 before pool4, 9x9 before pool3...) take the pooling kernel's border path and its unchecked
+    interior path in the same rows; both must equal PyTorch's max_pool3d."""
+    torch.manual_seed(1)
+    model = build_model("c3d", 10, width_mult=0.25, clip_len=clip, crop_size=crop).eval()
+    rules = load_profile("c3d_kgrc_3.04x").resolve(model)
+    masks = hard_prune(model, rules)
+    cm = compile_sparse(model, masks, rules=rules)
+    x = torch.randn(2, 3, clip, crop, crop)
+    with torch.no_grad():
+        assert rel_err(cm.features(x), model.features(x)) < TOL
