@@ -3,6 +3,8 @@ R(2+1)D-18 and S3D; the pure-PyTorch fallback equals the compiled kernels; prune
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -259,7 +261,18 @@ def test_benchmark_smoke():
     assert r["max_rel_err"] < TOL
     assert len(r["layers"]) == 8 and all(lr["compact_ms"] > 0 for lr in r["layers"])
     assert 2.5 < r["ideal"] < 3.5
-    assert "whole model" in compact.format_table(r)
+    assert 0 < r["sparse_min_ms"] <= r["sparse_ms"] and 0 < r["dense_min_ms"] <= r["dense_ms"]
+    assert r["speedup_min"] == pytest.approx(r["dense_min_ms"] / r["sparse_min_ms"])
+    assert "whole model" in compact.format_table(r) and "fastest of the repeats" in compact.format_table(r)
+
+
+def test_interleaved_reports_median_and_fastest():
+    from compact.bench import _interleaved
+
+    delays = iter([0.004, 0.001, 0.003] * 2)
+    best: dict[str, float] = {}
+    med = _interleaved({"a": lambda: time.sleep(next(delays))}, repeats=3, warmup=0, best=best)
+    assert best["a"] < med["a"]  # 1 ms fastest, 3 ms median
 
 
 @pytest.mark.parametrize("arch,profile,clip", [("r2+1d", "r2+1d_kgs_3.20x", (4, 24, 24)),
