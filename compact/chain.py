@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._ext import load_kernels
-from .modules import SLACK, SparseConv3d, _run, flat_layout
+from .modules import SLACK, SparseConv3d, _run, flat_layout, flat_positions, scatter_index
 from .scratch import SCRATCH
 
 
@@ -53,27 +53,19 @@ class SparseConvPair(nn.Module):
         _run(ext, self.first.plan, ctx["off"], buf, ctx["per_sample"], mid, c * s, s, 0, s, False, n, ctx["q"],
              self.first.bias, self.first.relu, None, self._scatter_index(ctx, pt))
         SCRATCH.give(buf)
-        kt = self.second.kernel_size[0]
-        outd = [t + 2 * pt - kt + 1, h, w]
-        hw = grid[1] * grid[2]
+        outd = [t + 2 * pt - self.second.kernel_size[0] + 1, h, w]
         ctx2 = {"n": n, "off": self.second.offsets(("pair", grid), self._ident, (1, 1, 1), grid, s),
-                "per_sample": c * s, "q": (outd[0] - 1) * hw + (outd[1] - 1) * grid[2] + outd[2], "outd": outd,
-                "hw": hw, "wq": grid[2]}
+                "per_sample": c * s, "q": flat_positions(outd, grid), "outd": outd, "grid": tuple(grid)}
         out = self.second.compute(ext, mid, ctx2)
         SCRATCH.give(mid)
         return out
 
     def _scatter_index(self, ctx: dict, pt: int) -> torch.Tensor:
-        """Where each position `first` computes lands in `second`'s layout (-1: a separator, not an output)."""
-        t, h, w = ctx["outd"]
-        key = (ctx["q"], t, h, w, ctx["hw"], ctx["wq"], pt)
+        """Where each position `first` computes lands in `second`'s layout (after its `pt` zero time planes)."""
+        key = (ctx["q"], tuple(ctx["outd"]), ctx["grid"], pt)
         idx = self._oidx.get(key)
         if idx is None:
-            q = np.arange(ctx["q"])
-            tq, hq, wq = q // ctx["hw"], (q % ctx["hw"]) // ctx["wq"], q % ctx["wq"]
-            ok = (hq < h) & (wq < w)
-            idx = self._oidx[key] = torch.from_numpy(
-                np.where(ok, ((tq + pt) * h + hq) * w + wq, -1).astype(np.int32))
+            idx = self._oidx[key] = scatter_index(ctx["q"], ctx["grid"], ctx["outd"], pt)
         return idx
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from ._ext import load_kernels
 from .chain import chain_conv_pairs
-from .modules import SLACK, AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d, _run, flat_layout, interior
+from .modules import SLACK, AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d, _run, flat_layout, flat_positions, interior
 from .scratch import SCRATCH
 
 KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
@@ -244,7 +244,7 @@ class CompactC3D(nn.Module):
         for name in self.conv_names:
             conv = self.convs[name]
             hw = grid[1] * grid[2]
-            q = (t - 1) * hw + (h - 1) * grid[2] + w
+            q = flat_positions((t, h, w), grid)
             cout = conv.out_channels
             mode = "kernel" if isinstance(conv, SparseConv3d) else "torch"
             if name in self.dense_convs:  # unpruned layer: the kernel or oneDNN, whichever ran faster here

@@ -35,6 +35,21 @@ def interior(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) ->
     return v[:, :, pad[0]:pad[0] + dims[0], pad[1]:pad[1] + dims[1], pad[2]:pad[2] + dims[2]]
 
 
+def flat_positions(outd, grid) -> int:
+    """Positions the kernel computes for outputs `outd` on a flat grid: up to the last output, separators included."""
+    return (outd[0] - 1) * grid[1] * grid[2] + (outd[1] - 1) * grid[2] + outd[2]
+
+
+def scatter_index(q: int, grid, outd, t_offset: int = 0) -> torch.Tensor:
+    """Index, within an output channel of dense [T', H, W] planes, of each of the `q` flat positions computed on
+    `grid` (-1: a separator, not an output); output plane t lands at plane t + t_offset."""
+    pos = np.arange(q)
+    hw = grid[1] * grid[2]
+    t, h, w = pos // hw, (pos % hw) // grid[2], pos % grid[2]
+    ok = (h < outd[1]) & (w < outd[2])
+    return torch.from_numpy(np.where(ok, ((t + t_offset) * outd[1] + h) * outd[2] + w, -1).astype(np.int32))
+
+
 def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
          out_sample_stride: int, out_chan_stride: int, shift: int, chan_len: int, zero_rest: bool, n: int, q: int,
          bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None, oidx: torch.Tensor | None = None) -> None:
@@ -172,21 +187,16 @@ class SparseConv3d(nn.Module):
                 xp.permute(0, 1, 3, 5, 7, 2, 4, 6))
         key = ("plain", tuple(grid), tuple(stride), s_chan)
         off = self.offsets(key, self._chan_index, tuple(stride), tuple(grid), s_chan)
-        hw = grid[1] * grid[2]
-        q = (outd[0] - 1) * hw + (outd[1] - 1) * grid[2] + outd[2]
-        return buf, {"n": n, "off": off, "per_sample": per_sample, "q": q, "outd": outd, "hw": hw, "wq": grid[2]}
+        return buf, {"n": n, "off": off, "per_sample": per_sample, "q": flat_positions(outd, grid), "outd": outd,
+                     "grid": tuple(grid)}
 
     def compute(self, ext, buf: torch.Tensor, ctx: dict) -> torch.Tensor:
         """The kernel call alone, writing the final [N, Cout, T, H, W] output (what the per-layer benchmark times)."""
         n, q, outd = ctx["n"], ctx["q"], ctx["outd"]
-        key = (q, tuple(outd), ctx["hw"], ctx["wq"])
+        key = (q, tuple(outd), ctx["grid"])
         oidx = self._oidx.get(key)
         if oidx is None:
-            pos = np.arange(q)
-            t, h, w = pos // ctx["hw"], (pos % ctx["hw"]) // ctx["wq"], pos % ctx["wq"]
-            ok = (h < outd[1]) & (w < outd[2])
-            idx = np.where(ok, (t * outd[1] + h) * outd[2] + w, -1).astype(np.int32)
-            oidx = self._oidx[key] = torch.from_numpy(idx)
+            oidx = self._oidx[key] = scatter_index(q, ctx["grid"], outd)
         out = buf.new_empty((n, self.out_channels, *outd))
         per = outd[0] * outd[1] * outd[2]
         _run(ext, self.plan, ctx["off"], buf, ctx["per_sample"], out, self.out_channels * per, per, 0, per, False, n,

@@ -59,7 +59,6 @@ class ConvPlan:
             t = self.tensors
             t["chunk_fstart"] = torch.from_numpy(self.chunk_fstart)
             t["chunk_filters"] = torch.from_numpy(self.chunk_filters)
-            t["chunk_tstart"] = torch.from_numpy(self.chunk_tstart)
             t["task_G"] = torch.from_numpy(self.task_G)
             t["task_rows"] = torch.from_numpy(self.task_rows)
             t["task_pstart"] = torch.from_numpy(self.task_pstart)
