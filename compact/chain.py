@@ -1,20 +1,38 @@
-"""Two sparse convs in a row without leaving the kernels' layout.
+"""Sparse convs in a row without leaving the kernels' layout.
 
-In R(2+1)D every (2+1)D conv is a spatial 1x3x3 conv, BatchNorm, ReLU and a temporal 3x1x1 conv. Run separately,
-the spatial conv scatters its output into a dense tensor (the widest activation of the block) and the temporal conv
-copies it straight back into its zero-padded layout. `SparseConvPair` has the spatial conv write, with its bias and
-ReLU fused, directly into the temporal conv's input layout, which saves a write and a copy of that tensor.
+Run module by module, a sparse conv scatters its output into a dense tensor and the next one copies it straight back
+into its zero-padded layout. `run_into` has a conv write, with its bias and ReLU fused, directly into the layout the
+next conv reads, which saves a write and a copy of every activation in between. `SparseConvPair` uses it for
+R(2+1)D's and S3D's (2+1)D convs (spatial conv, BatchNorm, ReLU, temporal conv).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._ext import load_kernels
-from .modules import SLACK, SparseConv3d, _run, flat_layout, flat_positions, scatter_index
+from .modules import SLACK, SparseConv3d, flat_layout, zero_padding
 from .scratch import SCRATCH
+
+
+def run_into(ext, conv: SparseConv3d, buf: torch.Tensor, ctx: dict, nxt: SparseConv3d) -> tuple[torch.Tensor, dict]:
+    """Run `conv` on its prepared input; returns `nxt`'s prepared input (a SCRATCH buffer and its context). A
+    stride-1 `nxt` gets `conv`'s output written straight into its padded layout; a strided one gets it through a
+    dense scratch tensor and its own `prepare`."""
+    n, outd, c = ctx["n"], ctx["outd"], conv.out_channels
+    if nxt.stride == (1, 1, 1):
+        grid, s = flat_layout(outd, nxt.padding)
+        dest = SCRATCH.take(n * c * s + SLACK, buf)
+        zero_padding(dest, n, c, grid, s, nxt.padding, outd)
+        conv.write(ext, buf, ctx, dest, grid, nxt.padding, s)
+        return dest, nxt.layout_ctx(n, outd, grid, s)
+    dense = SCRATCH.take(n * c * outd[0] * outd[1] * outd[2], buf)
+    y = dense.view(n, c, *outd)
+    conv.write(ext, buf, ctx, y, outd)
+    nbuf, nctx = nxt.prepare(y)
+    SCRATCH.give(dense)
+    return nbuf, nctx
 
 
 def can_chain(first: nn.Module, second: nn.Module) -> bool:
@@ -26,47 +44,24 @@ def can_chain(first: nn.Module, second: nn.Module) -> bool:
 
 class SparseConvPair(nn.Module):
     """`second(first(x))` (each with its fused bias and ReLU) with the activation between them kept in the layout
-    `second` reads: `first` scatters its output into zero-padded time planes, `second` runs on them in place."""
+    `second` reads: `first` writes its output into zero-padded time planes, `second` runs on them in place."""
 
     def __init__(self, first: SparseConv3d, second: SparseConv3d) -> None:
         super().__init__()
         if not can_chain(first, second):
             raise ValueError(f"cannot chain {first.name or first} into {second.name or second}")
         self.first, self.second = first, second
-        self._oidx: dict = {}
-        self._ident = np.arange(first.out_channels, dtype=np.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ext = load_kernels()
         if ext is None or x.dtype != torch.float32 or x.device.type != "cpu":
             return self.second.forward_torch(self.first.forward_torch(x))
         buf, ctx = self.first.prepare(x)
-        n, (t, h, w) = ctx["n"], ctx["outd"]
-        pt = self.second.padding[0]
-        grid, s = flat_layout((t, h, w), self.second.padding)  # (t + 2pt, h, w) planes, then one zero row
-        c = self.first.out_channels
-        mid = SCRATCH.take(n * c * s + SLACK, buf)
-        planes = mid[:n * c * s].view(n, c, s)
-        planes[:, :, :pt * h * w].zero_()
-        planes[:, :, (pt + t) * h * w:].zero_()
-        mid[n * c * s:].zero_()
-        _run(ext, self.first.plan, ctx["off"], buf, ctx["per_sample"], mid, c * s, s, 0, s, False, n, ctx["q"],
-             self.first.bias, self.first.relu, None, self._scatter_index(ctx, pt))
+        mid, ctx2 = run_into(ext, self.first, buf, ctx, self.second)
         SCRATCH.give(buf)
-        outd = [t + 2 * pt - self.second.kernel_size[0] + 1, h, w]
-        ctx2 = {"n": n, "off": self.second.offsets(("pair", grid), self._ident, (1, 1, 1), grid, s),
-                "per_sample": c * s, "q": flat_positions(outd, grid), "outd": outd, "grid": tuple(grid)}
         out = self.second.compute(ext, mid, ctx2)
         SCRATCH.give(mid)
         return out
-
-    def _scatter_index(self, ctx: dict, pt: int) -> torch.Tensor:
-        """Where each position `first` computes lands in `second`'s layout (after its `pt` zero time planes)."""
-        key = (ctx["q"], tuple(ctx["outd"]), ctx["grid"], pt)
-        idx = self._oidx.get(key)
-        if idx is None:
-            idx = self._oidx[key] = scatter_index(ctx["q"], ctx["grid"], ctx["outd"], pt)
-        return idx
 
 
 def chain_conv_pairs(chains: list[list[tuple[nn.Module, str, nn.Module]]]) -> int:

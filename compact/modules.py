@@ -40,24 +40,67 @@ def flat_positions(outd, grid) -> int:
     return (outd[0] - 1) * grid[1] * grid[2] + (outd[1] - 1) * grid[2] + outd[2]
 
 
-def scatter_index(q: int, grid, outd, t_offset: int = 0) -> torch.Tensor:
-    """Index, within an output channel of dense [T', H, W] planes, of each of the `q` flat positions computed on
-    `grid` (-1: a separator, not an output); output plane t lands at plane t + t_offset."""
+def scatter_index(q: int, grid, outd, dest_grid=None, offset=(0, 0, 0)) -> torch.Tensor:
+    """Index, within one output channel, of each of the `q` flat positions computed on `grid` (-1: a separator,
+    not an output). The destination is dense [T', H, W] planes, or with `dest_grid` the flat layout of that grid
+    (see `flat_layout`), output (t, h, w) landing at (t, h, w) + `offset`."""
     pos = np.arange(q)
     hw = grid[1] * grid[2]
     t, h, w = pos // hw, (pos % hw) // grid[2], pos % grid[2]
     ok = (h < outd[1]) & (w < outd[2])
-    return torch.from_numpy(np.where(ok, ((t + t_offset) * outd[1] + h) * outd[2] + w, -1).astype(np.int32))
+    g = outd if dest_grid is None else dest_grid
+    idx = ((t + offset[0]) * g[1] + h + offset[1]) * g[2] + w + offset[2]
+    return torch.from_numpy(np.where(ok, idx, -1).astype(np.int32))
+
+
+def zero_padding(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) -> torch.Tensor:
+    """Zero every position of a flat padded buffer (and its slack) that is not data; returns the data view
+    [n, c, T, H, W]. Only the padding is written: the data positions are left for the caller to fill."""
+    buf[n * c * s_chan:].zero_()
+    chans = buf[:n * c * s_chan].view(n, c, s_chan)
+    vol = grid[0] * grid[1] * grid[2]
+    chans[:, :, vol:].zero_()
+    v = chans[:, :, :vol].unflatten(2, tuple(grid))
+    v[:, :, :pad[0]].zero_()
+    v[:, :, pad[0] + dims[0]:].zero_()
+    mid = v[:, :, pad[0]:pad[0] + dims[0]]
+    if pad[1]:
+        mid[:, :, :, :pad[1]].zero_()
+    if pad[2]:
+        mid[:, :, :, pad[1]:, :pad[2]].zero_()
+    return mid[:, :, :, pad[1]:, pad[2]:]
+
+
+def _copy_phases(x: torch.Tensor, phases: torch.Tensor, pad, stride) -> None:
+    """Copy x ([N, C, T, H, W]) into zeroed stride-phase planes ([N, C, st, sh, sw, gt, gh, gw]): padded position
+    s*i + r of a dimension goes to phase r, index i. One strided copy per phase, no padded temporary."""
+    dims = x.shape[2:]
+    ranges = []
+    for d in range(3):  # per dimension and phase r: (phase index range, first input index)
+        per = []
+        for r in range(stride[d]):
+            i0 = max(0, -(-(pad[d] - r) // stride[d]))
+            i1 = (pad[d] + dims[d] - 1 - r) // stride[d] + 1
+            per.append((r, i0, i1, stride[d] * i0 + r - pad[d]))
+        ranges.append(per)
+    for rt, t0, t1, xt in ranges[0]:
+        for rh, h0, h1, xh in ranges[1]:
+            for rw, w0, w1, xw in ranges[2]:
+                if t1 > t0 and h1 > h0 and w1 > w0:
+                    phases[:, :, rt, rh, rw, t0:t1, h0:h1, w0:w1].copy_(
+                        x[:, :, xt::stride[0], xh::stride[1], xw::stride[2]])
 
 
 def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
          out_sample_stride: int, out_chan_stride: int, shift: int, chan_len: int, zero_rest: bool, n: int, q: int,
-         bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None, oidx: torch.Tensor | None = None) -> None:
+         bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None, oidx: torch.Tensor | None = None,
+         accumulate: bool = False) -> None:
     t = plan.torch_tensors()
     ext.sparse_conv(inp, out, t["chunk_fstart"], t["chunk_filters"], off.chunk_pcstart, off.piece_task,
                     off.piece_range, t["task_G"], t["task_rows"], t["task_pstart"], t["task_wstart"], off.off,
                     t["weights"], bias, valid, oidx,
-                    in_sample_stride, out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu)
+                    in_sample_stride, out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu,
+                    plan.prefetch_rows, accumulate)
 
 
 class SparseConv3d(nn.Module):
@@ -112,6 +155,15 @@ class SparseConv3d(nn.Module):
             off = self._offsets[key] = pair_offsets(self.plan, channel_index, stride, grid, chan_stride)
         return off
 
+    def layout_ctx(self, n: int, dims, grid, s_chan: int) -> dict:
+        """Kernel context for an input of `n` samples already in the flat layout `flat_layout(dims, padding)`
+        (every input channel, in order): what a conv writing straight into this one's input hands over."""
+        assert self.stride == (1, 1, 1), "the flat layout without stride phases is for stride-1 convs"
+        outd = [d + 2 * p - k + 1 for d, p, k in zip(dims, self.padding, self.kernel_size)]
+        off = self.offsets(("flat", tuple(grid), s_chan), np.arange(self.in_channels), (1, 1, 1), tuple(grid), s_chan)
+        return {"n": n, "off": off, "per_sample": self.in_channels * s_chan, "q": flat_positions(outd, grid),
+                "outd": outd, "grid": tuple(grid)}
+
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         """Pure-PyTorch path: the compact dense weight on the kept channels, bias for the dropped filters."""
         n, _, t, h, w = x.shape
@@ -149,8 +201,7 @@ class SparseConv3d(nn.Module):
                 sl[d] = slice(None, None, stride[d])
                 stride[d] = 1
         if any(s != slice(None) for s in sl):
-            x = x[:, :, sl[0], sl[1], sl[2]]
-        x = x.contiguous()
+            x = x[:, :, sl[0], sl[1], sl[2]]  # no copy of its own: the layout copy below reads it strided
         n, c = x.shape[:2]
         dims = x.shape[2:]
         padded = [s + 2 * p for s, p in zip(dims, pad)]
@@ -160,31 +211,14 @@ class SparseConv3d(nn.Module):
             grid, s_chan = flat_layout(dims, pad)
             per_sample = c * s_chan
             buf = SCRATCH.take(n * per_sample + SLACK, x)
-            buf[n * per_sample:].zero_()
-            chans = buf[:n * per_sample].view(n, c, s_chan)
-            vol = grid[0] * grid[1] * grid[2]
-            chans[:, :, vol:].zero_()
-            v = chans[:, :, :vol].unflatten(2, tuple(grid))
-            # zero only the padding (leading/trailing planes, separator rows and columns), then copy the data
-            v[:, :, :pad[0]].zero_()
-            v[:, :, pad[0] + dims[0]:].zero_()
-            mid = v[:, :, pad[0]:pad[0] + dims[0]]
-            if pad[1]:
-                mid[:, :, :, :pad[1]].zero_()
-            if pad[2]:
-                mid[:, :, :, pad[1]:, :pad[2]].zero_()
-            mid[:, :, :, pad[1]:, pad[2]:].copy_(x)
+            zero_padding(buf, n, c, grid, s_chan, pad, dims).copy_(x)
         else:  # stride phases: input position s*i + r of a dimension goes to phase r, index i
             grid = [-(-pd // st) for pd, st in zip(padded, stride)]
             s_chan = grid[0] * grid[1] * grid[2]
             per_sample = c * nph * s_chan
             buf = SCRATCH.take(n * per_sample + SLACK, x, zero=True)
-            full = [g * st for g, st in zip(grid, stride)]
-            xp = F.pad(x, (pad[2], full[2] - dims[2] - pad[2], pad[1], full[1] - dims[1] - pad[1],
-                           pad[0], full[0] - dims[0] - pad[0]))
-            xp = xp.view(n, c, grid[0], stride[0], grid[1], stride[1], grid[2], stride[2])
-            buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid).copy_(
-                xp.permute(0, 1, 3, 5, 7, 2, 4, 6))
+            phases = buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid)
+            _copy_phases(x, phases, pad, stride)
         key = ("plain", tuple(grid), tuple(stride), s_chan)
         off = self.offsets(key, self._chan_index, tuple(stride), tuple(grid), s_chan)
         return buf, {"n": n, "off": off, "per_sample": per_sample, "q": flat_positions(outd, grid), "outd": outd,
@@ -192,16 +226,24 @@ class SparseConv3d(nn.Module):
 
     def compute(self, ext, buf: torch.Tensor, ctx: dict) -> torch.Tensor:
         """The kernel call alone, writing the final [N, Cout, T, H, W] output (what the per-layer benchmark times)."""
+        n, outd = ctx["n"], ctx["outd"]
+        out = buf.new_empty((n, self.out_channels, *outd))
+        self.write(ext, buf, ctx, out, outd)
+        return out
+
+    def write(self, ext, buf: torch.Tensor, ctx: dict, dest: torch.Tensor, dest_grid, offset=(0, 0, 0),
+              chan_len: int | None = None, *, relu: bool | None = None, accumulate: bool = False) -> None:
+        """Run on a prepared input, writing output (t, h, w) of every channel at (t, h, w) + `offset` of `dest`:
+        dense [N, Cout, *dest_grid] planes, or with `chan_len` the flat layout of `dest_grid` (`flat_layout`).
+        `accumulate` adds the value already there (a residual) before the ReLU."""
         n, q, outd = ctx["n"], ctx["q"], ctx["outd"]
-        key = (q, tuple(outd), ctx["grid"])
+        per = chan_len if chan_len is not None else dest_grid[0] * dest_grid[1] * dest_grid[2]
+        key = (q, tuple(outd), ctx["grid"], tuple(dest_grid), tuple(offset))
         oidx = self._oidx.get(key)
         if oidx is None:
-            oidx = self._oidx[key] = scatter_index(q, ctx["grid"], outd)
-        out = buf.new_empty((n, self.out_channels, *outd))
-        per = outd[0] * outd[1] * outd[2]
-        _run(ext, self.plan, ctx["off"], buf, ctx["per_sample"], out, self.out_channels * per, per, 0, per, False, n,
-             q, self.bias, self.relu, None, oidx)
-        return out
+            oidx = self._oidx[key] = scatter_index(q, ctx["grid"], outd, dest_grid, offset)
+        _run(ext, self.plan, ctx["off"], buf, ctx["per_sample"], dest, self.out_channels * per, per, 0, per, False, n,
+             q, self.bias, self.relu if relu is None else relu, None, oidx, accumulate)
 
 
 class AutoConv3d(nn.Module):

@@ -21,7 +21,7 @@ static inline vf bcast(float s) {
 
 // GB filters x NV vectors of positions held in registers; one load per vector and one broadcast per weight
 // for every kept (channel, tap) pair.
-template <int GB, int NV>
+template <int GB, int NV, bool PF>
 static inline void block(const float* __restrict in, const int64_t* __restrict off, const float* __restrict w,
                          int wstride, int64_t np, float* const* rows, int qlim) {
   for (int q = 0; q < qlim; q += NV * VW) {
@@ -31,9 +31,7 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
     const float* wp = w;
     for (int64_t p = 0; p < np; ++p, wp += wstride) {
       const float* ip = in + off[p] + q;
-#ifdef P3D_PREFETCH
-      __builtin_prefetch(ip + P3D_PREFETCH, 0, 3);  // the rows of a pair are streams the hardware does not track
-#endif
+      if (PF) __builtin_prefetch(ip + P3D_TILE, 0, 3);  // same row, next tile: see P3DPlan.prefetch
       vf x[NV];
       for (int v = 0; v < NV; ++v) x[v] = *(const vfu*)(ip + v * VW);
       for (int g = 0; g < GB; ++g) {
@@ -48,25 +46,28 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
 
 template <int GB>
 static inline void run_group(const float* in, const int64_t* off, const float* w, int wstride, int64_t np,
-                             float* const* rows, int qlim) {
-  block<GB, NV_FOR(GB)>(in, off, w, wstride, np, rows, qlim);
+                             float* const* rows, int qlim, bool pf) {
+  if (pf)
+    block<GB, NV_FOR(GB), true>(in, off, w, wstride, np, rows, qlim);
+  else
+    block<GB, NV_FOR(GB), false>(in, off, w, wstride, np, rows, qlim);
 }
 
 // One piece: np pairs shared by G filters, run in register passes of at most GB_MAX filters.
 static void run_piece(const float* in, const int64_t* off, const float* w, int G, int64_t np, float* const* rows,
-                      int qlim) {
+                      int qlim, bool pf) {
   for (int g0 = 0; g0 < G; g0 += GB_MAX) {
     int gb = G - g0 < GB_MAX ? G - g0 : GB_MAX;
     switch (gb) {
-      case 1: run_group<1>(in, off, w + g0, G, np, rows + g0, qlim); break;
-      case 2: run_group<2>(in, off, w + g0, G, np, rows + g0, qlim); break;
-      case 3: run_group<3>(in, off, w + g0, G, np, rows + g0, qlim); break;
-      case 4: run_group<4>(in, off, w + g0, G, np, rows + g0, qlim); break;
+      case 1: run_group<1>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 2: run_group<2>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 3: run_group<3>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 4: run_group<4>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
 #if GB_MAX > 4
-      case 5: run_group<5>(in, off, w + g0, G, np, rows + g0, qlim); break;
-      case 6: run_group<6>(in, off, w + g0, G, np, rows + g0, qlim); break;
-      case 7: run_group<7>(in, off, w + g0, G, np, rows + g0, qlim); break;
-      case 8: run_group<8>(in, off, w + g0, G, np, rows + g0, qlim); break;
+      case 5: run_group<5>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 6: run_group<6>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 7: run_group<7>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 8: run_group<8>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
 #endif
       default: break;
     }
@@ -95,7 +96,7 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
         for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)P->task_rows[t * 8 + g] * P3D_TILE;
         const int64_t p0 = P->piece_range[2 * i], p1 = P->piece_range[2 * i + 1];
         run_piece(in, P->pair_off + p0, P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G, G, p1 - p0,
-                  rows, qlim);
+                  rows, qlim, P->prefetch != 0);
       }
       const int64_t qn = qlim;
       for (int r = 0; r < nf; ++r) {
@@ -104,12 +105,13 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
         float* chan = P->out + n * P->out_sample_stride + (int64_t)m * P->out_chan_stride;
         float* dst = chan + P->out_shift + qbase;
         const float* a = acc + (int64_t)r * P3D_TILE;
-        if (P->oidx) {  // scatter straight into an unpadded output
+        if (P->oidx) {  // scatter straight into the output's own layout
           const int32_t* oi = P->oidx + qbase;
           for (int64_t q = 0; q < qn; ++q) {
             const int32_t j = oi[q];
             if (j < 0) continue;
             float v = a[q] + b;
+            if (P->accumulate) v += chan[j];
             chan[j] = P->relu ? (v > 0.f ? v : 0.f) : v;
           }
         } else if (P->valid) {
