@@ -12,6 +12,7 @@ from torch import nn
 from ._ext import load_kernels
 from .chain import chain_conv_pairs
 from .modules import SLACK, AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d, _run, flat_layout, flat_positions, interior
+from .residual import fuse_residual_stages
 from .scratch import SCRATCH
 
 KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
@@ -97,7 +98,9 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
     max-pooling in C++; `dense_layers` (default: same as fuse) also runs the unpruned convs through the kernels.
     For other models `fuse=True` folds eval-mode BatchNorm3d into the preceding conv, fuses a following ReLU
     into the sparse conv's output write, chains a sparse conv straight into a following temporal sparse conv
-    (R(2+1)D's and S3D's (2+1)D convs, `SparseConvPair`) and runs max-pooling in channels_last_3d. The model is
+    (R(2+1)D's and S3D's (2+1)D convs, `SparseConvPair`), runs each stage of residual blocks whose convs are all
+    sparse in the kernels' layout from block to block with the residual add and ReLU fused
+    (`SparseResidualStage`) and runs max-pooling in channels_last_3d. The model is
     copied and put in eval mode; the input is untouched.
     """
     from models.c3d import C3D  # local: keep compact importable on its own
@@ -129,6 +132,7 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
     if fuse:
         _fuse_relu(model)
         chain_conv_pairs(_chains(model))
+        fuse_residual_stages(model)
         for name, mod in list(model.named_modules()):
             if type(mod) is nn.MaxPool3d:
                 _set_module(model, name, ChannelsLastMaxPool3d.from_pool(mod))

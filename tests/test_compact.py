@@ -16,6 +16,7 @@ from compact import _ext
 from compact.chain import SparseConvPair
 from compact.convert import CompactC3D, compile_sparse
 from compact.modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d
+from compact.residual import SparseResidualStage, can_fuse_stage
 from models import build_model
 from pruning import LayerRule, hard_prune, project
 from pruning.profile import load_profile
@@ -386,3 +387,53 @@ def test_c3d_engine_odd_sizes_pooling_borders(clip, crop):
     x = torch.randn(2, 3, clip, crop, crop)
     with torch.no_grad():
         assert rel_err(cm.features(x), model.features(x)) < TOL
+
+
+def _r21d(profile: str):
+    torch.manual_seed(0)
+    model = build_model("r2+1d", 10).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    rules = load_profile(profile).resolve(model)
+    return model, hard_prune(model, rules), rules
+
+
+@pytest.mark.parametrize("profile,fused", [("r2+1d_kgrc_3.05x", ["layer1", "layer2", "layer3"]),
+                                           ("r2+1d_kgs_3.20x", ["layer1", "layer2"])])
+def test_residual_stages_equal_their_blocks_run_one_by_one(profile, fused):
+    """Every stage whose convs are all sparse runs in the kernels' layout (residual add and ReLU fused into the last
+    conv's write, in place over the block input); it equals its blocks run one by one, downsampling blocks (layer2:
+    strided spatial conv, stride-2 temporal conv, downsample conv) included, and leaves its input untouched."""
+    model, masks, rules = _r21d(profile)
+    cm = compile_sparse(model, masks, rules=rules)
+    assert [n for n, m in cm.named_modules() if isinstance(m, SparseResidualStage)] == fused
+    x = torch.randn(2, 3, 4, 24, 24)
+    with torch.no_grad():
+        assert rel_err(cm(x), model(x)) < TOL
+        h = cm.stem(x)
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            stage = getattr(cm, name)
+            keep = h.clone()
+            y = stage(h)
+            assert torch.equal(h, keep), name
+            if isinstance(stage, SparseResidualStage):
+                assert rel_err(y, nn.Sequential.forward(stage, h)) < TOL, name
+                assert rel_err(y, getattr(model, name)(h)) < TOL, name
+            h = y
+
+
+def test_residual_stage_refuses_blocks_it_cannot_run():
+    model, masks, rules = _r21d("r2+1d_kgrc_3.05x")
+    cm = compile_sparse(model, masks, rules=rules)
+    assert can_fuse_stage(nn.Sequential(*cm.layer1))
+    assert not can_fuse_stage(cm.layer4)  # unpruned convs (AutoConv3d)
+    block = cm.layer1[1]
+    block.conv1[2] = nn.ReLU()  # an unfused ReLU between the convs
+    assert not can_fuse_stage(nn.Sequential(*cm.layer1))
+    with pytest.raises(ValueError, match="can_fuse_stage"):
+        SparseResidualStage(nn.Sequential(*cm.layer1))

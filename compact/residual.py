@@ -1,0 +1,110 @@
+"""A stage of residual blocks (R(2+1)D's `layer1`..`layer4`) run in the kernels' layout from block to block.
+
+Run module by module, every torchvision BasicBlock copies its input into the padded layout, writes fresh output
+tensors (page-faulted in on every call), and adds the residual and applies the ReLU in two more passes over the
+activation. `SparseResidualStage` keeps the stage's activation in one flat padded buffer: each conv writes straight
+into the layout the next one reads (`run_into`), and the block's last conv adds the residual and applies the ReLU in
+its output write, in place over the block input it replaces (the block's first conv has read it by then).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.video.resnet import BasicBlock
+
+from ._ext import load_kernels
+from .chain import SparseConvPair, run_into
+from .modules import SLACK, SparseConv3d, flat_layout, interior, zero_padding
+from .scratch import SCRATCH
+
+
+def block_convs(block: nn.Module) -> list[SparseConv3d] | None:
+    """The sparse convs of a BasicBlock's conv1 and conv2 in the order they run, or None when those hold anything
+    else (an unfolded BatchNorm, an unfused ReLU, an unpruned conv) or conv2 ends in a ReLU of its own."""
+    if type(block) is not BasicBlock or not isinstance(block.relu, nn.ReLU):
+        return None
+    convs: list[SparseConv3d] = []
+    for part in (block.conv1, block.conv2):
+        for m in part.modules():
+            if isinstance(m, SparseConv3d):
+                convs.append(m)
+            elif not isinstance(m, (nn.Sequential, nn.Identity, SparseConvPair)):
+                return None
+    if not convs or convs[-1].relu:
+        return None
+    return convs
+
+
+class SparseResidualStage(nn.Sequential):
+    """The same blocks (same names and parameters) with a forward that keeps the activation in the kernels' flat
+    layout (`flat_layout(dims, padding of the blocks' first conv)`) from the stage's first block to its last.
+    Without the kernels it runs the blocks one by one."""
+
+    def __init__(self, stage: nn.Sequential) -> None:
+        if not can_fuse_stage(stage):
+            raise ValueError("SparseResidualStage needs BasicBlocks of sparse convs only (see can_fuse_stage)")
+        super().__init__(*stage)
+        convs = [block_convs(b) for b in stage]
+        self.block_conv_lists = convs
+        self.pad = convs[-1][0].padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ext = load_kernels()
+        if ext is None or x.dtype != torch.float32 or x.device.type != "cpu":
+            return super().forward(x)
+        n = x.shape[0]
+        act = None  # (buffer, channels, dims, grid, per-channel length) of the activation between blocks
+        for block, convs in zip(self, self.block_conv_lists):
+            head = convs[0]
+            if act is None or block.downsample is not None:  # enter the layout: residual placed, head prepared
+                xd = x if act is None else interior(act[0], n, act[1], act[3], act[4], self.pad, act[2])
+                res = block.downsample(xd) if block.downsample is not None else xd
+                c, dims = res.shape[1], tuple(res.shape[2:])
+                grid, s = flat_layout(dims, self.pad)
+                buf = SCRATCH.take(n * c * s + SLACK, res)
+                zero_padding(buf, n, c, grid, s, self.pad, dims).copy_(res)
+                if block.downsample is None and head.stride == (1, 1, 1) and head.padding == self.pad:
+                    hbuf, hctx, own = buf, head.layout_ctx(n, dims, grid, s), False
+                else:
+                    (hbuf, hctx), own = head.prepare(xd), True
+                if act is not None:
+                    SCRATCH.give(act[0])
+                act = (buf, c, dims, grid, s)
+            else:  # the block input is the stage buffer, already in the head's layout
+                hbuf, hctx, own = act[0], head.layout_ctx(n, act[2], act[3], act[4]), False
+            for conv, nxt in zip(convs, convs[1:]):
+                nbuf, nctx = run_into(ext, conv, hbuf, hctx, nxt)
+                if own:
+                    SCRATCH.give(hbuf)
+                hbuf, hctx, own = nbuf, nctx, True
+            convs[-1].write(ext, hbuf, hctx, act[0], act[3], self.pad, act[4], relu=True, accumulate=True)
+            if own:
+                SCRATCH.give(hbuf)
+        y = interior(act[0], n, act[1], act[3], act[4], self.pad, act[2]).contiguous()  # never hand out scratch
+        SCRATCH.give(act[0])
+        return y
+
+
+def can_fuse_stage(stage: nn.Module) -> bool:
+    """A Sequential of BasicBlocks of sparse convs whose blocks after the first keep the shape (no downsample,
+    stride-1 first conv) and whose first convs share one padding (the layout of the activation between blocks)."""
+    if not isinstance(stage, nn.Sequential) or len(stage) == 0:
+        return False
+    convs = [block_convs(b) for b in stage]
+    if any(c is None for c in convs):
+        return False
+    pads = {c[0].padding for c in convs}
+    return len(pads) == 1 and all(b.downsample is None and c[0].stride == (1, 1, 1)
+                                  for b, c in zip(list(stage)[1:], convs[1:]))
+
+
+def fuse_residual_stages(model: nn.Module) -> int:
+    """Replace every fusable stage of residual blocks (`can_fuse_stage`) by a `SparseResidualStage`; the count."""
+    count = 0
+    for name, mod in list(model.named_modules()):
+        if type(mod) is nn.Sequential and can_fuse_stage(mod):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, SparseResidualStage(mod))
+            count += 1
+    return count
