@@ -100,7 +100,7 @@ def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_str
                     off.piece_range, t["task_G"], t["task_rows"], t["task_pstart"], t["task_wstart"], off.off,
                     t["weights"], bias, valid, oidx,
                     in_sample_stride, out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu,
-                    plan.prefetch_rows, accumulate)
+                    off.prefetch, accumulate)
 
 
 class SparseConv3d(nn.Module):

@@ -54,13 +54,6 @@ class ConvPlan:
         n = np.diff(self.task_pstart)
         return int((n * self.task_G).sum())
 
-    @property
-    def prefetch_rows(self) -> bool:
-        """Taps along time only (3x1x1, 1x1x1): a tile's pairs read rows whole planes apart, more streams than the
-        hardware prefetchers follow, so the kernel prefetches them (1.04-1.2x on R(2+1)D's temporal convs at
-        batch 8; 0.9-1.05x on 3x3 taps, which it leaves alone)."""
-        return self.kernel[1] * self.kernel[2] == 1
-
     def torch_tensors(self) -> dict[str, torch.Tensor]:
         if not self.tensors:
             t = self.tensors
@@ -201,6 +194,7 @@ class PairOffsets(NamedTuple):
     chunk_pcstart: torch.Tensor  # int32 [nchunks+1] into the pieces
     piece_task: torch.Tensor  # int32 [npieces]
     piece_range: torch.Tensor  # int64 [npieces, 2]: pairs [begin, end) of the piece
+    prefetch: int  # floats ahead the kernel prefetches each pair's row (the thread's next tile), or 0
 
 
 def tile_channels(kernel: tuple[int, int, int], stride: tuple[int, int, int], grid: tuple[int, int, int],
@@ -258,4 +252,8 @@ def pair_offsets(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, i
     seg = max(1, tile_channels(plan.kernel, stride, grid, chan_stride, L1_BUDGET) // SEG_ALIGN) * SEG_ALIGN
     sb = tile_channels(plan.kernel, stride, grid, chan_stride, L2_BUDGET)
     sched = piece_schedule(plan, channel_index[plan.pair_c], seg, sb)
-    return PairOffsets(torch.from_numpy(np.ascontiguousarray(off, dtype=np.int64)), *sched)
+    # taps along time only read rows whole planes apart, more streams than the hardware prefetchers follow: the
+    # kernel prefetches each row for the thread's next tile (1.04-1.2x on R(2+1)D's temporal convs at batch 8;
+    # 0.9-1.05x on 3x3 taps, which it leaves alone)
+    prefetch = TILE if kh * kw == 1 else 0
+    return PairOffsets(torch.from_numpy(np.ascontiguousarray(off, dtype=np.int64)), *sched, prefetch)

@@ -59,7 +59,7 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
                  const c10::optional<torch::Tensor>& valid, const c10::optional<torch::Tensor>& oidx,
                  int64_t in_sample_stride, int64_t out_sample_stride,
                  int64_t out_chan_stride, int64_t out_shift, int64_t out_chan_len, bool zero_rest, int64_t N,
-                 int64_t Q, bool relu, bool prefetch, bool accumulate) {
+                 int64_t Q, bool relu, int64_t prefetch, bool accumulate) {
   check(in, torch::kFloat, "in");
   check(out, torch::kFloat, "out");
   for (auto* t : {&chunk_fstart, &chunk_filters, &chunk_pcstart, &piece_task, &task_G, &task_rows})
@@ -98,7 +98,7 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
   p.oidx = nullptr;
   if (oidx.has_value() && oidx->defined()) { check(*oidx, torch::kInt, "oidx"); p.oidx = ptr<int32_t>(*oidx); }
   p.relu = relu ? 1 : 0;
-  p.prefetch = prefetch ? 1 : 0;
+  p.prefetch = prefetch;
   TORCH_CHECK(!accumulate || p.oidx, "accumulate needs an output index");
   p.accumulate = accumulate ? 1 : 0;
   if (p.nchunks <= 0 || N <= 0 || Q <= 0) return;

@@ -23,7 +23,7 @@ static inline vf bcast(float s) {
 // for every kept (channel, tap) pair.
 template <int GB, int NV, bool PF>
 static inline void block(const float* __restrict in, const int64_t* __restrict off, const float* __restrict w,
-                         int wstride, int64_t np, float* const* rows, int qlim) {
+                         int wstride, int64_t np, float* const* rows, int qlim, int64_t pf) {
   for (int q = 0; q < qlim; q += NV * VW) {
     vf acc[GB][NV];
     for (int g = 0; g < GB; ++g)
@@ -31,7 +31,7 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
     const float* wp = w;
     for (int64_t p = 0; p < np; ++p, wp += wstride) {
       const float* ip = in + off[p] + q;
-      if (PF) __builtin_prefetch(ip + P3D_TILE, 0, 3);  // same row, next tile: see P3DPlan.prefetch
+      if (PF) __builtin_prefetch(ip + pf, 0, 3);  // the same row for this thread's next tile: P3DPlan.prefetch
       vf x[NV];
       for (int v = 0; v < NV; ++v) x[v] = *(const vfu*)(ip + v * VW);
       for (int g = 0; g < GB; ++g) {
@@ -46,16 +46,16 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
 
 template <int GB>
 static inline void run_group(const float* in, const int64_t* off, const float* w, int wstride, int64_t np,
-                             float* const* rows, int qlim, bool pf) {
+                             float* const* rows, int qlim, int64_t pf) {
   if (pf)
-    block<GB, NV_FOR(GB), true>(in, off, w, wstride, np, rows, qlim);
+    block<GB, NV_FOR(GB), true>(in, off, w, wstride, np, rows, qlim, pf);
   else
-    block<GB, NV_FOR(GB), false>(in, off, w, wstride, np, rows, qlim);
+    block<GB, NV_FOR(GB), false>(in, off, w, wstride, np, rows, qlim, 0);
 }
 
 // One piece: np pairs shared by G filters, run in register passes of at most GB_MAX filters.
 static void run_piece(const float* in, const int64_t* off, const float* w, int G, int64_t np, float* const* rows,
-                      int qlim, bool pf) {
+                      int qlim, int64_t pf) {
   for (int g0 = 0; g0 < G; g0 += GB_MAX) {
     int gb = G - g0 < GB_MAX ? G - g0 : GB_MAX;
     switch (gb) {
@@ -87,8 +87,8 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
       const int64_t c = u % nch, tile = (u / nch) % ntile, n = u / (nch * ntile);
       const int f0 = P->chunk_fstart[c], nf = P->chunk_fstart[c + 1] - f0;
       memset(acc, 0, sizeof(float) * nf * P3D_TILE);
-      const float* in = P->in + n * P->in_sample_stride + tile * P3D_TILE;
       const int64_t qbase = tile * P3D_TILE;
+      const float* in = P->in + n * P->in_sample_stride + qbase;
       const int qlim = (int)(P->Q - qbase < P3D_TILE ? P->Q - qbase : P3D_TILE);
       for (int i = P->chunk_pcstart[c]; i < P->chunk_pcstart[c + 1]; ++i) {
         const int t = P->piece_task[i];
@@ -96,7 +96,7 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
         for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)P->task_rows[t * 8 + g] * P3D_TILE;
         const int64_t p0 = P->piece_range[2 * i], p1 = P->piece_range[2 * i + 1];
         run_piece(in, P->pair_off + p0, P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G, G, p1 - p0,
-                  rows, qlim, P->prefetch != 0);
+                  rows, qlim, P->prefetch);
       }
       const int64_t qn = qlim;
       for (int r = 0; r < nf; ++r) {

@@ -32,8 +32,7 @@ typedef struct P3DPlan {
   const float* weights;
   const float* bias;            // [Cout] or NULL
   int relu;
-  int prefetch;                 // prefetch each pair's row for the next tile: taps along time only read rows
-                                // whole planes apart, more streams than the hardware prefetchers follow
+  int64_t prefetch;             // prefetch each pair's row this many floats ahead (the thread's next tile), or 0
   const float* valid;           // [Q] 0/1 multipliers or NULL
   const int32_t* oidx;          // [Q] output index within the channel (-1: not an output) or NULL
   int accumulate;               // with oidx: add the value already there before the ReLU (a fused residual)
