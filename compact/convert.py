@@ -171,7 +171,6 @@ class CompactC3D(nn.Module):
         self.fc6, self.fc7, self.fc8 = model.fc6, model.fc7, model.fc8
         self.relu = nn.ReLU()
         self._valid: dict = {}
-        self._ident: dict = {}
 
     def _torch_features(self, x: torch.Tensor) -> torch.Tensor:
         for n in self.conv_names:
@@ -204,10 +203,7 @@ class CompactC3D(nn.Module):
             interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
             return out
         conv = self.convs[name]
-        ident = self._ident.get(c)
-        if ident is None:
-            ident = self._ident[c] = np.arange(c, dtype=np.int64)
-        off = conv.offsets(("c3d", grid), ident, (1, 1, 1), grid, s)
+        off = conv.layout_ctx(n, (t, h, w), grid, s)["off"]
         out = SCRATCH.take(n * cout * s + SLACK, buf)
         if name in self.pool_of:
             _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, 0, s, False, n, q, conv.bias, True, None)
