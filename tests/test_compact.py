@@ -264,6 +264,7 @@ def test_benchmark_smoke():
     assert 2.5 < r["ideal"] < 3.5
     assert 0 < r["sparse_min_ms"] <= r["sparse_ms"] and 0 < r["dense_min_ms"] <= r["dense_ms"]
     assert r["speedup_min"] == pytest.approx(r["dense_min_ms"] / r["sparse_min_ms"])
+    assert r["speedup_paired"] == pytest.approx(r["speedup"])  # one round: its ratio is the ratio of the medians
     assert "whole model" in compact.format_table(r) and "fastest of the repeats" in compact.format_table(r)
 
 
@@ -272,8 +273,10 @@ def test_interleaved_reports_median_and_fastest():
 
     delays = iter([0.004, 0.001, 0.003] * 2)
     best: dict[str, float] = {}
-    med = _interleaved({"a": lambda: time.sleep(next(delays))}, repeats=3, warmup=0, best=best)
+    raw: dict[str, list[float]] = {}
+    med = _interleaved({"a": lambda: time.sleep(next(delays))}, repeats=3, warmup=0, best=best, raw=raw)
     assert best["a"] < med["a"]  # 1 ms fastest, 3 ms median
+    assert len(raw["a"]) == 3 and best["a"] == min(raw["a"]) and med["a"] == sorted(raw["a"])[1]
 
 
 @pytest.mark.parametrize("arch,profile,clip", [("r2+1d", "r2+1d_kgs_3.20x", (4, 24, 24)),
