@@ -53,6 +53,24 @@ def scatter_index(q: int, grid, outd, dest_grid=None, offset=(0, 0, 0)) -> torch
     return torch.from_numpy(np.where(ok, idx, -1).astype(np.int32))
 
 
+def output_runs(oidx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scatter_index` as the kernel takes it: (runs int32 [nruns, 3] of (first position, length, destination of
+    the first), tile_runs int32 [ntiles + 1]), runs of consecutive positions going to consecutive destinations,
+    cut at tile boundaries, so that the kernel writes each with a vectorized loop."""
+    idx = oidx.numpy().astype(np.int64)
+    q = len(idx)
+    pos = np.arange(q)
+    ok = idx >= 0
+    prev_ok = np.r_[False, ok[:-1]]
+    follows = prev_ok & (idx == np.r_[-2, idx[:-1]] + 1) & (pos % TILE != 0)
+    starts = np.flatnonzero(ok & ~follows)
+    ends_mask = ok & ~np.r_[follows[1:], False]  # last position of each run
+    ends = np.flatnonzero(ends_mask) + 1
+    runs = np.stack([starts, ends - starts, idx[starts]], 1).astype(np.int32)
+    tile_runs = np.searchsorted(starts, np.arange(0, -(-q // TILE) + 1) * TILE).astype(np.int32)
+    return torch.from_numpy(np.ascontiguousarray(runs)), torch.from_numpy(tile_runs)
+
+
 def zero_padding(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) -> torch.Tensor:
     """Zero every position of a flat padded buffer (and its slack) that is not data; returns the data view
     [n, c, T, H, W]. Only the padding is written: the data positions are left for the caller to fill."""
@@ -93,12 +111,13 @@ def _copy_phases(x: torch.Tensor, phases: torch.Tensor, pad, stride) -> None:
 
 def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
          out_sample_stride: int, out_chan_stride: int, shift: int, chan_len: int, zero_rest: bool, n: int, q: int,
-         bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None, oidx: torch.Tensor | None = None,
-         accumulate: bool = False) -> None:
+         bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None,
+         runs: tuple[torch.Tensor, torch.Tensor] | None = None, accumulate: bool = False) -> None:
     t = plan.torch_tensors()
+    runs, tile_runs = runs if runs is not None else (None, None)
     ext.sparse_conv(inp, out, t["chunk_fstart"], t["chunk_filters"], off.chunk_pcstart, off.piece_task,
                     off.piece_range, t["task_G"], t["task_rows"], t["task_pstart"], t["task_wstart"], off.off,
-                    t["weights"], bias, valid, oidx,
+                    t["weights"], bias, valid, runs, tile_runs,
                     in_sample_stride, out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu,
                     off.prefetch, accumulate)
 
@@ -135,7 +154,7 @@ class SparseConv3d(nn.Module):
         self._chan_index = np.full(self.in_channels, -1, np.int64)
         self._chan_index[kc.numpy()] = np.arange(len(kc))
         self._offsets: dict = {}
-        self._oidx: dict = {}
+        self._runs: dict = {}
         self.relu = False  # set by compile_sparse when a ReLU directly follows (fused into the output write)
 
     def extra_repr(self) -> str:
@@ -239,11 +258,11 @@ class SparseConv3d(nn.Module):
         n, q, outd = ctx["n"], ctx["q"], ctx["outd"]
         per = chan_len if chan_len is not None else dest_grid[0] * dest_grid[1] * dest_grid[2]
         key = (q, tuple(outd), ctx["grid"], tuple(dest_grid), tuple(offset))
-        oidx = self._oidx.get(key)
-        if oidx is None:
-            oidx = self._oidx[key] = scatter_index(q, ctx["grid"], outd, dest_grid, offset)
+        runs = self._runs.get(key)
+        if runs is None:
+            runs = self._runs[key] = output_runs(scatter_index(q, ctx["grid"], outd, dest_grid, offset))
         _run(ext, self.plan, ctx["off"], buf, ctx["per_sample"], dest, self.out_channels * per, per, 0, per, False, n,
-             q, self.bias, self.relu if relu is None else relu, None, oidx, accumulate)
+             q, self.bias, self.relu if relu is None else relu, None, runs, accumulate)
 
 
 class AutoConv3d(nn.Module):

@@ -56,7 +56,8 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
                  const torch::Tensor& piece_range, const torch::Tensor& task_G,
                  const torch::Tensor& task_rows, const torch::Tensor& task_pstart, const torch::Tensor& task_wstart,
                  const torch::Tensor& pair_off, const torch::Tensor& weights, const c10::optional<torch::Tensor>& bias,
-                 const c10::optional<torch::Tensor>& valid, const c10::optional<torch::Tensor>& oidx,
+                 const c10::optional<torch::Tensor>& valid, const c10::optional<torch::Tensor>& runs,
+                 const c10::optional<torch::Tensor>& tile_runs,
                  int64_t in_sample_stride, int64_t out_sample_stride,
                  int64_t out_chan_stride, int64_t out_shift, int64_t out_chan_len, bool zero_rest, int64_t N,
                  int64_t Q, bool relu, int64_t prefetch, bool accumulate) {
@@ -95,11 +96,19 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
   if (bias.has_value() && bias->defined()) { check(*bias, torch::kFloat, "bias"); p.bias = ptr<float>(*bias); }
   p.valid = nullptr;
   if (valid.has_value() && valid->defined()) { check(*valid, torch::kFloat, "valid"); p.valid = ptr<float>(*valid); }
-  p.oidx = nullptr;
-  if (oidx.has_value() && oidx->defined()) { check(*oidx, torch::kInt, "oidx"); p.oidx = ptr<int32_t>(*oidx); }
+  p.runs = nullptr;
+  p.tile_runs = nullptr;
+  if (runs.has_value() && runs->defined()) {
+    TORCH_CHECK(tile_runs.has_value() && tile_runs->defined(), "runs need tile_runs");
+    check(*runs, torch::kInt, "runs");
+    check(*tile_runs, torch::kInt, "tile_runs");
+    TORCH_CHECK(tile_runs->numel() == (Q + P3D_TILE - 1) / P3D_TILE + 1, "tile_runs: one entry per tile + 1");
+    p.runs = ptr<int32_t>(*runs);
+    p.tile_runs = ptr<int32_t>(*tile_runs);
+  }
   p.relu = relu ? 1 : 0;
   p.prefetch = prefetch;
-  TORCH_CHECK(!accumulate || p.oidx, "accumulate needs an output index");
+  TORCH_CHECK(!accumulate || p.runs, "accumulate needs output runs");
   p.accumulate = accumulate ? 1 : 0;
   if (p.nchunks <= 0 || N <= 0 || Q <= 0) return;
   switch (isa_level()) {

@@ -74,6 +74,16 @@ static void run_piece(const float* in, const int64_t* off, const float* w, int G
   }
 }
 
+// d[i] = relu?(src[i] + b (+ d[i])): one contiguous run of outputs, a loop the compiler vectorizes.
+template <bool ACC, bool RELU>
+static inline void write_run(float* __restrict d, const float* __restrict src, float b, int n) {
+  for (int i = 0; i < n; ++i) {
+    float v = src[i] + b;
+    if (ACC) v += d[i];
+    d[i] = RELU ? (v > 0.f ? v : 0.f) : v;
+  }
+}
+
 extern "C" void P3D_RUN(const P3DPlan* P) {
   const int64_t ntile = (P->Q + P3D_TILE - 1) / P3D_TILE;
   const int64_t nch = P->nchunks;
@@ -105,14 +115,15 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
         float* chan = P->out + n * P->out_sample_stride + (int64_t)m * P->out_chan_stride;
         float* dst = chan + P->out_shift + qbase;
         const float* a = acc + (int64_t)r * P3D_TILE;
-        if (P->oidx) {  // scatter straight into the output's own layout
-          const int32_t* oi = P->oidx + qbase;
-          for (int64_t q = 0; q < qn; ++q) {
-            const int32_t j = oi[q];
-            if (j < 0) continue;
-            float v = a[q] + b;
-            if (P->accumulate) v += chan[j];
-            chan[j] = P->relu ? (v > 0.f ? v : 0.f) : v;
+        if (P->runs) {  // straight into the output's own layout, run by run
+          for (int s = P->tile_runs[tile]; s < P->tile_runs[tile + 1]; ++s) {
+            const int32_t* R = P->runs + 3 * (int64_t)s;
+            const float* src = a + (R[0] - qbase);
+            float* d = chan + R[2];
+            if (P->accumulate)
+              P->relu ? write_run<true, true>(d, src, b, R[1]) : write_run<true, false>(d, src, b, R[1]);
+            else
+              P->relu ? write_run<false, true>(d, src, b, R[1]) : write_run<false, false>(d, src, b, R[1]);
           }
         } else if (P->valid) {
           const float* vm = P->valid + qbase;

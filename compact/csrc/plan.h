@@ -34,8 +34,10 @@ typedef struct P3DPlan {
   int relu;
   int64_t prefetch;             // prefetch each pair's row this many floats ahead (the thread's next tile), or 0
   const float* valid;           // [Q] 0/1 multipliers or NULL
-  const int32_t* oidx;          // [Q] output index within the channel (-1: not an output) or NULL
-  int accumulate;               // with oidx: add the value already there before the ReLU (a fused residual)
+  const int32_t* runs;          // [nruns][3] (q, length, destination index within the channel) or NULL: the
+                                // outputs as runs of consecutive positions, none crossing a tile boundary
+  const int32_t* tile_runs;     // [ntiles+1] into runs: the runs of each tile
+  int accumulate;               // with runs: add the value already there before the ReLU (a fused residual)
 } P3DPlan;
 
 #ifdef __cplusplus
