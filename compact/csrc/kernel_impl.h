@@ -31,7 +31,8 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
     const float* wp = w;
     for (int64_t p = 0; p < np; ++p, wp += wstride) {
       const float* ip = in + off[p] + q;
-      if (PF) __builtin_prefetch(ip + pf, 0, 3);  // the same row for this thread's next tile: P3DPlan.prefetch
+      if (PF)  // this row for the thread's next tile (P3DPlan.prefetch), every cache line of it
+        for (int v = 0; v < NV * VW; v += 16) __builtin_prefetch(ip + pf + v, 0, 3);
       vf x[NV];
       for (int v = 0; v < NV; ++v) x[v] = *(const vfu*)(ip + v * VW);
       for (int g = 0; g < GB; ++g) {

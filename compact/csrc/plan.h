@@ -7,7 +7,9 @@
 #ifndef P3D_TILE
 #define P3D_TILE 192   // output positions per work unit (divisible by every NV * vector width)
 #endif
+#ifndef P3D_CHMAX
 #define P3D_CHMAX 64   // max filters per chunk (accumulator tile rows)
+#endif
 
 typedef struct P3DPlan {
   const float* in;             // virtual input: [N][Cv][S] flat padded planes (+ slack at the end)
