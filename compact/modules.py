@@ -116,8 +116,8 @@ def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_str
     t = plan.torch_tensors()
     runs, tile_runs = runs if runs is not None else (None, None)
     ext.sparse_conv(inp, out, t["chunk_fstart"], t["chunk_filters"], off.chunk_pcstart, off.piece_task,
-                    off.piece_range, t["task_G"], t["task_rows"], t["task_pstart"], t["task_wstart"], off.off,
-                    t["weights"], bias, valid, runs, tile_runs,
+                    off.piece_range, off.piece_last, t["task_G"], t["task_rows"], t["task_pstart"],
+                    t["task_wstart"], off.off, t["weights"], bias, valid, runs, tile_runs,
                     in_sample_stride, out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu,
                     off.prefetch, accumulate)
 

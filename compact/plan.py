@@ -194,6 +194,7 @@ class PairOffsets(NamedTuple):
     chunk_pcstart: torch.Tensor  # int32 [nchunks+1] into the pieces
     piece_task: torch.Tensor  # int32 [npieces]
     piece_range: torch.Tensor  # int64 [npieces, 2]: pairs [begin, end) of the piece
+    piece_last: torch.Tensor  # int32 [npieces]: bit g set if the piece is the last of its chunk to add to task row g
     prefetch: int  # floats ahead the kernel prefetches each pair's row (the thread's next tile), or 0
 
 
@@ -208,14 +209,16 @@ def tile_channels(kernel: tuple[int, int, int], stride: tuple[int, int, int], gr
 
 
 def piece_schedule(plan: ConvPlan, buffer_channel: np.ndarray, seg_channels: int,
-                   sb_channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(chunk_pcstart, piece_task, piece_range): each task cut every `seg_channels` buffer channels, and each
-    chunk's pieces ordered by superblock of `sb_channels` channels, then segment, then task."""
+                   sb_channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chunk_pcstart, piece_task, piece_range, piece_last): each task cut every `seg_channels` buffer channels,
+    each chunk's pieces ordered by superblock of `sb_channels` channels, then segment, then task; piece_last marks
+    the rows a piece completes, which the kernel writes out right after it (spreading the output stores over the
+    unit's compute instead of one burst at its end)."""
     n = len(plan.pair_c)
     nchunks = len(plan.chunk_fstart) - 1
     if n == 0:
         return (torch.zeros(nchunks + 1, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
-                torch.zeros((0, 2), dtype=torch.int64))
+                torch.zeros((0, 2), dtype=torch.int64), torch.zeros(0, dtype=torch.int32))
     counts = np.diff(plan.task_pstart)
     task = np.repeat(np.arange(len(counts)), counts)
     seg = buffer_channel // seg_channels
@@ -229,7 +232,17 @@ def piece_schedule(plan: ConvPlan, buffer_channel: np.ndarray, seg_channels: int
     order = np.lexsort((ptask, pseg, psb, pchunk))
     pcstart = np.searchsorted(pchunk[order], np.arange(nchunks + 1)).astype(np.int32)
     rng = np.stack([starts[order], ends[order]], 1).astype(np.int64)
-    return torch.from_numpy(pcstart), torch.from_numpy(ptask[order].astype(np.int32)), torch.from_numpy(rng)
+    otask = ptask[order]
+    # every (piece, g) in run order with its chunk row; the last occurrence of each (chunk, row) completes it
+    g_of = np.arange(MAX_G)
+    G = plan.task_G[otask]
+    piece_i, g = np.nonzero(g_of[None, :] < G[:, None])
+    key = pchunk[order][piece_i].astype(np.int64) * CHMAX + plan.task_rows[otask[piece_i] * MAX_G + g]
+    last = np.zeros(len(otask), np.int32)
+    rev = len(key) - 1 - np.unique(key[::-1], return_index=True)[1]
+    np.bitwise_or.at(last, piece_i[rev], (1 << g[rev]).astype(np.int32))
+    return (torch.from_numpy(pcstart), torch.from_numpy(otask.astype(np.int32)), torch.from_numpy(rng),
+            torch.from_numpy(last))
 
 
 def pair_offsets(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, int, int], grid: tuple[int, int, int],

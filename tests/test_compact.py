@@ -136,7 +136,7 @@ def test_piece_schedule_partitions_every_task():
     conv, mask = make_conv(40, 72, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "kgrc")
     plan = SparseConv3d(conv, mask).plan
     chan = plan.pair_c  # buffer channel = original channel here
-    pcstart, ptask, rng = (t.numpy() for t in piece_schedule(plan, chan, seg_channels=8, sb_channels=16))
+    pcstart, ptask, rng, last = (t.numpy() for t in piece_schedule(plan, chan, seg_channels=8, sb_channels=16))
     assert len(pcstart) == len(plan.chunk_fstart) and pcstart[-1] == len(ptask)
     covered = np.zeros(len(plan.pair_c), int)
     for c in range(len(pcstart) - 1):
@@ -149,6 +149,13 @@ def test_piece_schedule_partitions_every_task():
             covered[b:e] += 1
             sbs.append((chan[b] // 16, chan[b] // 8))
         assert sbs == sorted(sbs)  # superblock by superblock, segment by segment
+        # each row of the chunk is completed (flagged) once, by the last piece that adds to it
+        touched = [(i, plan.task_rows[ptask[i] * 8 + g]) for i in range(pcstart[c], pcstart[c + 1])
+                   for g in range(plan.task_G[ptask[i]])]
+        lasts = {r: i for i, r in touched}
+        flagged = [(i, plan.task_rows[ptask[i] * 8 + g]) for i in range(pcstart[c], pcstart[c + 1])
+                   for g in range(8) if last[i] >> g & 1]
+        assert sorted(flagged) == sorted((i, r) for r, i in lasts.items())
     assert (covered == 1).all()
     assert plan.chunk_fstart[1] > 8  # several 8-filter sharing groups share one accumulator tile
 

@@ -53,7 +53,7 @@ void set_isa(const std::string& name) {
 
 void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tensor& chunk_fstart,
                  const torch::Tensor& chunk_filters, const torch::Tensor& chunk_pcstart, const torch::Tensor& piece_task,
-                 const torch::Tensor& piece_range, const torch::Tensor& task_G,
+                 const torch::Tensor& piece_range, const torch::Tensor& piece_last, const torch::Tensor& task_G,
                  const torch::Tensor& task_rows, const torch::Tensor& task_pstart, const torch::Tensor& task_wstart,
                  const torch::Tensor& pair_off, const torch::Tensor& weights, const c10::optional<torch::Tensor>& bias,
                  const c10::optional<torch::Tensor>& valid, const c10::optional<torch::Tensor>& runs,
@@ -63,7 +63,7 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
                  int64_t Q, bool relu, int64_t prefetch, bool accumulate) {
   check(in, torch::kFloat, "in");
   check(out, torch::kFloat, "out");
-  for (auto* t : {&chunk_fstart, &chunk_filters, &chunk_pcstart, &piece_task, &task_G, &task_rows})
+  for (auto* t : {&chunk_fstart, &chunk_filters, &chunk_pcstart, &piece_task, &piece_last, &task_G, &task_rows})
     check(*t, torch::kInt, "int32");
   for (auto* t : {&piece_range, &task_pstart, &task_wstart, &pair_off}) check(*t, torch::kLong, "int64");
   check(weights, torch::kFloat, "weights");
@@ -86,6 +86,8 @@ void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tenso
   p.chunk_pcstart = ptr<int32_t>(chunk_pcstart);
   p.piece_task = ptr<int32_t>(piece_task);
   p.piece_range = ptr<int64_t>(piece_range);
+  TORCH_CHECK(piece_last.numel() == piece_task.numel(), "piece_last: one entry per piece");
+  p.piece_last = ptr<int32_t>(piece_last);
   p.task_G = ptr<int32_t>(task_G);
   p.task_rows = ptr<int32_t>(task_rows);
   p.task_pstart = ptr<int64_t>(task_pstart);

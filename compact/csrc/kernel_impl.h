@@ -85,6 +85,43 @@ static inline void write_run(float* __restrict d, const float* __restrict src, f
   }
 }
 
+// Bias, ReLU and the store of one finished accumulator row (output channel m) of one tile.
+static void write_row(const P3DPlan* P, const float* a, int m, int64_t n, int64_t tile, int64_t ntile, int qlim) {
+  const int64_t qbase = tile * P3D_TILE, qn = qlim;
+  const float b = P->bias ? P->bias[m] : 0.f;
+  float* chan = P->out + n * P->out_sample_stride + (int64_t)m * P->out_chan_stride;
+  float* dst = chan + P->out_shift + qbase;
+  if (P->runs) {  // straight into the output's own layout, run by run
+    for (int s = P->tile_runs[tile]; s < P->tile_runs[tile + 1]; ++s) {
+      const int32_t* R = P->runs + 3 * (int64_t)s;
+      const float* src = a + (R[0] - qbase);
+      float* d = chan + R[2];
+      if (P->accumulate)
+        P->relu ? write_run<true, true>(d, src, b, R[1]) : write_run<true, false>(d, src, b, R[1]);
+      else
+        P->relu ? write_run<false, true>(d, src, b, R[1]) : write_run<false, false>(d, src, b, R[1]);
+    }
+  } else if (P->valid) {
+    const float* vm = P->valid + qbase;
+    if (P->relu) {
+      for (int64_t q = 0; q < qn; ++q) { float v = a[q] + b; dst[q] = (v > 0.f ? v : 0.f) * vm[q]; }
+    } else {
+      for (int64_t q = 0; q < qn; ++q) dst[q] = (a[q] + b) * vm[q];
+    }
+  } else if (P->relu) {
+    for (int64_t q = 0; q < qn; ++q) { float v = a[q] + b; dst[q] = v > 0.f ? v : 0.f; }
+  } else {
+    for (int64_t q = 0; q < qn; ++q) dst[q] = a[q] + b;
+  }
+  if (P->zero_rest) {
+    if (tile == 0) memset(chan, 0, sizeof(float) * P->out_shift);
+    if (tile == ntile - 1) {
+      const int64_t e = P->out_shift + P->Q;
+      if (P->out_chan_len > e) memset(chan + e, 0, sizeof(float) * (P->out_chan_len - e));
+    }
+  }
+}
+
 extern "C" void P3D_RUN(const P3DPlan* P) {
   const int64_t ntile = (P->Q + P3D_TILE - 1) / P3D_TILE;
   const int64_t nch = P->nchunks;
@@ -92,60 +129,34 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
 #pragma omp parallel
   {
     float acc[P3D_CHMAX * P3D_TILE] __attribute__((aligned(64)));
+    unsigned char done[P3D_CHMAX];
     float* rows[8];
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t c = u % nch, tile = (u / nch) % ntile, n = u / (nch * ntile);
       const int f0 = P->chunk_fstart[c], nf = P->chunk_fstart[c + 1] - f0;
       memset(acc, 0, sizeof(float) * nf * P3D_TILE);
+      memset(done, 0, nf);
       const int64_t qbase = tile * P3D_TILE;
       const float* in = P->in + n * P->in_sample_stride + qbase;
       const int qlim = (int)(P->Q - qbase < P3D_TILE ? P->Q - qbase : P3D_TILE);
       for (int i = P->chunk_pcstart[c]; i < P->chunk_pcstart[c + 1]; ++i) {
         const int t = P->piece_task[i];
         const int G = P->task_G[t];
-        for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)P->task_rows[t * 8 + g] * P3D_TILE;
+        const int32_t* trow = P->task_rows + t * 8;
+        for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)trow[g] * P3D_TILE;
         const int64_t p0 = P->piece_range[2 * i], p1 = P->piece_range[2 * i + 1];
         run_piece(in, P->pair_off + p0, P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G, G, p1 - p0,
                   rows, qlim, P->prefetch);
-      }
-      const int64_t qn = qlim;
-      for (int r = 0; r < nf; ++r) {
-        const int m = P->chunk_filters[f0 + r];
-        const float b = P->bias ? P->bias[m] : 0.f;
-        float* chan = P->out + n * P->out_sample_stride + (int64_t)m * P->out_chan_stride;
-        float* dst = chan + P->out_shift + qbase;
-        const float* a = acc + (int64_t)r * P3D_TILE;
-        if (P->runs) {  // straight into the output's own layout, run by run
-          for (int s = P->tile_runs[tile]; s < P->tile_runs[tile + 1]; ++s) {
-            const int32_t* R = P->runs + 3 * (int64_t)s;
-            const float* src = a + (R[0] - qbase);
-            float* d = chan + R[2];
-            if (P->accumulate)
-              P->relu ? write_run<true, true>(d, src, b, R[1]) : write_run<true, false>(d, src, b, R[1]);
-            else
-              P->relu ? write_run<false, true>(d, src, b, R[1]) : write_run<false, false>(d, src, b, R[1]);
-          }
-        } else if (P->valid) {
-          const float* vm = P->valid + qbase;
-          if (P->relu) {
-            for (int64_t q = 0; q < qn; ++q) { float v = a[q] + b; dst[q] = (v > 0.f ? v : 0.f) * vm[q]; }
-          } else {
-            for (int64_t q = 0; q < qn; ++q) dst[q] = (a[q] + b) * vm[q];
-          }
-        } else if (P->relu) {
-          for (int64_t q = 0; q < qn; ++q) { float v = a[q] + b; dst[q] = v > 0.f ? v : 0.f; }
-        } else {
-          for (int64_t q = 0; q < qn; ++q) dst[q] = a[q] + b;
-        }
-        if (P->zero_rest) {
-          if (tile == 0) memset(chan, 0, sizeof(float) * P->out_shift);
-          if (tile == ntile - 1) {
-            const int64_t e = P->out_shift + P->Q;
-            if (P->out_chan_len > e) memset(chan + e, 0, sizeof(float) * (P->out_chan_len - e));
-          }
+        // rows this piece completes go out now, while hot, between pieces rather than in one burst at the end
+        for (int32_t last = P->piece_last[i]; last; last &= last - 1) {
+          const int g = __builtin_ctz(last), r = trow[g];
+          write_row(P, rows[g], P->chunk_filters[f0 + r], n, tile, ntile, qlim);
+          done[r] = 1;
         }
       }
+      for (int r = 0; r < nf; ++r)  // rows no piece adds to: the bias alone
+        if (!done[r]) write_row(P, acc + (int64_t)r * P3D_TILE, P->chunk_filters[f0 + r], n, tile, ntile, qlim);
     }
   }
 }

@@ -26,6 +26,7 @@ typedef struct P3DPlan {
   const int32_t* chunk_pcstart; // [nchunks+1] into pieces (the chunk's work, in the order it runs)
   const int32_t* piece_task;    // task of each piece
   const int64_t* piece_range;   // [npieces][2]: the piece's pairs [begin, end), a sub-range of its task's pairs
+  const int32_t* piece_last;    // [npieces]: bit g set if the piece completes its task's row g (written out then)
   const int32_t* task_G;        // filters per task (1..8)
   const int32_t* task_rows;     // [ntasks*8] chunk-local row of each task filter
   const int64_t* task_pstart;   // [ntasks+1] into pair_off
