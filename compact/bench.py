@@ -13,14 +13,20 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._ext import kernel_isa, load_kernels
 from .chain import SparseConvPair
 from .convert import CompactC3D, compile_sparse, fold_batchnorm
 from .modules import SparseConv3d
+
+if TYPE_CHECKING:
+    from pruning import LayerRule
 
 DENSE_METHODS = ("contiguous", "channels_last", "onednn")
 
@@ -266,3 +272,59 @@ def format_table(result: dict, title: str = "") -> str:
                  + (f" (head input {r['max_rel_err_features']:.2e})" if r.get("max_rel_err_features") is not None
                     else ""))
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def pattern_rates(conv: nn.Conv3d, rules: dict[str, LayerRule | None], input_shape: tuple[int, ...], *,
+                  threads: int = 2, repeats: int = 7, warmup: int = 2, seed: int = 0) -> dict:
+    """How fast the kernel runs one conv under several pruning patterns, against PyTorch's dense paths.
+
+    `rules` maps a label to the LayerRule projecting the conv's weight (None: unpruned); `input_shape` is
+    (N, C, T, H, W). Returns `patterns`: per label the kept MACs, pairs and filters per task of the kernel's plan,
+    `compact_ms` (the kernel call alone, input already in its layout), `gmacs` (kept GMAC/s) and `max_rel_err`
+    against the masked dense conv; and `dense`: each dense path's ms and GMAC/s on the unpruned conv. All timed
+    interleaved, medians of `repeats`.
+    """
+    from pruning import project
+
+    ext = load_kernels()
+    if ext is None:
+        raise RuntimeError("pattern_rates times the C++ kernels, which could not be built here (see the log above)")
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    ext.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        conv = copy.deepcopy(conv).float().eval()
+        x = torch.randn(*input_shape)
+        fns: dict[str, Callable[[], object]] = {}
+        rows = []
+        for label, rule in rules.items():
+            mask = project(conv.weight, rule)[1] if rule is not None else torch.ones_like(conv.weight, dtype=torch.bool)
+            sc = SparseConv3d(conv, mask, name=label)
+            buf, ctx = sc.prepare(x)
+            out = sc.compute(ext, buf, ctx)
+            ref = F.conv3d(x, conv.weight * mask, conv.bias, conv.stride, conv.padding)
+            # into a kept output: a fresh one is page-faulted in on every call (tens of MB here), which would time
+            # the allocator rather than the kernel
+            fns[label] = lambda sc=sc, buf=buf, ctx=ctx, out=out: sc.write(ext, buf, ctx, out, ctx["outd"])
+            npairs = np.diff(sc.plan.task_pstart)
+            rows.append({"pattern": label, "macs": int(mask.sum()) * out[0, 0].numel() * x.shape[0],
+                         "pairs_per_task": float(npairs.mean()) if len(npairs) else 0.0,
+                         "filters_per_task": float(sc.plan.task_G.mean()) if len(npairs) else 0.0,
+                         "max_rel_err": _rel_err(out, ref)})
+        for method in DENSE_METHODS:
+            d = DenseConv(conv, method)
+            xin = d.native_input(x)
+            fns[f"dense:{method}"] = lambda d=d, xin=xin: d.conv(xin)
+        ms = _interleaved(fns, repeats, warmup)
+        for r in rows:
+            r["compact_ms"] = ms[r["pattern"]]
+            r["gmacs"] = r["macs"] / ms[r["pattern"]] / 1e6
+        full = conv.weight.numel() * out[0, 0].numel() * x.shape[0]
+        dense = {m: {"ms": ms[f"dense:{m}"], "gmacs": full / ms[f"dense:{m}"] / 1e6} for m in DENSE_METHODS}
+        return {"input_shape": list(input_shape), "threads": threads, "isa": kernel_isa(), "dense": dense,
+                "patterns": rows}
+    finally:
+        torch.set_num_threads(prev)
+        ext.set_num_threads(prev)

@@ -296,6 +296,22 @@ def test_benchmark_smoke():
     assert "whole model" in compact.format_table(r) and "fastest of the repeats" in compact.format_table(r)
 
 
+def test_pattern_rates_times_each_pattern_exactly_computed():
+    """The kernel-rate benchmark: every pattern's plan equals masked dense, and lighter pruning shares more pairs."""
+    from compact.bench import pattern_rates
+
+    conv = nn.Conv3d(16, 24, (1, 3, 3), padding=(0, 1, 1))
+    rules = {"kgrc": LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.67}), "kgr": LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.0}),
+             "unpruned": None}
+    r = pattern_rates(conv, rules, (1, 16, 3, 10, 10), threads=1, repeats=1, warmup=0)
+    rows = {row["pattern"]: row for row in r["patterns"]}
+    assert list(rows) == list(rules) and set(r["dense"]) == {"contiguous", "channels_last", "onednn"}
+    assert all(row["max_rel_err"] < TOL and row["compact_ms"] > 0 and row["gmacs"] > 0 for row in rows.values())
+    assert rows["kgrc"]["pairs_per_task"] < rows["kgr"]["pairs_per_task"] < rows["unpruned"]["pairs_per_task"]
+    assert rows["unpruned"]["macs"] == conv.weight.numel() * 3 * 10 * 10
+    assert rows["kgr"]["macs"] * 2 == rows["unpruned"]["macs"]
+
+
 def test_interleaved_reports_median_and_fastest():
     from compact.bench import _interleaved
 
@@ -472,3 +488,26 @@ def test_residual_stage_refuses_blocks_it_cannot_run():
     assert not can_fuse_stage(nn.Sequential(*cm.layer1))
     with pytest.raises(ValueError, match="can_fuse_stage"):
         SparseResidualStage(nn.Sequential(*cm.layer1))
+
+
+def test_kernel_rate_script(tmp_path, capsys):
+    """scripts/bench_kernel_rate.py: a table and JSON for a model's conv; a wrong layer or input is one clear line."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_kernel_rate.py"
+    spec = importlib.util.spec_from_file_location("bench_kernel_rate", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "rate.json"
+    assert script.main(["--input", "1", "64", "2", "8", "8", "--repeats", "1", "--threads", "1",
+                        "--pattern", "k=kgrc:kgr=0.5,kgc=0.67", "--pattern", "d=dense", "--json", str(out)]) == 0
+    assert "dense onednn" in capsys.readouterr().out
+    assert [p["pattern"] for p in json.loads(out.read_text())["patterns"]] == ["k", "d"]
+    with pytest.raises(SystemExit, match="not a Conv3d of r2\\+1d"):
+        script.main(["--layer", "layer1.0.bogus"])
+    with pytest.raises(SystemExit, match="takes 64"):
+        script.main(["--input", "1", "3", "2", "8", "8"])
+    with pytest.raises(SystemExit, match="ratios must read"):
+        script.main(["--pattern", "x=kgrc:kgr"])
