@@ -11,7 +11,18 @@ from torch import nn
 
 from ._ext import load_kernels
 from .chain import chain_conv_pairs
-from .modules import SLACK, AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d, _run, flat_layout, flat_positions, interior
+from .modules import (
+    SLACK,
+    AutoConv3d,
+    ChannelsLastMaxPool3d,
+    SparseConv3d,
+    _run,
+    flat_layout,
+    flat_positions,
+    interior,
+    onednn_conv,
+    run_onednn,
+)
 from .residual import fuse_residual_stages
 from .scratch import SCRATCH
 
@@ -156,7 +167,7 @@ class CompactC3D(nn.Module):
         self.convs = nn.ModuleDict()
         self.dense_convs = nn.ModuleDict()  # unpruned convs: the kernel or PyTorch, chosen by timing on first use
         self.autotune = autotune
-        self.dense_mode: str | None = None  # force "kernel", "torch" or "torch_cl" for the unpruned convs
+        self.dense_mode: str | None = None  # force "kernel", "torch", "torch_cl" or "onednn" for the unpruned convs
         self._choice: dict = {}
         for n in self.conv_names:
             m = getattr(model, n)
@@ -197,8 +208,11 @@ class CompactC3D(nn.Module):
         if mode != "kernel":  # PyTorch's dense conv: leave and re-enter the layout
             conv = self.dense_convs[name] if name in self.dense_convs else self.convs[name]
             xin = interior(buf, n, c, grid, s, one, (t, h, w))
-            xin = xin.contiguous(memory_format=torch.channels_last_3d) if mode == "torch_cl" else xin.contiguous()
-            y = torch.relu_(conv(xin))
+            if mode == "onednn":
+                y = torch.relu_(run_onednn(conv, xin))
+            else:
+                xin = xin.contiguous(memory_format=torch.channels_last_3d) if mode == "torch_cl" else xin.contiguous()
+                y = torch.relu_(conv(xin))
             out = SCRATCH.take(n * cout * s + SLACK, buf, zero=True)
             interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
             return out
@@ -223,7 +237,10 @@ class CompactC3D(nn.Module):
                 mode = "kernel"
             else:
                 times = {}
-                for m in ("kernel", "torch", "torch_cl") * 3:  # interleaved, best of 3 after a first call
+                modes = ("kernel", "torch", "torch_cl")
+                if onednn_conv(self.dense_convs[name]) is not None:
+                    modes += ("onednn",)
+                for m in modes * 3:  # interleaved, best of 3 after a first call
                     t0 = time.perf_counter()
                     self._conv_step(ext, name, m, *args)
                     times.setdefault(m, []).append(time.perf_counter() - t0)

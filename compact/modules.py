@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import time
+import warnings
+import weakref
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -265,9 +270,35 @@ class SparseConv3d(nn.Module):
              q, self.bias, self.relu if relu is None else relu, None, runs, accumulate)
 
 
+_ONEDNN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def onednn_conv(conv: nn.Conv3d) -> nn.Module | None:
+    """`conv` with its weight prepacked for oneDNN (torch.utils.mkldnn), built on first use and kept outside the
+    module, so that saving, copying and state_dict see only `conv` (whose weights must not change afterwards);
+    None where PyTorch was built without oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    m = _ONEDNN.get(conv)
+    if m is None:
+        from torch.utils import mkldnn
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = _ONEDNN[conv] = mkldnn.to_mkldnn(copy.deepcopy(conv).float().eval())
+    return m
+
+
+def run_onednn(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` through oneDNN with the prepacked weight; the input and output conversions included. At batch 1
+    PyTorch sends several of C3D's and R(2+1)D's unpruned convs to its slow non-oneDNN kernel otherwise."""
+    return onednn_conv(conv)(x.contiguous().to_mkldnn()).to_dense()
+
+
 class AutoConv3d(nn.Module):
     """An unpruned Conv3d run by whichever is fastest for the input shape it meets: the direct kernel (dense plan),
-    F.conv3d on contiguous input or on channels_last_3d input (timed interleaved on first use; same results)."""
+    F.conv3d on contiguous input or on channels_last_3d input, or oneDNN with the weight prepacked (timed
+    interleaved on first use, conversions included; same results)."""
 
     def __init__(self, conv: nn.Conv3d, name: str = "") -> None:
         super().__init__()
@@ -279,7 +310,7 @@ class AutoConv3d(nn.Module):
         except ValueError:
             pass
         self.relu = False
-        self.mode: str | None = None  # force "kernel", "torch" or "torch_cl"
+        self.mode: str | None = None  # force "kernel", "torch", "torch_cl" or "onednn"
         self._choice: dict = {}
 
     def _run(self, mode: str, x: torch.Tensor) -> torch.Tensor:
@@ -287,10 +318,10 @@ class AutoConv3d(nn.Module):
             y = self.kernel(x)
         elif mode == "torch_cl":
             if self.conv_cl is None:
-                import copy
-
                 self.conv_cl = copy.deepcopy(self.conv).to(memory_format=torch.channels_last_3d)
             y = self.conv_cl(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
+        elif mode == "onednn":
+            y = run_onednn(self.conv, x)
         else:
             y = self.conv(x)
         return torch.relu_(y) if self.relu else y
@@ -304,9 +335,9 @@ class AutoConv3d(nn.Module):
                 modes = ["torch", "torch_cl"]
                 if self.kernel is not None and load_kernels() is not None:
                     modes.append("kernel")
+                if x.dtype == torch.float32 and x.device.type == "cpu" and onednn_conv(self.conv) is not None:
+                    modes.append("onednn")
                 times: dict[str, list[float]] = {}
-                import time
-
                 with torch.no_grad():
                     for m in modes * 3:
                         t0 = time.perf_counter()

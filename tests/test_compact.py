@@ -225,7 +225,7 @@ def test_whole_c3d(profile):
             assert rel_err(cm(x), ref) < TOL
             assert rel_err(cm._torch_features(x), ref_f) < TOL
             assert rel_err(unfused(x), ref) < TOL
-            for mode in ("kernel", "torch", "torch_cl"):  # every path an unpruned conv may take
+            for mode in ("kernel", "torch", "torch_cl", "onednn"):  # every path an unpruned conv may take
                 cm.dense_mode = mode
                 assert rel_err(cm(x), ref) < TOL, mode
             cm.dense_mode = None
@@ -275,9 +275,13 @@ def test_export_and_save(tmp_path):
     w = torch.from_numpy(onnx.numpy_helper.to_array(conv2).copy())
     assert torch.equal(w != 0, masks["conv2.weight"] & (model.conv2.weight != 0))
     cm = compile_sparse(model, masks, rules=rules)
+    x = torch.randn(2, 3, 8, 32, 32)
+    cm.dense_mode = "onednn"  # prepacked oneDNN weights in use: kept outside the module, not saved with it
+    with torch.no_grad():
+        cm(x)
+    cm.dense_mode = None
     compact.save_compact(cm, tmp_path / "c.pt")
     loaded = compact.load_compact(tmp_path / "c.pt")
-    x = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
         assert rel_err(loaded(x), model(x)) < TOL
 
@@ -366,7 +370,7 @@ def test_whole_video_nets(arch, profile, clip):
             xin = torch.randn(2, p.first.in_channels, 4, 12, 12)
             assert rel_err(p(xin), p.second(p.first(xin))) < TOL
             assert rel_err(p(xin), p.second.forward_torch(p.first.forward_torch(xin))) < TOL
-        for mode in ("kernel", "torch", "torch_cl"):  # every path an unpruned conv may take
+        for mode in ("kernel", "torch", "torch_cl", "onednn"):  # every path an unpruned conv may take
             for m in autos:
                 m.mode = mode
             assert rel_err(cm(x), ref) < TOL, mode
