@@ -23,7 +23,7 @@ from torch import nn
 from ._ext import kernel_isa, load_kernels
 from .chain import SparseConvPair
 from .convert import CompactC3D, compile_sparse, fold_batchnorm
-from .modules import SparseConv3d
+from .modules import SparseConv3d, onednn_conv
 
 if TYPE_CHECKING:
     from pruning import LayerRule
@@ -41,13 +41,7 @@ class DenseConv(nn.Module):
         if method == "channels_last":
             self.conv = self.conv.to(memory_format=torch.channels_last_3d)
         elif method == "onednn":
-            import warnings
-
-            from torch.utils import mkldnn
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.conv = mkldnn.to_mkldnn(self.conv)
+            self.conv = onednn_conv(self.conv)
 
     def native_input(self, x: torch.Tensor) -> torch.Tensor:
         """`x` in the layout this path's conv takes without converting."""
