@@ -23,7 +23,7 @@ from torch import nn
 from ._ext import kernel_isa, load_kernels
 from .chain import SparseConvPair
 from .convert import CompactC3D, compile_sparse, fold_batchnorm
-from .modules import SparseConv3d, onednn_conv
+from .modules import AutoConv3d, SparseConv3d, onednn_conv, run_onednn
 
 if TYPE_CHECKING:
     from pruning import LayerRule
@@ -136,6 +136,30 @@ def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
     return m
 
 
+def _c3d_dense_path(compact: nn.Module, name: str, batch_size: int) -> str | None:
+    """The path C3D's engine chose for an unpruned conv at this batch size (after a forward), else None."""
+    if not isinstance(compact, CompactC3D) or name not in compact.dense_convs:
+        return None
+    chosen = [mode for key, mode in compact._choice.items() if key[0] == name and key[1][0] == batch_size]
+    return compact.dense_mode or (chosen[0] if chosen else None)
+
+
+def _auto_path(m: nn.Module | None, x: torch.Tensor, threads: int) -> str | None:
+    """The path an AutoConv3d runs for `x` (forced or chosen on first use), else None."""
+    if not isinstance(m, AutoConv3d):
+        return None
+    return m.mode or m._choice.get((tuple(x.shape), threads))
+
+
+def _dense_step(conv: nn.Conv3d, x: torch.Tensor, path: str) -> torch.Tensor:
+    """One unpruned conv the way CompactC3D runs it through PyTorch (conversions included)."""
+    if path == "onednn":
+        return run_onednn(conv, x)
+    if path == "torch_cl":
+        return conv(x.contiguous(memory_format=torch.channels_last_3d))
+    return conv(x.contiguous())
+
+
 @torch.no_grad()
 def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tuple[int, ...], *,
               batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 2, rules: dict | None = None,
@@ -184,7 +208,10 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             native = {m: c.native_input(xin) for m, c in cands.items()}
             fns: dict[str, Callable] = {m: (lambda c=c, xm=native[m]: c.conv(xm)) for m, c in cands.items()}
             cmod = _compact_conv(compact, name)
-            if isinstance(cmod, SparseConv3d) and ext is not None:
+            path = _c3d_dense_path(compact, name, batch_size)
+            if path not in (None, "kernel"):  # C3D's engine runs this unpruned conv through PyTorch: time that
+                fns["compact"] = lambda c=compact.dense_convs[name], xin=xin, path=path: _dense_step(c, xin, path)
+            elif isinstance(cmod, SparseConv3d) and ext is not None:
                 buf, ctx = cmod.prepare(xin)
                 fns["compact"] = lambda cmod=cmod, buf=buf, ctx=ctx: cmod.compute(ext, buf, ctx)
             elif cmod is not None:
@@ -198,6 +225,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             layers.append({"name": name, "shape": list(conv.weight.shape), "input": list(xin.shape),
                            "dense_ms": t[method], "dense_method": method,
                            "dense_all_ms": {m: t[m] for m in DENSE_METHODS}, "compact_ms": cms,
+                           "compact_path": path or _auto_path(cmod, xin, threads) or "kernel",
                            "speedup": t[method] / cms, "ideal": ideal, "efficiency": t[method] / cms / ideal})
 
         fastest = copy.deepcopy(dense)
@@ -245,15 +273,16 @@ def format_table(result: dict, title: str = "") -> str:
         lines.append(title)
     lines.append(f"input {tuple(result['input_shape'])}, {result['threads']} threads, kernels: {result['isa']}, "
                  f"median of {result['repeats']}")
-    lines.append(f"{'layer':<28} {'dense ms':>9} {'(path)':<14} {'compact ms':>10} {'speedup':>8} {'ideal':>6} "
-                 f"{'eff':>5}")
+    lines.append(f"{'layer':<28} {'dense ms':>9} {'(path)':<14} {'compact ms':>10} {'(path)':<8} {'speedup':>8} "
+                 f"{'ideal':>6} {'eff':>5}")
     for lr in result["layers"]:
         lines.append(f"{lr['name']:<28} {lr['dense_ms']:9.2f} {lr['dense_method']:<14} {lr['compact_ms']:10.2f} "
-                     f"{lr['speedup']:7.2f}x {lr['ideal']:5.2f}x {lr['efficiency']:5.2f}")
+                     f"{lr.get('compact_path', ''):<8} {lr['speedup']:7.2f}x {lr['ideal']:5.2f}x "
+                     f"{lr['efficiency']:5.2f}")
     r = result
     cand = ", ".join(f"{k} {v:.1f}" for k, v in r["dense_candidates"].items())
-    lines.append(f"{'whole model':<28} {r['dense_ms']:9.2f} {'':<14} {r['sparse_ms']:10.2f} {r['speedup']:7.2f}x "
-                 f"{r['ideal']:5.2f}x {r['efficiency']:5.2f}")
+    lines.append(f"{'whole model':<28} {r['dense_ms']:9.2f} {'':<14} {r['sparse_ms']:10.2f} {'':<8} "
+                 f"{r['speedup']:7.2f}x {r['ideal']:5.2f}x {r['efficiency']:5.2f}")
     lines.append(f"dense candidates (ms): {cand}")
     if "speedup_min" in r:
         lines.append(f"fastest of the repeats (least disturbed by other jobs): dense {r['dense_min_ms']:.1f} ms, "
