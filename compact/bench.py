@@ -23,7 +23,7 @@ from torch import nn
 from ._ext import kernel_isa, load_kernels
 from .chain import SparseConvPair
 from .convert import CompactC3D, compile_sparse, fold_batchnorm
-from .modules import AutoConv3d, SparseConv3d, onednn_conv, run_onednn
+from .modules import AutoConv3d, SparseConv3d, onednn_conv, run_dense
 
 if TYPE_CHECKING:
     from pruning import LayerRule
@@ -136,30 +136,6 @@ def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
     return m
 
 
-def _c3d_dense_path(compact: nn.Module, name: str, batch_size: int) -> str | None:
-    """The path C3D's engine chose for an unpruned conv at this batch size (after a forward), else None."""
-    if not isinstance(compact, CompactC3D) or name not in compact.dense_convs:
-        return None
-    chosen = [mode for key, mode in compact._choice.items() if key[0] == name and key[1][0] == batch_size]
-    return compact.dense_mode or (chosen[0] if chosen else None)
-
-
-def _auto_path(m: nn.Module | None, x: torch.Tensor, threads: int) -> str | None:
-    """The path an AutoConv3d runs for `x` (forced or chosen on first use), else None."""
-    if not isinstance(m, AutoConv3d):
-        return None
-    return m.mode or m._choice.get((tuple(x.shape), threads))
-
-
-def _dense_step(conv: nn.Conv3d, x: torch.Tensor, path: str) -> torch.Tensor:
-    """One unpruned conv the way CompactC3D runs it through PyTorch (conversions included)."""
-    if path == "onednn":
-        return run_onednn(conv, x)
-    if path == "torch_cl":
-        return conv(x.contiguous(memory_format=torch.channels_last_3d))
-    return conv(x.contiguous())
-
-
 @torch.no_grad()
 def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tuple[int, ...], *,
               batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 2, rules: dict | None = None,
@@ -208,9 +184,9 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             native = {m: c.native_input(xin) for m, c in cands.items()}
             fns: dict[str, Callable] = {m: (lambda c=c, xm=native[m]: c.conv(xm)) for m, c in cands.items()}
             cmod = _compact_conv(compact, name)
-            path = _c3d_dense_path(compact, name, batch_size)
+            path = compact.chosen_mode(name, batch_size) if isinstance(compact, CompactC3D) else None
             if path not in (None, "kernel"):  # C3D's engine runs this unpruned conv through PyTorch: time that
-                fns["compact"] = lambda c=compact.dense_convs[name], xin=xin, path=path: _dense_step(c, xin, path)
+                fns["compact"] = lambda c=compact.dense_convs[name], xin=xin, path=path: run_dense(c, xin, path)
             elif isinstance(cmod, SparseConv3d) and ext is not None:
                 buf, ctx = cmod.prepare(xin)
                 fns["compact"] = lambda cmod=cmod, buf=buf, ctx=ctx: cmod.compute(ext, buf, ctx)
@@ -225,7 +201,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             layers.append({"name": name, "shape": list(conv.weight.shape), "input": list(xin.shape),
                            "dense_ms": t[method], "dense_method": method,
                            "dense_all_ms": {m: t[m] for m in DENSE_METHODS}, "compact_ms": cms,
-                           "compact_path": path or _auto_path(cmod, xin, threads) or "kernel",
+                           "compact_path": path or (cmod.chosen_mode(xin) if isinstance(cmod, AutoConv3d) else None)
+                           or "kernel",
                            "speedup": t[method] / cms, "ideal": ideal, "efficiency": t[method] / cms / ideal})
 
         fastest = copy.deepcopy(dense)

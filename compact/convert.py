@@ -21,7 +21,7 @@ from .modules import (
     flat_positions,
     interior,
     onednn_conv,
-    run_onednn,
+    run_dense,
 )
 from .residual import fuse_residual_stages
 from .scratch import SCRATCH
@@ -207,12 +207,7 @@ class CompactC3D(nn.Module):
         one = (1, 1, 1)
         if mode != "kernel":  # PyTorch's dense conv: leave and re-enter the layout
             conv = self.dense_convs[name] if name in self.dense_convs else self.convs[name]
-            xin = interior(buf, n, c, grid, s, one, (t, h, w))
-            if mode == "onednn":
-                y = torch.relu_(run_onednn(conv, xin))
-            else:
-                xin = xin.contiguous(memory_format=torch.channels_last_3d) if mode == "torch_cl" else xin.contiguous()
-                y = torch.relu_(conv(xin))
+            y = torch.relu_(run_dense(conv, interior(buf, n, c, grid, s, one, (t, h, w)), mode))
             out = SCRATCH.take(n * cout * s + SLACK, buf, zero=True)
             interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
             return out
@@ -226,6 +221,13 @@ class CompactC3D(nn.Module):
             _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, hw + grid[2] + 1, s, True, n, q, conv.bias,
                  True, valid)
         return out
+
+    def chosen_mode(self, name: str, batch_size: int) -> str | None:
+        """The path an unpruned conv runs at this batch size (forced, or timed on an earlier call), else None."""
+        if name not in self.dense_convs:
+            return None
+        chosen = [m for key, m in self._choice.items() if key[0] == name and key[1][0] == batch_size]
+        return self.dense_mode or (chosen[0] if chosen else None)
 
     def _choose(self, ext, name, args) -> str:
         if self.dense_mode:

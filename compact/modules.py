@@ -117,9 +117,9 @@ def _copy_phases(x: torch.Tensor, phases: torch.Tensor, pad, stride) -> None:
 def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
          out_sample_stride: int, out_chan_stride: int, shift: int, chan_len: int, zero_rest: bool, n: int, q: int,
          bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None,
-         runs: tuple[torch.Tensor, torch.Tensor] | None = None, accumulate: bool = False) -> None:
+         out_runs: tuple[torch.Tensor, torch.Tensor] | None = None, accumulate: bool = False) -> None:
     t = plan.torch_tensors()
-    runs, tile_runs = runs if runs is not None else (None, None)
+    runs, tile_runs = out_runs if out_runs is not None else (None, None)
     ext.sparse_conv(inp, out, t["chunk_fstart"], t["chunk_filters"], off.chunk_pcstart, off.piece_task,
                     off.piece_range, off.piece_last, t["task_G"], t["task_rows"], t["task_pstart"],
                     t["task_wstart"], off.off, t["weights"], bias, valid, runs, tile_runs,
@@ -295,6 +295,14 @@ def run_onednn(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     return onednn_conv(conv)(x.contiguous().to_mkldnn()).to_dense()
 
 
+def run_dense(conv: nn.Conv3d, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """`conv(x)` through one of PyTorch's dense paths: "onednn" (prepacked), "torch_cl" (channels_last_3d input)
+    or "torch" (contiguous input); the input conversion included."""
+    if mode == "onednn":
+        return run_onednn(conv, x)
+    return conv(x.contiguous(memory_format=torch.channels_last_3d) if mode == "torch_cl" else x.contiguous())
+
+
 class AutoConv3d(nn.Module):
     """An unpruned Conv3d run by whichever is fastest for the input shape it meets: the direct kernel (dense plan),
     F.conv3d on contiguous input or on channels_last_3d input, or oneDNN with the weight prepacked (timed
@@ -325,6 +333,10 @@ class AutoConv3d(nn.Module):
         else:
             y = self.conv(x)
         return torch.relu_(y) if self.relu else y
+
+    def chosen_mode(self, x: torch.Tensor) -> str | None:
+        """The path `forward` runs for an input like `x` (forced, or timed on an earlier call), else None."""
+        return self.mode or self._choice.get((tuple(x.shape), torch.get_num_threads()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.mode
