@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compact.bench import pattern_rates  # noqa: E402
-from models import build_model  # noqa: E402
-from pruning import LayerRule  # noqa: E402
+from models import ARCHS, build_model  # noqa: E402
+from pruning import LayerRule, canonical_type  # noqa: E402
 
 DEFAULT_PATTERNS = ["kgrc=kgrc:kgr=0.5,kgc=0.67", "kgc0.33=kgrc:kgr=0.5,kgc=0.33", "kgr=kgrc:kgr=0.5,kgc=0",
                     "unpruned=dense"]
@@ -37,6 +37,10 @@ def parse_pattern(text: str, group: tuple[int, int]) -> tuple[str, LayerRule | N
         parsed = {k: float(v) for k, v in (kv.split("=") for kv in ratios.split(","))}
     except ValueError:
         raise SystemExit(f"--pattern {text!r}: ratios must read COMP=RATIO[,...], e.g. kgr=0.5,kgc=0.67") from None
+    try:
+        kind = canonical_type(kind)
+    except ValueError as e:
+        raise SystemExit(f"--pattern {text!r}: {e}") from None
     return label, LayerRule(sparsity=kind, ratios=parsed, group_size=group)
 
 
@@ -52,6 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.arch not in ARCHS:
+        raise SystemExit(f"--arch {args.arch!r}: choose one of {', '.join(ARCHS)}")
+    rules = dict(parse_pattern(t, tuple(args.group_size)) for t in (args.pattern or DEFAULT_PATTERNS))
     model = build_model(args.arch, 101)
     convs = {n for n, m in model.named_modules() if m.__class__.__name__ == "Conv3d"}
     if args.layer not in convs:
@@ -59,7 +66,6 @@ def main(argv=None) -> int:
     conv = model.get_submodule(args.layer)
     if args.input[1] != conv.in_channels:
         raise SystemExit(f"--input has {args.input[1]} channels; {args.layer} takes {conv.in_channels}")
-    rules = dict(parse_pattern(t, tuple(args.group_size)) for t in (args.pattern or DEFAULT_PATTERNS))
     r = pattern_rates(conv, rules, tuple(args.input), threads=args.threads, repeats=args.repeats)
     print(f"{args.arch} {args.layer} {tuple(conv.weight.shape)}, input {tuple(args.input)}, {args.threads} threads, "
           f"kernels: {r['isa']}, median of {args.repeats}")

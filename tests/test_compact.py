@@ -518,3 +518,7 @@ def test_kernel_rate_script(tmp_path, capsys):
         script.main(["--input", "1", "3", "2", "8", "8"])
     with pytest.raises(SystemExit, match="ratios must read"):
         script.main(["--pattern", "x=kgrc:kgr"])
+    with pytest.raises(SystemExit, match="unknown sparsity type 'kgz'"):
+        script.main(["--pattern", "x=kgz:kgr=0.5"])
+    with pytest.raises(SystemExit, match="--arch 'foo': choose one of"):
+        script.main(["--arch", "foo"])
