@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._ext import load_kernels
-from .modules import SLACK, SparseConv3d, flat_layout, zero_padding
+from .modules import SLACK, SparseConv3d, flat_layout
 from .scratch import SCRATCH
 
 
@@ -23,8 +23,7 @@ def run_into(ext, conv: SparseConv3d, buf: torch.Tensor, ctx: dict, nxt: SparseC
     n, outd, c = ctx["n"], ctx["outd"], conv.out_channels
     if nxt.stride == (1, 1, 1):
         grid, s = flat_layout(outd, nxt.padding)
-        dest = SCRATCH.take(n * c * s + SLACK, buf)
-        zero_padding(dest, n, c, grid, s, nxt.padding, outd)
+        dest = SCRATCH.take_padded(n, c, grid, s, nxt.padding, outd, buf, SLACK)[0]
         conv.write(ext, buf, ctx, dest, grid, nxt.padding, s)
         return dest, nxt.layout_ctx(n, outd, grid, s)
     dense = SCRATCH.take(n * c * outd[0] * outd[1] * outd[2], buf)

@@ -234,8 +234,8 @@ class SparseConv3d(nn.Module):
         if nph == 1:
             grid, s_chan = flat_layout(dims, pad)
             per_sample = c * s_chan
-            buf = SCRATCH.take(n * per_sample + SLACK, x)
-            zero_padding(buf, n, c, grid, s_chan, pad, dims).copy_(x)
+            buf, data = SCRATCH.take_padded(n, c, grid, s_chan, pad, dims, x, SLACK)
+            data.copy_(x)
         else:  # stride phases: input position s*i + r of a dimension goes to phase r, index i
             grid = [-(-pd // st) for pd, st in zip(padded, stride)]
             s_chan = grid[0] * grid[1] * grid[2]

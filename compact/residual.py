@@ -15,7 +15,7 @@ from torchvision.models.video.resnet import BasicBlock
 
 from ._ext import load_kernels
 from .chain import SparseConvPair, run_into
-from .modules import SLACK, SparseConv3d, flat_layout, interior, zero_padding
+from .modules import SLACK, SparseConv3d, flat_layout, interior
 from .scratch import SCRATCH
 
 
@@ -62,8 +62,8 @@ class SparseResidualStage(nn.Sequential):
                 res = block.downsample(xd) if block.downsample is not None else xd
                 c, dims = res.shape[1], tuple(res.shape[2:])
                 grid, s = flat_layout(dims, self.pad)
-                buf = SCRATCH.take(n * c * s + SLACK, res)
-                zero_padding(buf, n, c, grid, s, self.pad, dims).copy_(res)
+                buf, data = SCRATCH.take_padded(n, c, grid, s, self.pad, dims, res, SLACK)
+                data.copy_(res)
                 if block.downsample is None and head.stride == (1, 1, 1) and head.padding == self.pad:
                     hbuf, hctx, own = buf, head.layout_ctx(n, dims, grid, s), False
                 else:
