@@ -240,7 +240,10 @@ class SparseConv3d(nn.Module):
             grid = [-(-pd // st) for pd, st in zip(padded, stride)]
             s_chan = grid[0] * grid[1] * grid[2]
             per_sample = c * nph * s_chan
-            buf = SCRATCH.take(n * per_sample + SLACK, x, zero=True)
+            key = ("phases", n, c, tuple(stride), tuple(grid), tuple(pad), tuple(dims))
+            buf, fresh = SCRATCH.take_kept(key, n * per_sample + SLACK, x)
+            if fresh:  # the copies below write data positions only: the zeros stay for the next call
+                buf.zero_()
             phases = buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid)
             _copy_phases(x, phases, pad, stride)
         key = ("plain", tuple(grid), tuple(stride), s_chan)

@@ -5,10 +5,11 @@ a 2-core VM, filling a fresh 231 MB tensor took 95 ms against 14 ms for a reused
 R(2+1)D's first stage at batch 8. The compact modules take their padded-layout buffers from here and give them
 back when the next kernel has read them; nothing returned to the caller aliases a scratch buffer.
 
-Buffers in the kernels' flat padded layout (`take_padded`) also keep their zero padding from call to call: each
-layout keeps a buffer of its own, which costs memory (R(2+1)D: 167 MB kept at batch 1, 1.36 GB at batch 8, against
-72 MB and 576 MB when the layouts shared and re-zeroed buffers) for no zeroing at all in steady state (before:
-14-16 padding fills per clip). `SCRATCH.clear()` gives the memory back.
+Buffers in a layout whose non-data positions stay zero (the kernels' flat padded layout, `take_padded`; the
+stride-phase planes, `take_kept`) keep those zeros from call to call: each layout keeps a buffer of its own, which
+costs memory (R(2+1)D: 164 MB kept at batch 1, 1.31 GB at batch 8, against 72 MB and 576 MB when the layouts shared
+buffers and zeroed them again) for no zeroing at all in steady state (before: 14-16 padding fills per clip at batch
+1, about 5 ms). `SCRATCH.clear()` gives the memory back.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class ScratchPool:
     """Free buffers handed out again best-fit; at most `max_buffers` are kept (the largest). A buffer that keeps a
     layout's zero padding goes only to a request for that layout."""
 
-    def __init__(self, max_buffers: int = 24) -> None:
+    def __init__(self, max_buffers: int = 32) -> None:
         self.max_buffers = max_buffers
         self._free: list[torch.Tensor] = []
         self._lock = threading.Lock()
@@ -44,22 +45,26 @@ class ScratchPool:
         costs several ms per clip."""
         from .modules import interior, zero_padding  # local: modules imports this module
 
-        numel = n * c * s_chan + slack
-        key = (numel, n, c, tuple(grid), s_chan, tuple(pad), tuple(dims))
+        key = ("flat", n, c, tuple(grid), s_chan, tuple(pad), tuple(dims))
+        buf, fresh = self.take_kept(key, n * c * s_chan + slack, like)
+        return buf, (zero_padding if fresh else interior)(buf, n, c, grid, s_chan, pad, dims)
+
+    def take_kept(self, key: tuple, numel: int, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(buffer, fresh) for a layout named by `key` whose non-data positions the holder never writes: the
+        buffer given back for the same key and size, as it was (fresh False), or a new one (fresh True: the caller
+        zeroes what is not data). Each key keeps a buffer of its own rather than re-zero a shared one."""
+        key = (numel, *key)
         with self._lock:
             same = [i for i, b in enumerate(self._free) if getattr(b, "_p3d_padded", None) == key
                     and b.dtype == like.dtype and b.device == like.device]
             base = self._free.pop(same[0]) if same else None
         if base is not None:
-            buf = base[:numel]
-            return buf, interior(buf, n, c, grid, s_chan, pad, dims)
-        # each layout keeps a buffer of its own (about a dozen for R(2+1)D) rather than re-zero a shared one
+            return base[:numel], False
         base = self._take_fit(numel, like)
         if base is None:
             base = like.new_empty(numel)
         base._p3d_padded = key
-        buf = base[:numel]
-        return buf, zero_padding(buf, n, c, grid, s_chan, pad, dims)
+        return base[:numel], True
 
     def _take_fit(self, numel: int, like: torch.Tensor) -> torch.Tensor | None:
         """Pop the smallest free buffer that fits and keeps no layout's padding (None if none)."""
