@@ -245,6 +245,33 @@ def test_fallback_without_compiler(monkeypatch, caplog):
     assert rel_err(fallback, model(x)) < TOL
 
 
+@pytest.mark.parametrize("threads", [1, 3, 7])
+def test_any_thread_count_runs_every_unit_once(threads):
+    """The kernel splits its (sample, tile, chunk) units into contiguous ranges of equal estimated work, one per
+    thread: with a short last tile, chunks of unequal work and more threads than units, every unit must still run
+    exactly once (a unit run twice would add its residual twice; one skipped would leave its outputs unwritten)."""
+    ext = _ext.load_kernels()
+    if ext is None:
+        pytest.skip("no kernels")
+    conv, mask = make_conv(20, 80, (3, 1, 1), (1, 1, 1), (1, 0, 0), True, "kgrc")  # 2 chunks: 64 + 16 filters
+    mask[64:, :10] = False  # the second chunk with less work
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    sc = SparseConv3d(conv, mask)
+    res = torch.randn(2, 80, 3, 10, 11)  # 330 positions per sample: a full tile and a short one
+    x = torch.randn(2, 20, 3, 10, 11)
+    ref = F.conv3d(x, conv.weight, conv.bias, 1, (1, 0, 0)) + res
+    try:
+        ext.set_num_threads(threads)
+        buf, ctx = sc.prepare(x)
+        out = res.clone()
+        sc.write(ext, buf, ctx, out, ctx["outd"], accumulate=True)
+        assert rel_err(out, ref) < TOL
+        assert rel_err(sc(x), ref - res) < TOL
+    finally:
+        ext.set_num_threads(torch.get_num_threads())
+
+
 @pytest.mark.parametrize("isa", ["avx2", "generic"])
 def test_other_isas(isa):
     ext = _ext.load_kernels()
