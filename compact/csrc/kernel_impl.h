@@ -24,8 +24,8 @@ static inline vf bcast(float s) {
 // for every kept (channel, tap) pair.
 template <int GB, int NV, bool PF>
 static inline void block(const float* __restrict in, const int64_t* __restrict off, const float* __restrict w,
-                         int wstride, int64_t np, float* const* rows, int qlim, int64_t pf) {
-  for (int q = 0; q < qlim; q += NV * VW) {
+                         int wstride, int64_t np, float* const* rows, int q0, int qlim, int64_t pf) {
+  for (int q = q0; q < qlim; q += NV * VW) {
     vf acc[GB][NV];
     for (int g = 0; g < GB; ++g)
       for (int v = 0; v < NV; ++v) acc[g][v] = *(const vfu*)(rows[g] + q + v * VW);
@@ -46,13 +46,24 @@ static inline void block(const float* __restrict in, const int64_t* __restrict o
   }
 }
 
+template <int GB, bool PF>
+static inline void run_blocks(const float* in, const int64_t* off, const float* w, int wstride, int64_t np,
+                              float* const* rows, int qlim, int64_t pf) {
+  constexpr int NV = NV_FOR(GB), NVH = (NV + 1) / 2;
+  // a last block with at most half its positions left runs as a half-width block (a tile's short end)
+  const int full = qlim / (NV * VW) * (NV * VW);
+  const int upto = qlim - full > NVH * VW ? qlim : full;
+  block<GB, NV, PF>(in, off, w, wstride, np, rows, 0, upto, pf);
+  if (upto < qlim) block<GB, NVH, PF>(in, off, w, wstride, np, rows, upto, qlim, pf);
+}
+
 template <int GB>
 static inline void run_group(const float* in, const int64_t* off, const float* w, int wstride, int64_t np,
                              float* const* rows, int qlim, int64_t pf) {
   if (pf)
-    block<GB, NV_FOR(GB), true>(in, off, w, wstride, np, rows, qlim, pf);
+    run_blocks<GB, true>(in, off, w, wstride, np, rows, qlim, pf);
   else
-    block<GB, NV_FOR(GB), false>(in, off, w, wstride, np, rows, qlim, 0);
+    run_blocks<GB, false>(in, off, w, wstride, np, rows, qlim, 0);
 }
 
 // One piece: np pairs shared by G filters, run in register passes of at most GB_MAX filters.
