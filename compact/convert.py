@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from .modules import (
     ChannelsLastMaxPool3d,
     SparseConv3d,
     _run,
+    fastest_mode,
     flat_layout,
     flat_positions,
     interior,
@@ -238,15 +238,10 @@ class CompactC3D(nn.Module):
             if not self.autotune:
                 mode = "kernel"
             else:
-                times = {}
                 modes = ("kernel", "torch", "torch_cl")
                 if onednn_conv(self.dense_convs[name]) is not None:
                     modes += ("onednn",)
-                for m in modes * 3:  # interleaved, best of 3 after a first call
-                    t0 = time.perf_counter()
-                    self._conv_step(ext, name, m, *args)
-                    times.setdefault(m, []).append(time.perf_counter() - t0)
-                mode = min(times, key=lambda m: min(times[m][1:]))
+                mode = fastest_mode(lambda m: SCRATCH.give(self._conv_step(ext, name, m, *args)), modes)
             self._choice[key] = mode
         return mode
 

@@ -245,6 +245,20 @@ def test_fallback_without_compiler(monkeypatch, caplog):
     assert rel_err(fallback, model(x)) < TOL
 
 
+def test_fastest_mode_times_interleaved_and_skips_each_first_call():
+    from compact.modules import fastest_mode
+
+    calls: list[str] = []
+
+    def run(m):
+        first = m not in calls
+        calls.append(m)
+        time.sleep({"a": (0.0, 0.004), "b": (0.03, 0.001)}[m][0 if first else 1])
+
+    assert fastest_mode(run, ["a", "b"], rounds=3) == "b"  # b's slow first call (a warm-up) does not count
+    assert calls == ["a", "b"] * 3
+
+
 @pytest.mark.parametrize("threads", [1, 3, 7])
 def test_any_thread_count_runs_every_unit_once(threads):
     """The kernel splits its (sample, tile, chunk) units into contiguous ranges of equal estimated work, one per
