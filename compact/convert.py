@@ -23,7 +23,7 @@ from .modules import (
     onednn_conv,
     run_dense,
 )
-from .residual import fuse_residual_stages
+from .residual import fuse_residual_stages, fuse_stem_into_stage
 from .scratch import SCRATCH
 
 KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
@@ -144,6 +144,7 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
         _fuse_relu(model)
         chain_conv_pairs(_chains(model))
         fuse_residual_stages(model)
+        fuse_stem_into_stage(model)
         for name, mod in list(model.named_modules()):
             if type(mod) is nn.MaxPool3d:
                 _set_module(model, name, ChannelsLastMaxPool3d.from_pool(mod))

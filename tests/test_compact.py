@@ -568,6 +568,32 @@ def test_residual_stages_equal_their_blocks_run_one_by_one(profile, fused):
             h = y
 
 
+def test_stem_writes_straight_into_layer1(tmp_path, monkeypatch):
+    """R(2+1)D's last stem conv (unpruned, ReLU fused) writes into layer1's layout inside the stage: the model keeps
+    its modules and state_dict, equals running the stem then layer1, saves and loads, and falls back without the
+    kernels."""
+    from torchvision.models.video.resnet import VideoResNet
+
+    from compact.residual import StemIntoStageVideoResNet, fuse_stem_into_stage
+
+    model, masks, rules = _r21d("r2+1d_kgrc_3.05x")
+    cm = compile_sparse(model, masks, rules=rules)
+    assert type(cm) is StemIntoStageVideoResNet and "stem.3.conv.weight" in cm.state_dict()
+    x = torch.randn(2, 3, 4, 24, 24)
+    with torch.no_grad():
+        y = cm(x)
+        assert rel_err(y, model(x)) < TOL
+        assert rel_err(y, VideoResNet.forward(cm, x)) < TOL  # stem, then layer1 entering from a tensor
+        compact.save_compact(cm, tmp_path / "r.pt")
+        loaded = compact.load_compact(tmp_path / "r.pt")
+        assert type(loaded) is StemIntoStageVideoResNet and rel_err(loaded(x), y) < TOL
+        monkeypatch.setattr(_ext, "_state", {})
+        monkeypatch.setenv("PRUNE3D_NO_KERNELS", "1")
+        assert rel_err(cm(x), y) < TOL
+    other = compile_sparse(model, masks, rules=rules, fuse=False)
+    assert not fuse_stem_into_stage(other) and type(other) is VideoResNet  # layer1 is not a SparseResidualStage
+
+
 def test_residual_stage_refuses_blocks_it_cannot_run():
     model, masks, rules = _r21d("r2+1d_kgrc_3.05x")
     cm = compile_sparse(model, masks, rules=rules)
