@@ -24,6 +24,7 @@ from ._ext import kernel_isa, load_kernels
 from .chain import SparseConvPair
 from .convert import CompactC3D, compile_sparse, fold_batchnorm
 from .modules import AutoConv3d, SparseConv3d, onednn_conv, run_dense
+from .residual import StemIntoStageVideoResNet
 
 if TYPE_CHECKING:
     from pruning import LayerRule
@@ -175,6 +176,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
 
         inputs = _conv_inputs(dense, x)
         layers, best_method = [], {}
+        entry = compact.stem_entry()[1] if isinstance(compact, StemIntoStageVideoResNet) else None
         macs = {lr.name: lr for lr in build_report(dense, masks, "", tuple(input_shape), rules).layers}
         for name, xin in inputs.items():
             conv = dense.get_submodule(name)
@@ -184,6 +186,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             native = {m: c.native_input(xin) for m, c in cands.items()}
             fns: dict[str, Callable] = {m: (lambda c=c, xm=native[m]: c.conv(xm)) for m, c in cands.items()}
             cmod = _compact_conv(compact, name)
+            if isinstance(cmod, AutoConv3d) and cmod.kernel is not None and cmod.kernel is entry:
+                cmod = cmod.kernel  # in the model it always runs as the kernel, writing into layer1's layout
             path = compact.chosen_mode(name, batch_size) if isinstance(compact, CompactC3D) else None
             if path not in (None, "kernel"):  # C3D's engine runs this unpruned conv through PyTorch: time that
                 fns["compact"] = lambda c=compact.dense_convs[name], xin=xin, path=path: run_dense(c, xin, path)
