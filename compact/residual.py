@@ -59,9 +59,18 @@ class SparseResidualStage(nn.Sequential):
     def forward(self, x: torch.Tensor, entry: SparseConv3d | None = None) -> torch.Tensor:
         """The stage on `x`; with `entry` (see `can_enter_from`), on `relu(entry(x))`, which `entry` writes straight
         into the stage's layout (no output tensor of its own, no copy into the layout)."""
-        ext = load_kernels()
-        if ext is None or x.dtype != torch.float32 or x.device.type != "cpu":
+        if not runs_in_layout(x):
             return super().forward(torch.relu(entry.forward_torch(x)) if entry is not None else x)
+        y, buf = self.run_in_layout(x, entry)
+        y = y.contiguous()  # never hand out scratch
+        SCRATCH.give(buf)
+        return y
+
+    def run_in_layout(self, x: torch.Tensor, entry: SparseConv3d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` with the kernels (`runs_in_layout(x)`), leaving the output where it is: (view of the data
+        positions of a SCRATCH buffer, that buffer), for a caller that reads the view and then gives the buffer back
+        (`StemIntoStageVideoResNet`: the next stage reads it, saving the stage's copy out of its layout)."""
+        ext = load_kernels()
         n = x.shape[0]
         act = None  # (buffer, channels, dims, grid, per-channel length) of the activation between blocks
         if entry is not None:
@@ -98,9 +107,12 @@ class SparseResidualStage(nn.Sequential):
             convs[-1].write(ext, hbuf, hctx, act[0], act[3], self.pad, act[4], relu=True, accumulate=True)
             if own:
                 SCRATCH.give(hbuf)
-        y = interior(act[0], n, act[1], act[3], act[4], self.pad, act[2]).contiguous()  # never hand out scratch
-        SCRATCH.give(act[0])
-        return y
+        return interior(act[0], n, act[1], act[3], act[4], self.pad, act[2]), act[0]
+
+
+def runs_in_layout(x: torch.Tensor) -> bool:
+    """A SparseResidualStage runs `x` in the kernels' layout (else block by block in PyTorch)."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and load_kernels() is not None
 
 
 def can_fuse_stage(stage: nn.Module) -> bool:
@@ -141,8 +153,19 @@ class StemIntoStageVideoResNet(VideoResNet):
         head, entry = self.stem_entry()
         for m in head:
             x = m(x)
-        x = self.layer1(x, entry=entry)
-        x = self.layer4(self.layer3(self.layer2(x)))
+        if not runs_in_layout(x):
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x, entry=entry))))
+            return self.fc(self.avgpool(x).flatten(1))
+        # stage to stage, a fused stage's output is read where it lies, then its buffer goes back
+        x, buf = self.layer1.run_in_layout(x, entry)
+        for stage in (self.layer2, self.layer3, self.layer4):
+            y, nbuf = stage.run_in_layout(x) if isinstance(stage, SparseResidualStage) else (stage(x), None)
+            if buf is not None:
+                SCRATCH.give(buf)
+            x, buf = y, nbuf
+        if buf is not None:
+            x = x.contiguous()
+            SCRATCH.give(buf)
         return self.fc(self.avgpool(x).flatten(1))
 
 
