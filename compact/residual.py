@@ -145,8 +145,12 @@ class StemIntoStageVideoResNet(VideoResNet):
     into the layout are saved (R(2+1)D, same-process A/B: 1.00-1.01x at batch 1, 1.06-1.12x at batch 8). Made by
     `fuse_stem_into_stage`."""
 
-    def stem_entry(self) -> tuple[list[nn.Module], SparseConv3d]:
+    def stem_entry(self) -> tuple[list[nn.Module], SparseConv3d | None]:
+        """(the stem's modules the stem runs itself, the conv layer1 runs for it or None): a path forced on the last
+        conv afterwards (`AutoConv3d.mode` other than "kernel") is honoured by running the whole stem as usual."""
         mods = [m for m in self.stem.children() if not isinstance(m, nn.Identity)]
+        if mods[-1].mode not in (None, "kernel"):
+            return mods, None
         return mods[:-1], mods[-1].kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -587,6 +587,9 @@ def test_stem_writes_straight_into_layer1(tmp_path, monkeypatch):
         compact.save_compact(cm, tmp_path / "r.pt")
         loaded = compact.load_compact(tmp_path / "r.pt")
         assert type(loaded) is StemIntoStageVideoResNet and rel_err(loaded(x), y) < TOL
+        cm.stem[3].mode = "torch"  # a path forced afterwards: the stem runs it, layer1 enters from its output
+        assert cm.stem_entry()[1] is None and rel_err(cm(x), y) < TOL
+        cm.stem[3].mode = None
         monkeypatch.setattr(_ext, "_state", {})
         monkeypatch.setenv("PRUNE3D_NO_KERNELS", "1")
         assert rel_err(cm(x), y) < TOL
