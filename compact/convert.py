@@ -254,8 +254,8 @@ class CompactC3D(nn.Module):
         n, c, t, h, w = x.shape
         one = (1, 1, 1)
         grid, s = flat_layout((t, h, w), one)
-        buf, data = SCRATCH.take_padded(n, c, grid, s, one, (t, h, w), x, SLACK)
-        data.copy_(x)
+        buf = SCRATCH.take(n * c * s + SLACK, x, zero=True)
+        interior(buf, n, c, grid, s, one, (t, h, w)).copy_(x)
         for name in self.conv_names:
             conv = self.convs[name]
             hw = grid[1] * grid[2]
@@ -278,7 +278,7 @@ class CompactC3D(nn.Module):
                     ocs, oh, ow, ooff = to * ho * wo, ho, wo, 0
                 else:
                     g2, s2 = flat_layout((to, ho, wo), one)
-                    dest = SCRATCH.take_padded(n, c, g2, s2, one, (to, ho, wo), x, SLACK)[0]  # pool: data only
+                    dest = SCRATCH.take(n * c * s2 + SLACK, x, zero=True)
                     ocs, oh, ow, ooff = s2, g2[1], g2[2], g2[1] * g2[2] + g2[2] + 1
                 ext.maxpool(out, dest, n * c, s, grid[1], grid[2], t, h, w, kt, kh, kw, ph, pw, to, ho, wo, ocs,
                             oh, ow, ooff)
