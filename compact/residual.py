@@ -49,12 +49,17 @@ class SparseResidualStage(nn.Sequential):
         self.block_conv_lists = convs
         self.pad = convs[-1][0].padding
 
+    def _head_reads_layout(self, i: int) -> bool:
+        """Block i's input is the stage's activation itself, which its first conv reads in place (no downsample,
+        a stride-1 first conv with the stage's padding)."""
+        head = self.block_conv_lists[i][0]
+        return self[i].downsample is None and head.stride == (1, 1, 1) and head.padding == self.pad
+
     def can_enter_from(self, conv: nn.Module) -> bool:
         """`conv` (with its ReLU) can write its output straight into this stage's layout (`forward(x, entry=conv)`):
-        a stride-1 sparse conv feeding a first block without downsample whose head reads that layout."""
-        head = self.block_conv_lists[0][0]
-        return (isinstance(conv, SparseConv3d) and conv.stride == (1, 1, 1) and self[0].downsample is None
-                and head.stride == (1, 1, 1) and head.padding == self.pad and conv.out_channels == head.in_channels)
+        a stride-1 sparse conv feeding a first block whose head reads that layout in place."""
+        return (isinstance(conv, SparseConv3d) and conv.stride == (1, 1, 1) and self._head_reads_layout(0)
+                and conv.out_channels == self.block_conv_lists[0][0].in_channels)
 
     def forward(self, x: torch.Tensor, entry: SparseConv3d | None = None) -> torch.Tensor:
         """The stage on `x`; with `entry` (see `can_enter_from`), on `relu(entry(x))`, which `entry` writes straight
@@ -81,7 +86,7 @@ class SparseResidualStage(nn.Sequential):
             entry.write(ext, ebuf, ectx, buf, grid, self.pad, s, relu=True)
             SCRATCH.give(ebuf)
             act = (buf, c, dims, grid, s)
-        for block, convs in zip(self, self.block_conv_lists):
+        for i, (block, convs) in enumerate(zip(self, self.block_conv_lists)):
             head = convs[0]
             if act is None or block.downsample is not None:  # enter the layout: residual placed, head prepared
                 xd = x if act is None else interior(act[0], n, act[1], act[3], act[4], self.pad, act[2])
@@ -90,7 +95,7 @@ class SparseResidualStage(nn.Sequential):
                 grid, s = flat_layout(dims, self.pad)
                 buf, data = SCRATCH.take_padded(n, c, grid, s, self.pad, dims, res, SLACK)
                 data.copy_(res)
-                if block.downsample is None and head.stride == (1, 1, 1) and head.padding == self.pad:
+                if self._head_reads_layout(i):
                     hbuf, hctx, own = buf, head.layout_ctx(n, dims, grid, s), False
                 else:
                     (hbuf, hctx), own = head.prepare(xd), True
@@ -148,7 +153,7 @@ class StemIntoStageVideoResNet(VideoResNet):
     def stem_entry(self) -> tuple[list[nn.Module], SparseConv3d | None]:
         """(the stem's modules the stem runs itself, the conv layer1 runs for it or None): a path forced on the last
         conv afterwards (`AutoConv3d.mode` other than "kernel") is honoured by running the whole stem as usual."""
-        mods = [m for m in self.stem.children() if not isinstance(m, nn.Identity)]
+        mods = _stem_modules(self)
         if mods[-1].mode not in (None, "kernel"):
             return mods, None
         return mods[:-1], mods[-1].kernel
@@ -178,7 +183,7 @@ def fuse_stem_into_stage(model: nn.Module) -> bool:
     available) and whose `layer1` is a SparseResidualStage it can enter a `StemIntoStageVideoResNet`; True if so."""
     if type(model) is not VideoResNet or not isinstance(model.layer1, SparseResidualStage):
         return False
-    mods = [m for m in model.stem.children() if not isinstance(m, nn.Identity)]
+    mods = _stem_modules(model)
     last = mods[-1] if mods else None
     if not (isinstance(last, AutoConv3d) and last.relu and last.mode is None and last.kernel is not None
             and model.layer1.can_enter_from(last.kernel)):
@@ -187,3 +192,8 @@ def fuse_stem_into_stage(model: nn.Module) -> bool:
         return False
     model.__class__ = StemIntoStageVideoResNet
     return True
+
+
+def _stem_modules(model: nn.Module) -> list[nn.Module]:
+    """The stem's modules that do something (folded BatchNorms and fused ReLUs are Identity)."""
+    return [m for m in model.stem.children() if not isinstance(m, nn.Identity)]

@@ -30,10 +30,7 @@ class ScratchPool:
 
     def take(self, numel: int, like: torch.Tensor, zero: bool = False) -> torch.Tensor:
         """A flat buffer of `numel` elements of `like`'s dtype and device (contents undefined unless `zero`)."""
-        base = self._take_fit(numel, like)
-        if base is None:
-            base = like.new_empty(numel)
-        buf = base[:numel]  # a view: `give` finds the whole buffer again through its base
+        buf = self._fit_or_new(numel, like)[:numel]  # a view: `give` finds the whole buffer again through its base
         return buf.zero_() if zero else buf
 
     def take_padded(self, n: int, c: int, grid, s_chan: int, pad, dims, like: torch.Tensor,
@@ -55,24 +52,24 @@ class ScratchPool:
         zeroes what is not data). Each key keeps a buffer of its own rather than re-zero a shared one."""
         key = (numel, *key)
         with self._lock:
-            same = [i for i, b in enumerate(self._free) if getattr(b, "_p3d_padded", None) == key
+            same = [i for i, b in enumerate(self._free) if getattr(b, "_p3d_layout", None) == key
                     and b.dtype == like.dtype and b.device == like.device]
             base = self._free.pop(same[0]) if same else None
         if base is not None:
             return base[:numel], False
-        base = self._take_fit(numel, like)
-        if base is None:
-            base = like.new_empty(numel)
-        base._p3d_padded = key
+        base = self._fit_or_new(numel, like)
+        base._p3d_layout = key
         return base[:numel], True
 
-    def _take_fit(self, numel: int, like: torch.Tensor) -> torch.Tensor | None:
-        """Pop the smallest free buffer that fits and keeps no layout's padding (None if none)."""
+    def _fit_or_new(self, numel: int, like: torch.Tensor) -> torch.Tensor:
+        """Pop the smallest free buffer that fits and keeps no layout's zeros, or allocate one."""
         with self._lock:
             fits = [i for i, b in enumerate(self._free)
                     if b.numel() >= numel and b.dtype == like.dtype and b.device == like.device
-                    and getattr(b, "_p3d_padded", None) is None]
-            return self._free.pop(min(fits, key=lambda i: self._free[i].numel())) if fits else None
+                    and getattr(b, "_p3d_layout", None) is None]
+            if fits:
+                return self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
+        return like.new_empty(numel)
 
     def give(self, buf: torch.Tensor) -> None:
         """Return a buffer from `take`; the caller must not use it afterwards."""
