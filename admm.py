@@ -1,29 +1,46 @@
-"""Scaled ADMM for structured pruning (SPEC §5).
+"""Scaled ADMM for structured pruning, with the penalty rho adapted by residual balancing.
 
-minimise f(W) subject to W_l in S_l. With auxiliary Z and scaled dual U:
-    W-step:  SGD on f(W) + sum_l rho/2 * ||W_l - Z_l + U_l||^2
-    Z-step:  Z = Proj(W + U)
-    U-step:  U = U + W - Z
-rho grows x10 per stage; the unscaled dual rho*U carries over, so U is divided by the same factor.
+minimise f(W) subject to W_l in S_l. With auxiliary Z and scaled dual U, per pruned layer l:
+    W-step:  SGD on f(W) + sum_l rho_l/2 * ||W_l - Z_l + U_l||^2
+    Z-step:  Z_l = Proj(W_l + U_l)
+    U-step:  U_l = U_l + W_l - Z_l
+Whenever rho_l changes by a factor c, U_l is divided by c: the unscaled dual rho_l * U_l is what carries over.
+
+Two rho schedules (docs/algorithms.md, "ADMM"):
+- ``balance`` (default): after each Z/U step, residual balancing (Boyd et al. 2011, section 3.4.1) per layer:
+  with the primal residual r = ||W - Z|| and the dual residual s = rho ||Z - Z_prev||, rho is multiplied by tau
+  when r > mu * s and divided by tau when s > mu * r. A fixed small rho leaves W far from the sparse set when the
+  budget is short (the W-step moves each weight by about one learning rate per step); balancing raises rho only
+  as long as the constraint, not the sparse solution itself, is what is still moving.
+- ``stages``: the published schedule, rho0 * 10^stage over ``rho_num`` stages of equal length.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from pruning import LayerRule, project
 
+SCHEDULES = ("balance", "stages")
+
 
 class ADMM:
     def __init__(self, rules: dict[str, LayerRule], rho: float = 1e-4, rho_num: int = 4,
-                 keep_masks: dict[str, torch.Tensor] | None = None) -> None:
+                 keep_masks: dict[str, torch.Tensor] | None = None, schedule: str = "balance",
+                 mu: float = 10.0, tau: float = 2.0, rho_max: float = 1e4) -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown rho schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
         self.rules = rules
         self.rho0, self.rho_num = rho, rho_num
+        self.schedule, self.mu, self.tau, self.rho_max = schedule, mu, tau, rho_max
         self.stage = 0
-        self.rho = rho
+        self.rho: dict[str, float] = {name: rho for name in rules}
         self.Z: dict[str, torch.Tensor] = {}
         self.U: dict[str, torch.Tensor] = {}
+        self.dual: dict[str, float] = {}  # last dual residual s = rho ||Z - Z_prev|| / ||W|| per layer
         # --combine-progressive: weights already pruned stay pruned, in Z too.
         self.keep_masks = keep_masks or {}
 
@@ -32,11 +49,11 @@ class ADMM:
         return {n: params[n] for n in self.rules}
 
     def _project(self, name: str, w: torch.Tensor) -> torch.Tensor:
-        old = self.keep_masks.get(name)
-        if old is not None:
-            w = w * old.to(w.device, w.dtype)
+        keep = self.keep_masks.get(name)
+        if keep is not None:
+            w = w * keep.to(w.device, w.dtype)
         z, _ = project(w, self.rules[name])
-        return z if old is None else z * old.to(w.device, w.dtype)
+        return z if keep is None else z * keep.to(w.device, w.dtype)
 
     @torch.no_grad()
     def initialize(self, model: nn.Module) -> None:
@@ -46,47 +63,73 @@ class ADMM:
             self.U[name] = torch.zeros_like(p)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        """sum rho/2 ||W - Z + U||^2 (carries gradient to W)."""
+        """sum_l rho_l/2 ||W_l - Z_l + U_l||^2 (carries gradient to W)."""
         total = None
         for name, p in self._params(model).items():
-            term = (p - self.Z[name] + self.U[name]).pow(2).sum()
+            term = 0.5 * self.rho[name] * (p - self.Z[name] + self.U[name]).pow(2).sum()
             total = term if total is None else total + term
-        return 0.5 * self.rho * total if total is not None else torch.zeros(())
+        return total if total is not None else torch.zeros(())
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Z = Proj(W + U); U = U + W - Z."""
+        """Z = Proj(W + U); U = U + W - Z; then (schedule 'balance') rebalance rho per layer."""
         for name, p in self._params(model).items():
             w = p.detach()
+            z_prev = self.Z[name]
             self.Z[name] = self._project(name, w + self.U[name])
             self.U[name] = self.U[name] + w - self.Z[name]
+            primal = float((w - self.Z[name]).norm())
+            dual = self.rho[name] * float((self.Z[name] - z_prev).norm())
+            self.dual[name] = dual / max(float(w.norm()), 1e-12)
+            if self.schedule == "balance":
+                if primal > self.mu * dual:
+                    self._set_rho(name, min(self.rho[name] * self.tau, self.rho_max))
+                elif dual > self.mu * primal:
+                    self._set_rho(name, self.rho[name] / self.tau)
+
+    def _set_rho(self, name: str, rho: float) -> None:
+        self.U[name] = self.U[name] * (self.rho[name] / rho)
+        self.rho[name] = rho
 
     def set_stage(self, stage: int) -> None:
-        """Move to rho stage `stage` (rho0 * 10^stage), rescaling U so rho*U is unchanged."""
-        if stage == self.stage:
+        """Schedule 'stages': move to rho stage `stage` (rho0 * 10^stage), rescaling U so rho*U is unchanged."""
+        if self.schedule != "stages" or stage == self.stage:
             return
-        factor = 10.0 ** (stage - self.stage)
-        for name in self.U:
-            self.U[name] = self.U[name] / factor
-        self.stage, self.rho = stage, self.rho0 * 10.0 ** stage
+        for name in self.rho:
+            self._set_rho(name, self.rho0 * 10.0 ** stage)
+        self.stage = stage
+
+    def rho_summary(self) -> float:
+        """The geometric mean of the layers' rho (one number for logs)."""
+        return math.exp(sum(math.log(r) for r in self.rho.values()) / max(1, len(self.rho)))
 
     @torch.no_grad()
     def residuals(self, model: nn.Module) -> dict[str, dict[str, float]]:
-        """Per layer: primal residual ||W - Z|| / ||W|| and the fraction of W already in the sparse set."""
+        """Per layer: primal residual ||W - Z|| / ||W||, the fraction of W already in the sparse set, rho, and the
+        last Z/U step's dual residual rho ||Z - Z_prev|| / ||W||."""
         out = {}
         for name, p in self._params(model).items():
             w = p.detach()
             res = float((w - self.Z[name]).norm() / w.norm().clamp(min=1e-12))
             in_set = float((self._project(name, w) == w).float().mean())
-            out[name] = {"residual": res, "in_set": in_set}
+            out[name] = {"residual": res, "in_set": in_set, "rho": self.rho[name],
+                         "dual": self.dual.get(name, float("nan"))}
         return out
 
     def state_dict(self) -> dict:
-        return {"Z": dict(self.Z), "U": dict(self.U), "rho": self.rho, "rho0": self.rho0, "stage": self.stage,
-                "rho_num": self.rho_num}
+        return {"Z": dict(self.Z), "U": dict(self.U), "rho": dict(self.rho), "rho0": self.rho0, "stage": self.stage,
+                "rho_num": self.rho_num, "schedule": self.schedule, "mu": self.mu, "tau": self.tau,
+                "rho_max": self.rho_max, "dual": dict(self.dual)}
 
     def load_state_dict(self, state: dict) -> None:
         self.Z = {k: v.clone() for k, v in state["Z"].items()}
         self.U = {k: v.clone() for k, v in state["U"].items()}
-        self.rho, self.rho0, self.stage = float(state["rho"]), float(state["rho0"]), int(state["stage"])
+        rho = state["rho"]  # one float in checkpoints written before rho was per layer
+        self.rho = {k: float(rho[k]) for k in self.rules} if isinstance(rho, dict) else dict.fromkeys(
+            self.rules, float(rho))
+        self.rho0, self.stage = float(state["rho0"]), int(state["stage"])
         self.rho_num = int(state["rho_num"])
+        self.schedule = state.get("schedule", "stages")
+        self.mu, self.tau = float(state.get("mu", self.mu)), float(state.get("tau", self.tau))
+        self.rho_max = float(state.get("rho_max", self.rho_max))
+        self.dual = {k: float(v) for k, v in state.get("dual", {}).items()}

@@ -26,6 +26,7 @@ from models import arch_info, build_model
 from options import parse_args, phase_of
 from pruning import CheckpointError, UserError, apply_masks, hard_prune, intersect_masks, load_profile
 from pruning.profile import canonical_or_error
+from pruning.projections import removed_fraction
 from pruning.report import build_report, zero_masks
 from training import distributed as dist_utils
 from training.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -238,7 +239,8 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
     """ADMM towards the profile's sparse set (SPEC §5), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
-    solver = ADMM(rules, rho=args.rho, rho_num=args.rho_num, keep_masks=old)
+    solver = ADMM(rules, rho=args.rho, rho_num=args.rho_num, keep_masks=old, schedule=args.rho_schedule,
+                  mu=args.rho_mu, tau=args.rho_tau, rho_max=args.rho_max or default_rho_max(args))
     solver.initialize(model)
     dist_utils.broadcast_tensors(solver.Z)
 
@@ -251,9 +253,10 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
         if not args.admm_iters and (epoch + 1) % args.admm_epochs == 0:
             z_u_step()
         res = solver.residuals(model)
-        return {"rho": solver.rho, "mean_residual": sum(r["residual"] for r in res.values()) / len(res),
-                "residual": {k: v["residual"] for k, v in res.items()},
-                "in_set": {k: v["in_set"] for k, v in res.items()}}
+        per_layer = {key: {k: v[key] for k, v in res.items()} for key in ("residual", "in_set", "dual")}
+        return {"rho": solver.rho_summary(), "mean_residual": sum(r["residual"] for r in res.values()) / len(res),
+                "max_residual": max(r["residual"] for r in res.values()), "rho_layer": solver.rho.copy(),
+                **per_layer}
 
     hooks = PhaseHooks(
         "admm", extra_loss=solver.penalty, masks=old or None,
@@ -262,6 +265,12 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
         else None,
         on_epoch_end=epoch_end, state=solver.state_dict, load_state=solver.load_state_dict)
     return fit_then_prune(args, model, data, hooks, device, profile, rules, old)
+
+
+def default_rho_max(args: argparse.Namespace) -> float:
+    """SGD moves W towards Z - U by lr * rho / (1 - momentum) of the gap per step: above 1 it overshoots. Adam
+    normalises the step, so no such bound (and a coupled penalty acts weakly: docs/algorithms.md)."""
+    return (1 - args.momentum) / args.lr if args.optimizer == "sgd" else 1e4
 
 
 def rew(args: argparse.Namespace, device: torch.device) -> dict:
@@ -274,8 +283,13 @@ def rew(args: argparse.Namespace, device: torch.device) -> dict:
         if epoch % args.rew_update_epochs == 0:
             penalty.update_alpha(model)
 
+    def epoch_end(epoch: int) -> dict:  # how much of each layer's norm the hard prune would still remove
+        params = dict(model.named_parameters())
+        removed = {n: removed_fraction(params[n], r) for n, r in rules.items()}
+        return {"max_removed": max(removed.values()), "removed": removed}
+
     hooks = PhaseHooks("rew", extra_loss=penalty.penalty, masks=old or None, on_epoch_start=epoch_start,
-                       state=penalty.state_dict, load_state=penalty.load_state_dict)
+                       on_epoch_end=epoch_end, state=penalty.state_dict, load_state=penalty.load_state_dict)
     return fit_then_prune(args, model, data, hooks, device, profile, rules, old)
 
 

@@ -95,7 +95,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("ADMM")
     g.add_argument("--rho", type=float, default=1e-4, help="initial penalty")
     g.add_argument("--rho-num", "--rho_num", dest="rho_num", type=int, default=4,
-                   help="rho stages, x10 each")
+                   help="rho stages: ADMM runs --epochs x --rho-num epochs; with --rho-schedule stages rho x10 each")
+    g.add_argument("--rho-schedule", choices=("balance", "stages"), default="balance",
+                   help="balance: rho per layer by residual balancing at each Z/U step; stages: the published x10 "
+                        "per stage")
+    g.add_argument("--rho-mu", type=float, default=10.0, help="balance: change rho when one residual exceeds "
+                                                             "mu times the other")
+    g.add_argument("--rho-tau", type=float, default=2.0, help="balance: factor rho changes by")
+    g.add_argument("--rho-max", type=float, default=None,
+                   help="balance: upper bound of rho; default (1 - momentum) / lr for SGD (beyond it the penalty's "
+                        "own step overshoots), 1e4 for Adam")
     g.add_argument("--admm-epochs", "--admm_epochs", dest="admm_epochs", type=int, default=10,
                    help="epochs between Z/U updates")
     g.add_argument("--admm-iters", type=int, default=None, help="iterations between Z/U updates (small data)")

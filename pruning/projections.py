@@ -59,6 +59,13 @@ def project(weight: torch.Tensor, rule: LayerRule) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
+def removed_fraction(weight: torch.Tensor, rule: LayerRule) -> float:
+    """||W - Proj(W)|| / ||W||: the share of the layer's weight norm in the units the rule would remove."""
+    w = weight.detach().float()
+    return float((w - project(w, rule)[0]).norm() / w.norm().clamp(min=1e-12))
+
+
+@torch.no_grad()
 def projection_mask(weight: torch.Tensor, rule: LayerRule) -> torch.Tensor:
     """The bool keep-mask of the projection (same shape as `weight`)."""
     w = weight.detach().float()

@@ -7,18 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/demo_common.sh
 PROFILE=${PROFILE:-c3d_kgrc_3.04x}
-DENSE_EPOCHS=${DENSE_EPOCHS:-30}
+DENSE_EPOCHS=${DENSE_EPOCHS:-40}
 start=$(date +%s)
 
 # The plain scene (bright shapes on a dark ground) with larger, faster shapes: a few hundred clips suffice.
 # The classes still differ only in motion; the default panning-texture scene is much harder.
 [ -d "$DATA/raw/UCF-101" ] || python datasets/make_synthetic.py --out "$DATA/raw" --classes "$CLASSES" \
-  --videos-per-class "$VIDEOS" --frames "$FRAMES" --seed 0 --scene plain --shape-scale 2 --speed-scale 2.5
+  --videos-per-class "$VIDEOS" --frames "$FRAMES" --seed "$SEED" --scene plain --shape-scale 2 --speed-scale 2.5
 python datasets/extract_videos.py --dataset ucf101 --videos "$DATA/raw/UCF-101" \
   --splits "$DATA/raw/ucfTrainTestlist" --out "$DATA/frames" --short-side 64
 python datasets/create_lmdb.py --frames "$DATA/frames" --out "$DATA/lmdb"
 
-python opt_main.py --train "${SMALL[@]}" --save-dir "$OUT" --name dense --epochs "$DENSE_EPOCHS" --lr 3e-4 \
+python opt_main.py --train "${SMALL[@]}" --save-dir "$OUT" --name dense --epochs "$DENSE_EPOCHS" --lr 5e-4 \
   --warmup --warmup-epochs 1 --resume auto
 prune_and_retrain "$PROFILE" .
 python opt_main.py --report "${SMALL[@]}" --config-file "$PROFILE" --resume "$OUT/retrain/retrained.pth" \
@@ -26,7 +26,7 @@ python opt_main.py --report "${SMALL[@]}" --config-file "$PROFILE" --resume "$OU
 python opt_main.py --plots --arch c3d --resume "$OUT/admm/admm.pth"          # ADMM residuals per layer
 python opt_main.py --plots --arch c3d --resume "$OUT/retrain/retrained.pth"
 
-python - "$OUT" "$start" <<'PY'
+python - "$OUT" "$start" "$SEED" <<'PY'
 import json, sys, time
 out, start = sys.argv[1], int(sys.argv[2])
 dense = json.load(open(f"{out}/dense/result.json"))
@@ -34,7 +34,7 @@ admm = json.load(open(f"{out}/admm/result.json"))
 pruned = json.load(open(f"{out}/retrain/result.json"))
 report = json.load(open(f"{out}/report.json"))
 summary = {
-    "dense_top1": dense["video_top1"], "admm_top1_before_prune": admm["video_top1_before_prune"],
+    "seed": int(sys.argv[3]), "dense_top1": dense["video_top1"], "admm_top1_before_prune": admm["video_top1_before_prune"],
     "admm_top1_after_prune": admm["video_top1"], "pruned_top1": pruned["video_top1"],
     "dense_clip_top1": dense["clip_top1"], "pruned_clip_top1": pruned["clip_top1"],
     "reduction": report["reduction"], "macs_dense": report["macs_dense"], "macs_pruned": report["macs_pruned"],

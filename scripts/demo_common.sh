@@ -1,26 +1,28 @@
 # Sizes and steps shared by demo.sh and demo_search.sh (sourced, not run). Override any variable from the
 # environment. The model is the real C3D at a quarter width on 8-frame 56x56 clips.
-OUT=${OUT:-checkpoints/demo}
-DATA=${DATA:-data/demo}
+SEED=${SEED:-0}                 # generated dataset, initialisation and data order
+[[ "$SEED" =~ ^[0-9]+$ ]] || { echo "error: SEED=$SEED is not a non-negative integer (e.g. SEED=1)" >&2; exit 2; }
+OUT=${OUT:-checkpoints/demo/seed$SEED}
+DATA=${DATA:-data/demo/seed$SEED}
 CLASSES=${CLASSES:-5}
 VIDEOS=${VIDEOS:-60}          # per class
 FRAMES=${FRAMES:-40}          # per video (25 fps)
-ADMM_EPOCHS=${ADMM_EPOCHS:-2}   # per rho stage (3 stages)
+ADMM_EPOCHS=${ADMM_EPOCHS:-12}  # one Z/U step per epoch, rho balanced per layer at each
 RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-15}
-RHO=${RHO:-1e-3}                # first ADMM penalty; x10 per stage
-ADMM_LR=${ADMM_LR:-2e-4}
+RHO=${RHO:-1}                   # first ADMM penalty; 12 Z/U steps are too few to climb from the recipes' 1e-4
+ADMM_LR=${ADMM_LR:-1e-3}        # SGD: Adam normalises the penalty's gradient away (docs/algorithms.md)
 # Plain C3D has no normalisation layers; from scratch on a few hundred clips it learns reliably only with
 # dropout off and a moderate Adam step (with dropout 0.5 and lr 1e-3 some seeds never leave chance).
 SMALL=(--arch c3d --width-mult 0.25 --clip-len 8 --crop-size 56 --short-side 64 --batch-size 8
        --sampling consecutive --workers 2 --dataset synthetic --data-location "$DATA/lmdb" --test-clips 2
-       --optimizer adam --weight-decay 0 --dropout 0)
+       --optimizer adam --weight-decay 0 --dropout 0 --seed "$SEED")
 
 # prune_and_retrain PROFILE SUBDIR: ADMM from the dense model, hard prune, masked retraining with distillation.
 prune_and_retrain() {
   local profile=$1 dir="$OUT/$2"
   python opt_main.py --admm "${SMALL[@]}" --save-dir "$dir" --name admm --config-file "$profile" \
-    --load-path "$OUT/dense/dense.pth" --epochs "$ADMM_EPOCHS" --rho-num 3 --rho "$RHO" --admm-epochs 1 \
-    --lr "$ADMM_LR" --resume auto
+    --load-path "$OUT/dense/dense.pth" --epochs "$ADMM_EPOCHS" --rho-num 1 --rho "$RHO" --admm-epochs 1 \
+    --optimizer sgd --momentum 0.9 --lr "$ADMM_LR" --resume auto
   python opt_main.py --masked-retrain "${SMALL[@]}" --save-dir "$dir" --name retrain --config-file "$profile" \
     --load-path "$dir/admm/admm.pth" --epochs "$RETRAIN_EPOCHS" --lr 3e-4 --warmup --warmup-epochs 1 \
     --distill --teacher-path "$OUT/dense/dense.pth" --kd-off-epochs 2 --resume auto

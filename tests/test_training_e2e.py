@@ -46,9 +46,10 @@ def admm_args(synthetic, save, name):
 
 
 def test_admm_then_masked_retrain_keep_the_pattern(synthetic, dense, tmp_path):
-    run(admm_args(synthetic, tmp_path, "admm") + ["--load-path", str(dense)])
+    run(admm_args(synthetic, tmp_path, "admm") + ["--load-path", str(dense), "--rho-schedule", "stages"])
     admm = torch.load(tmp_path / "admm" / "admm.pth", weights_only=True)
     assert set(admm["admm"]) >= {"Z", "U", "rho", "stage"} and admm["admm"]["stage"] == 2
+    assert set(admm["admm"]["rho"].values()) == {1e-4 * 100}  # the published x10 per stage
     run(["--masked-retrain", *SMALL, "--data-location", str(synthetic["lmdb"]), "--config-file", PROFILE,
          "--save-dir", str(tmp_path), "--name", "rt", "--epochs", "2", "--load-path",
          str(tmp_path / "admm" / "admm.pth"), "--warmup", "--warmup-epochs", "1", "--distill", "--lr", "0.01"])
@@ -85,6 +86,8 @@ def test_resume_after_sigkill_is_bit_exact(synthetic, dense, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key in a["admm"]["U"]:
         assert torch.equal(a["admm"]["U"][key], b["admm"]["U"][key])
+    # the balancing changed rho before the kill (at the first epoch's Z/U step), and the same way in both runs
+    assert a["admm"]["rho"] == b["admm"]["rho"] and any(r != 1e-4 for r in a["admm"]["rho"].values())
 
 
 def test_ddp_two_gloo_processes(synthetic, dense, tmp_path):

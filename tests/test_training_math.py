@@ -42,7 +42,7 @@ def test_admm_penalty_gradient_is_rho_times_w_minus_z_plus_u():
 def test_admm_z_u_update_by_hand():
     torch.manual_seed(1)
     model = Tiny()
-    solver = ADMM(RULES, rho=1e-2)
+    solver = ADMM(RULES, rho=1e-2, schedule="stages")  # no rebalancing: U is exactly the U-step
     solver.initialize(model)
     w0 = model.conv.weight.detach().clone()
     z0, _ = project(w0, RULES["conv.weight"])
@@ -61,20 +61,20 @@ def test_admm_z_u_update_by_hand():
 
 def test_rho_stage_rescales_u():
     model = Tiny()
-    solver = ADMM(RULES, rho=1e-4, rho_num=4)
+    solver = ADMM(RULES, rho=1e-4, rho_num=4, schedule="stages")
     solver.initialize(model)
     solver.U["conv.weight"] = torch.ones_like(model.conv.weight)
     solver.set_stage(2)
-    assert solver.rho == pytest.approx(1e-2)
+    assert solver.rho["conv.weight"] == pytest.approx(1e-2)
     torch.testing.assert_close(solver.U["conv.weight"], torch.full_like(model.conv.weight, 0.01))
     # the unscaled dual rho*U is unchanged
-    assert solver.rho * solver.U["conv.weight"][0, 0, 0, 0, 0] == pytest.approx(1e-4)
+    assert solver.rho["conv.weight"] * solver.U["conv.weight"][0, 0, 0, 0, 0] == pytest.approx(1e-4)
 
 
 def test_admm_drives_weights_into_the_set():
     torch.manual_seed(2)
     model = Tiny()
-    solver = ADMM(RULES, rho=1.0)
+    solver = ADMM(RULES, rho=1.0, rho_max=1 / 0.2)  # lr * rho <= 1: the penalty's step never overshoots
     solver.initialize(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     first = solver.residuals(model)["conv.weight"]["residual"]
