@@ -51,8 +51,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def format_record(r: dict) -> str:
     parts = [f"[{r.get('phase', '')}] epoch {r.get('epoch')}"]
-    for key in ("loss", "penalty", "lr", "clip_top1", "video_top1", "sparsity", "rho", "mean_residual", "max_residual", "max_removed",
-                "load_errors"):
+    for key in ("loss", "penalty", "lr", "clip_top1", "video_top1", "sparsity", "rho", "mean_residual", "max_residual",
+                "max_removed", "load_errors"):
         if key in r and r[key] is not None:
             v = r[key]
             parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
