@@ -277,7 +277,8 @@ def rew(args: argparse.Namespace, device: torch.device) -> dict:
     """Reweighted group-lasso (SPEC §6), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
-    penalty = ReweightedGroupLasso(rules, args.rew_lambda, args.rew_eps)
+    penalty = ReweightedGroupLasso(rules, args.rew_lambda, args.rew_eps, target=args.rew_target)
+    prox = args.rew_step == "prox"
 
     def epoch_start(epoch: int) -> None:
         if epoch % args.rew_update_epochs == 0:
@@ -286,10 +287,13 @@ def rew(args: argparse.Namespace, device: torch.device) -> dict:
     def epoch_end(epoch: int) -> dict:  # how much of each layer's norm the hard prune would still remove
         params = dict(model.named_parameters())
         removed = {n: removed_fraction(params[n], r) for n, r in rules.items()}
-        return {"max_removed": max(removed.values()), "removed": removed}
+        return {"max_removed": max(removed.values()), "removed": removed, "lambda": dict(penalty.lam),
+                **({"rew_penalty": float(penalty.penalty(model))} if prox else {})}
 
-    hooks = PhaseHooks("rew", extra_loss=penalty.penalty, masks=old or None, on_epoch_start=epoch_start,
-                       on_epoch_end=epoch_end, state=penalty.state_dict, load_state=penalty.load_state_dict)
+    hooks = PhaseHooks("rew", extra_loss=None if prox else penalty.penalty,
+                       after_step=(lambda lr: penalty.shrink(model, lr)) if prox else None, masks=old or None,
+                       on_epoch_start=epoch_start, on_epoch_end=epoch_end, state=penalty.state_dict,
+                       load_state=penalty.load_state_dict)
     return fit_then_prune(args, model, data, hooks, device, profile, rules, old)
 
 

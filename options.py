@@ -116,6 +116,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--rew-lambda", type=float, default=1e-4, help="penalty weight")
     g.add_argument("--rew-eps", type=float, default=1e-3, help="alpha = 1 / (||W_g||^2 + eps)")
     g.add_argument("--rew-update-epochs", type=int, default=2, help="epochs between alpha updates")
+    g.add_argument("--rew-step", choices=("prox", "gradient"), default="prox",
+                   help="prox: group soft-thresholding after each optimizer step (units reach exact zeros); "
+                        "gradient: the penalty added to the loss (TCAD)")
+    g.add_argument("--rew-target", type=float, default=0.01,
+                   help="at each alpha update, double a layer's lambda while the hard prune would still remove "
+                        "more than this share of its weight norm (0: lambda fixed)")
 
     g = p.add_argument_group("distillation")
     g.add_argument("--distill", action="store_true", help="knowledge distillation from the dense baseline")

@@ -154,7 +154,7 @@ def _rescore(energy: torch.Tensor, size: torch.Tensor, score: str) -> torch.Tens
     raise ValueError(f"unknown score {score!r}; known: {', '.join(SCORES)}")
 
 
-def _column_index(shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, int]:
+def column_index(shape: torch.Size, device: torch.device) -> tuple[torch.Tensor, int]:
     """Map each flattened kernel position to its KGC column; returns (index [K], number of columns)."""
     kt, kh, kw = (tuple(shape[2:]) + (1, 1, 1))[:3]
     ncol, _ = column_layout((kt, kh, kw))
@@ -167,8 +167,8 @@ def _row_energy(view: GroupView, energy: torch.Tensor) -> torch.Tensor:
     return energy.sum((3, 4))  # [nP, nQ, gM]
 
 
-def _column_energy(view: GroupView, energy: torch.Tensor, over_rows: bool = True) -> torch.Tensor:
-    idx, ncol = _column_index(view.shape, energy.device)
+def column_energy(view: GroupView, energy: torch.Tensor, over_rows: bool = True) -> torch.Tensor:
+    idx, ncol = column_index(view.shape, energy.device)
     per_k = energy.sum((2, 3)) if over_rows else energy.sum(3)  # [nP, nQ, K] or [nP, nQ, gM, K]
     out = per_k.new_zeros(*per_k.shape[:-1], ncol)
     return out.index_add_(-1, idx, per_k)
@@ -188,16 +188,16 @@ def _kgr_keep(view: GroupView, energy: torch.Tensor, ratio: float) -> torch.Tens
 
 
 def _kgc_keep(view: GroupView, energy: torch.Tensor, ratio: float) -> torch.Tensor:
-    idx, ncol = _column_index(view.shape, energy.device)
-    cols = _keep_top(_column_energy(view, energy), _keep_count(ncol, ratio))  # [nP, nQ, ncol]
+    idx, ncol = column_index(view.shape, energy.device)
+    cols = _keep_top(column_energy(view, energy), _keep_count(ncol, ratio))  # [nP, nQ, ncol]
     return cols[:, :, None, None, :][..., idx].expand_as(view.blocks) & view.valid
 
 
 def _kgrc_exact_keep(view: GroupView, energy: torch.Tensor, rr: float, rc: float) -> torch.Tensor:
     """Exact KGRC projection: for a fixed set of kept rows the best columns are the top columns by energy over
     those rows, so trying every row set of a group and keeping the best is exact (C(8,4) = 70 at most)."""
-    idx, ncol = _column_index(view.shape, energy.device)
-    E = _column_energy(view, energy, over_rows=False)  # [nP, nQ, gM, ncol]
+    idx, ncol = column_index(view.shape, energy.device)
+    E = column_energy(view, energy, over_rows=False)  # [nP, nQ, gM, ncol]
     nP, nQ, gM, _ = E.shape
     keep_c = _keep_count(ncol, rc)
     row_mask = torch.zeros(nP, nQ, gM, dtype=torch.bool, device=E.device)

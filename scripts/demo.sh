@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/demo_common.sh
 PROFILE=${PROFILE:-c3d_kgrc_3.04x}
-DENSE_EPOCHS=${DENSE_EPOCHS:-40}
+DENSE_EPOCHS=${DENSE_EPOCHS:-60}
 start=$(date +%s)
 
 # The plain scene (bright shapes on a dark ground) with larger, faster shapes: a few hundred clips suffice.

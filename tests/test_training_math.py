@@ -175,3 +175,61 @@ def test_warmup_then_cosine():
     assert lrs[10] == pytest.approx(0.1)
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11]))
     assert lrs[-1] < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["kgr", "kgc", "kgs", "blk-vanilla", "filter", "channel", "irregular"])
+def test_unit_families_spread_back_onto_their_own_weights(kind):
+    """Scaling unit u by v_u multiplies its energy by v_u^2 and nothing else: each family's `spread` is the exact
+    inverse of its grouping (edge groups included: 20 filters, 6 input channels)."""
+    from training.penalties import unit_families
+
+    torch.manual_seed(5)
+    w = torch.randn(20, 6, 3, 3, 3)
+    rule = LayerRule(kind, {kind: 0.5}, (8, 4))
+    (family,) = unit_families(w, rule)
+    v = torch.rand(family.energy.shape) + 0.5
+    (scaled,) = unit_families(w * family.spread(v), rule)
+    torch.testing.assert_close(scaled.energy, family.energy * v ** 2)
+
+
+def test_prox_step_soft_thresholds_each_kgr_row_by_hand():
+    """shrink() against a loop over every (group, row): W_row *= max(0, 1 - lr * lambda * alpha / ||W_row||)."""
+    torch.manual_seed(6)
+    model = Tiny()
+    with torch.no_grad():
+        model.conv.weight[:8, :4] *= 0.01  # weak rows: thresholded to exactly zero
+    rule = LayerRule("kgr", {"kgr": 0.5}, (8, 4))
+    pen = ReweightedGroupLasso({"conv.weight": rule}, lam=0.05, eps=1e-3)
+    pen.update_alpha(model)
+    w0 = model.conv.weight.detach().clone()
+    pen.shrink(model, lr=0.1)
+    expected = w0.clone()
+    alpha = pen.alpha["conv.weight"][0]
+    k = 0
+    for p in range(2):  # 16 filters / 8
+        for q in range(1):  # 4 channels / 4
+            for r in range(8):
+                row = w0[p * 8 + r, q * 4:(q + 1) * 4]
+                a = 1 / (row.pow(2).sum() + 1e-3)
+                assert float(alpha[k]) == pytest.approx(float(a), rel=1e-5)
+                expected[p * 8 + r, q * 4:(q + 1) * 4] = row * max(0.0, 1 - 0.1 * 0.05 * a / row.norm())
+                k += 1
+    torch.testing.assert_close(model.conv.weight.detach(), expected)
+    assert not model.conv.weight[:8, :4].any() and model.conv.weight[8:].abs().sum() > 0
+
+
+def test_rew_lambda_doubles_only_where_the_removed_share_is_above_target():
+    from pruning.projections import removed_fraction
+
+    torch.manual_seed(7)
+    model = Tiny()
+    rule = LayerRule("kgr", {"kgr": 0.5}, (8, 4))
+    pen = ReweightedGroupLasso({"conv.weight": rule}, lam=1e-3, eps=1e-3, target=0.01)
+    pen.update_alpha(model)  # the first refresh only sets alpha
+    assert pen.lam["conv.weight"] == 1e-3
+    pen.update_alpha(model)
+    assert removed_fraction(model.conv.weight, rule) > 0.01 and pen.lam["conv.weight"] == 2e-3
+    with torch.no_grad():
+        model.conv.weight.copy_(project(model.conv.weight, rule)[0])
+    pen.update_alpha(model)
+    assert pen.lam["conv.weight"] == 2e-3

@@ -66,6 +66,7 @@ class PhaseHooks:
     on_epoch_start: Callable[[int], None] | None = None
     on_iteration_end: Callable[[int], None] | None = None  # global iteration count
     on_epoch_end: Callable[[int], dict] | None = None  # returns extra log fields
+    after_step: Callable[[float], None] | None = None  # after each optimizer step, given its learning rate
     teacher: nn.Module | None = None
     distill_until: int = 0  # epochs with distillation on
     state: Callable[[], dict] = field(default=lambda: {})  # phase state saved in checkpoints
@@ -263,6 +264,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.hooks.after_step:  # e.g. a proximal step
+            self.hooks.after_step(self.optimizer.param_groups[0]["lr"])
         if self.hooks.masks:  # weight decay and momentum must not revive pruned weights
             apply_masks(self.model, self.hooks.masks)
         self.scheduler.step()
