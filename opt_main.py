@@ -277,7 +277,8 @@ def rew(args: argparse.Namespace, device: torch.device) -> dict:
     """Reweighted group-lasso (SPEC §6), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
-    penalty = ReweightedGroupLasso(rules, args.rew_lambda, args.rew_eps, target=args.rew_target)
+    penalty = ReweightedGroupLasso(rules, args.rew_lambda, args.rew_eps, target=args.rew_target,
+                                   units=args.rew_units)
     prox = args.rew_step == "prox"
 
     def epoch_start(epoch: int) -> None:
@@ -300,9 +301,9 @@ def rew(args: argparse.Namespace, device: torch.device) -> dict:
 def masked_retrain(args: argparse.Namespace, device: torch.device) -> dict:
     """Hard prune with the profile and retrain with the pattern fixed (SPEC §7)."""
     data, model, profile, rules, start = prune_setup(args, device)
-    if not start.get("masks") and not zero_masks(model):
+    if not args.one_shot and not start.get("masks") and not zero_masks(model):
         raise UserError(f"{args.load_path}: has no pruned weights (no masks, no zeros); --masked-retrain starts "
-                        "from an --admm or --rew result")
+                        "from an --admm or --rew result (or pass --one-shot to prune a dense model by magnitude)")
     old = {k: v.to(device) for k, v in start.get("masks", {}).items()}
     masks = prune_to_profile(model, rules, old if args.combine_progressive else None)
     teacher = make_teacher(args, start, device) if args.distill else None

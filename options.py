@@ -109,6 +109,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="epochs between Z/U updates")
     g.add_argument("--admm-iters", type=int, default=None, help="iterations between Z/U updates (small data)")
     g.add_argument("--admm-lr-cycle", action="store_true", help="RT3D's lr pattern per cycle: 1, 1/2, 1/4")
+    g.add_argument("--one-shot", action="store_true",
+                   help="--masked-retrain from a dense model: one-shot magnitude projection, then retraining")
     g.add_argument("--combine-progressive", "--combine_progressive", dest="combine_progressive",
                    action="store_true", help="start from a pruned checkpoint and keep its zeros")
 
@@ -119,6 +121,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--rew-step", choices=("prox", "gradient"), default="prox",
                    help="prox: group soft-thresholding after each optimizer step (units reach exact zeros); "
                         "gradient: the penalty added to the loss (TCAD)")
+    g.add_argument("--rew-units", choices=("removed", "all"), default="removed",
+                   help="removed: penalise only the units the profile's projection currently removes; all: every "
+                        "unit, as the papers do")
     g.add_argument("--rew-target", type=float, default=0.01,
                    help="at each alpha update, double a layer's lambda while the hard prune would still remove "
                         "more than this share of its weight norm (0: lambda fixed)")

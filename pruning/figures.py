@@ -112,3 +112,22 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def ablation(rows: dict[str, dict], dense: list[float], chance: float, path: Path) -> Path:
+    """Video top-1 per method, mean +- std over seeds (each seed a dot), against the dense models and chance."""
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 4.2))
+    for i, name in enumerate(names):
+        vals = rows[name]["video_top1"]
+        ax.bar(i, rows[name]["mean"], yerr=rows[name]["std"], capsize=5, color="tab:blue", alpha=0.6)
+        ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
+    mean_dense = sum(dense) / len(dense)
+    ax.axhline(mean_dense, color="tab:green", ls="--", label=f"dense {mean_dense:.3f}")
+    ax.axhline(chance, color="gray", ls=":", label=f"chance {chance:.2f}")
+    ax.set_xticks(range(len(names)), [n.replace("-", "\n", 1) for n in names], fontsize=8)
+    ax.set_ylabel("video top-1 after masked retraining")
+    ax.set_ylim(max(0.0, chance - 0.05), 1.02)
+    ax.set_title(f"same MAC reduction, same epochs; mean +- std over {len(dense)} seeds")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

@@ -43,6 +43,13 @@ summary = {
     "wall_seconds": int(time.time()) - start,
 }
 summary["chance"] = 1 / report["layers"][-1]["shape"][0]
+# convergence evidence: the dense model's last epochs (video top-1, training loss) and ADMM's final residuals
+dense_log = [json.loads(line) for line in open(f"{out}/dense/metrics.jsonl")]
+summary["dense_last_epochs"] = [{"epoch": r["epoch"], "video_top1": r["video_top1"], "loss": round(r["loss"], 4)}
+                                for r in dense_log[-5:]]
+admm_log = [json.loads(line) for line in open(f"{out}/admm/metrics.jsonl")]
+summary["admm_max_residual"] = admm_log[-1]["max_residual"]
+summary["admm_rho"] = admm_log[-1]["rho_layer"]
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
 print(json.dumps(summary, indent=2))
 PY

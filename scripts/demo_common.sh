@@ -17,13 +17,26 @@ SMALL=(--arch c3d --width-mult 0.25 --clip-len 8 --crop-size 56 --short-side 64 
        --sampling consecutive --workers 2 --dataset synthetic --data-location "$DATA/lmdb" --test-clips 2
        --optimizer adam --weight-decay 0 --dropout 0 --seed "$SEED")
 
-# prune_and_retrain PROFILE SUBDIR: ADMM from the dense model, hard prune, masked retraining with distillation.
+REW_LAMBDA=${REW_LAMBDA:-1e-3}   # first reweighting strength; doubled per layer until the target share is met
+
+# prune_and_retrain PROFILE SUBDIR [METHOD]: prune from the dense model with METHOD, then masked retraining with
+# distillation. METHOD: admm (default), rew, or oneshot (the dense model projected by magnitude, then retrained
+# for the pruning phase's epochs as well, so that every method trains as many epochs).
 prune_and_retrain() {
-  local profile=$1 dir="$OUT/$2"
-  python opt_main.py --admm "${SMALL[@]}" --save-dir "$dir" --name admm --config-file "$profile" \
-    --load-path "$OUT/dense/dense.pth" --epochs "$ADMM_EPOCHS" --rho-num 1 --rho "$RHO" --admm-epochs 1 \
-    --optimizer sgd --momentum 0.9 --lr "$ADMM_LR" --resume auto
+  local profile=$1 dir="$OUT/$2" method=${3:-admm} start epochs=$RETRAIN_EPOCHS extra=()
+  case $method in
+    admm) python opt_main.py --admm "${SMALL[@]}" --save-dir "$dir" --name admm --config-file "$profile" \
+            --load-path "$OUT/dense/dense.pth" --epochs "$ADMM_EPOCHS" --rho-num 1 --rho "$RHO" --admm-epochs 1 \
+            --optimizer sgd --momentum 0.9 --lr "$ADMM_LR" --resume auto
+          start="$dir/admm/admm.pth" ;;
+    rew) python opt_main.py --rew "${SMALL[@]}" --save-dir "$dir" --name rew --config-file "$profile" \
+           --load-path "$OUT/dense/dense.pth" --epochs "$ADMM_EPOCHS" --rew-lambda "$REW_LAMBDA" \
+           --rew-update-epochs 1 --optimizer sgd --momentum 0.9 --lr "$ADMM_LR" --resume auto
+         start="$dir/rew/rew.pth" ;;
+    oneshot) start="$OUT/dense/dense.pth" epochs=$((ADMM_EPOCHS + RETRAIN_EPOCHS)) extra=(--one-shot) ;;
+    *) echo "error: prune_and_retrain: unknown method '$method' (admm, rew or oneshot)" >&2; return 2 ;;
+  esac
   python opt_main.py --masked-retrain "${SMALL[@]}" --save-dir "$dir" --name retrain --config-file "$profile" \
-    --load-path "$dir/admm/admm.pth" --epochs "$RETRAIN_EPOCHS" --lr 3e-4 --warmup --warmup-epochs 1 \
+    --load-path "$start" --epochs "$epochs" --lr 3e-4 --warmup --warmup-epochs 1 "${extra[@]}" \
     --distill --teacher-path "$OUT/dense/dense.pth" --kd-off-epochs 2 --resume auto
 }

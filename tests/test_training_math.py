@@ -199,7 +199,7 @@ def test_prox_step_soft_thresholds_each_kgr_row_by_hand():
     with torch.no_grad():
         model.conv.weight[:8, :4] *= 0.01  # weak rows: thresholded to exactly zero
     rule = LayerRule("kgr", {"kgr": 0.5}, (8, 4))
-    pen = ReweightedGroupLasso({"conv.weight": rule}, lam=0.05, eps=1e-3)
+    pen = ReweightedGroupLasso({"conv.weight": rule}, lam=0.05, eps=1e-3, units="all")
     pen.update_alpha(model)
     w0 = model.conv.weight.detach().clone()
     pen.shrink(model, lr=0.1)
@@ -216,6 +216,24 @@ def test_prox_step_soft_thresholds_each_kgr_row_by_hand():
                 k += 1
     torch.testing.assert_close(model.conv.weight.detach(), expected)
     assert not model.conv.weight[:8, :4].any() and model.conv.weight[8:].abs().sum() > 0
+
+
+def test_rew_removed_units_penalises_exactly_what_the_projection_removes():
+    """units='removed': the kept rows and columns (exact KGRC projection) are untouched, the others shrink; a
+    strong enough step leaves exactly the projection."""
+    torch.manual_seed(8)
+    model = Tiny()
+    rule = RULES["conv.weight"]
+    pen = ReweightedGroupLasso(RULES, lam=1.0, eps=1e-3)
+    pen.update_alpha(model)
+    w0 = model.conv.weight.detach().clone()
+    z, mask = project(w0, rule)
+    pen.shrink(model, lr=1e-4)  # a small step: removed units shrink a little, kept ones not at all
+    w1 = model.conv.weight.detach()
+    assert torch.equal(w1[mask], w0[mask])
+    assert torch.all(w1[~mask].abs() < w0[~mask].abs() + 1e-12) and not torch.equal(w1[~mask], w0[~mask])
+    pen.shrink(model, lr=100.0)
+    torch.testing.assert_close(model.conv.weight.detach(), z)
 
 
 def test_rew_lambda_doubles_only_where_the_removed_share_is_above_target():

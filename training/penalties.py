@@ -10,7 +10,7 @@ from torch import nn
 
 from pruning import LayerRule
 from pruning.groups import group_view
-from pruning.projections import column_energy, column_index, removed_fraction
+from pruning.projections import column_energy, column_index, projection_mask, removed_fraction
 
 
 class UnitFamily:
@@ -73,13 +73,19 @@ class ReweightedGroupLasso:
       oscillating around it as a (sub)gradient step makes them;
     - ``gradient``: the penalty added to the loss, as the TCAD paper describes. Only alpha is detached: the
       penalty carries gradient (the TCAD release computed it on detached copies, so it had no effect).
+    Which units: ``removed`` (default) penalises, at each refresh, only the units the profile's projection of the
+    current weights removes (alpha = 0 for the kept ones), so the penalty empties exactly what the hard prune will
+    cut; ``all`` penalises every unit, as the papers do, which on a short budget empties whole layers before the
+    profile's share is reached (docs/algorithms.md).
     With a ``target``, lambda_l doubles at each alpha refresh while the share of layer l's norm that the hard
     prune would remove is above it.
     """
 
     def __init__(self, rules: dict[str, LayerRule], lam: float, eps: float, target: float = 0.0,
-                 tau: float = 2.0) -> None:
-        self.rules, self.eps, self.target, self.tau = rules, eps, target, tau
+                 tau: float = 2.0, units: str = "removed") -> None:
+        if units not in ("removed", "all"):
+            raise ValueError(f"unknown reweighting units {units!r}: expected 'removed' or 'all'")
+        self.rules, self.eps, self.target, self.tau, self.units = rules, eps, target, tau, units
         self.lam: dict[str, float] = dict.fromkeys(rules, lam)
         self.alpha: dict[str, list[torch.Tensor]] = {}
 
@@ -91,8 +97,14 @@ class ReweightedGroupLasso:
             for name, rule in self.rules.items():
                 if removed_fraction(params[name], rule) > self.target:
                     self.lam[name] *= self.tau
-        self.alpha = {n: [1.0 / (e + self.eps) for e in unit_energies(params[n].detach(), r)]
-                      for n, r in self.rules.items()}
+        self.alpha = {}
+        for name, rule in self.rules.items():
+            w = params[name].detach()
+            alpha = [1.0 / (e + self.eps) for e in unit_energies(w, rule)]
+            if self.units == "removed":  # a unit with any weight the projection keeps is not penalised
+                kept = unit_energies(projection_mask(w, rule).to(w.dtype), rule)
+                alpha = [a * (k == 0) for a, k in zip(alpha, kept)]
+            self.alpha[name] = alpha
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         if not self.alpha:
@@ -119,7 +131,7 @@ class ReweightedGroupLasso:
                 w.data.mul_(family.spread(factor.to(w.dtype)))
 
     def state_dict(self) -> dict:
-        return {"alpha": {n: list(a) for n, a in self.alpha.items()}, "lam": dict(self.lam)}
+        return {"alpha": {n: list(a) for n, a in self.alpha.items()}, "lam": dict(self.lam), "units": self.units}
 
     def load_state_dict(self, state: dict) -> None:
         self.alpha = {n: list(a) for n, a in state["alpha"].items()}
