@@ -6,7 +6,8 @@
 #   admm-kgrc     ADMM + masked retraining (the demo's own run, reused)
 #   rew-kgrc      reweighted group-lasso + masked retraining
 #   admm-filter, admm-irregular, admm-kgs   other sparsity types, profiles searched for the same reduction
-# Writes docs/ablation.json and docs/ablation.png (mean +- std of video top-1 over the seeds).
+# Writes docs/ablation.json and docs/ablation.png (mean +- std of video top-1 over the seeds; ABLATION_JSON and
+# ABLATION_FIGURE put them elsewhere). ROOT and DATA_ROOT are the demo's folders above seed<s>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-0 1 2}
@@ -46,5 +47,5 @@ for s in $SEEDS; do
     done
   )
 done
-python scripts/ablation_summary.py --root "$ROOT" --seeds $SEEDS --json docs/ablation.json \
-  --figure docs/ablation.png
+python scripts/ablation_summary.py --root "$ROOT" --seeds $SEEDS --json "${ABLATION_JSON:-docs/ablation.json}" \
+  --figure "${ABLATION_FIGURE:-docs/ablation.png}"

@@ -17,7 +17,7 @@ SMALL=(--arch c3d --width-mult 0.25 --clip-len 8 --crop-size 56 --short-side 64 
        --sampling consecutive --workers 2 --dataset synthetic --data-location "$DATA/lmdb" --test-clips 2
        --optimizer adam --weight-decay 0 --dropout 0 --seed "$SEED")
 
-REW_LAMBDA=${REW_LAMBDA:-1e-3}   # first reweighting strength; doubled per layer until the target share is met
+REW_LAMBDA=${REW_LAMBDA:-1}      # first reweighting strength; doubled per layer each epoch until the target is met
 
 # prune_and_retrain PROFILE SUBDIR [METHOD]: prune from the dense model with METHOD, then masked retraining with
 # distillation. METHOD: admm (default), rew, or oneshot (the dense model projected by magnitude, then retrained

@@ -143,17 +143,18 @@ def test_bad_inputs(synthetic, dense, tmp_path):
     assert "another prune profile" in err
 
 
-def test_demo_script_end_to_end_at_toy_size(tmp_path):
-    """scripts/demo.sh itself (every step, the summary and the figures) with a handful of videos and epochs; the
-    final checkpoint holds the profile's pattern exactly."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
-           "CLASSES": "3", "VIDEOS": "4", "FRAMES": "16", "DENSE_EPOCHS": "1", "ADMM_EPOCHS": "1",
-           "RETRAIN_EPOCHS": "1"}
+def test_demo_and_ablation_scripts_end_to_end_at_toy_size(tmp_path):
+    """scripts/demo.sh itself (every step, the summary and the figures) with a handful of videos and epochs, then
+    scripts/ablation.sh on its output; the final checkpoints hold their profiles' patterns exactly."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEED": "3", "OUT": str(tmp_path / "out" / "seed3"),
+           "DATA": str(tmp_path / "data" / "seed3"), "CLASSES": "3", "VIDEOS": "4", "FRAMES": "16",
+           "DENSE_EPOCHS": "1", "ADMM_EPOCHS": "1", "RETRAIN_EPOCHS": "1"}
     out = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     import json
 
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "seed3" / "summary.json").read_text())
+    assert summary["seed"] == 3 and len(summary["dense_last_epochs"]) == 1 and summary["admm_max_residual"] >= 0
     assert summary["chance"] == pytest.approx(1 / 3) and summary["reduction"] > 2
     assert 0 <= summary["dense_top1"] <= 1 and 0 <= summary["pruned_top1"] <= 1
     ckpt = torch.load(summary["pruned_checkpoint"], weights_only=True)
@@ -162,8 +163,36 @@ def test_demo_script_end_to_end_at_toy_size(tmp_path):
     for name, rule in rules.items():
         assert torch.all(ckpt["model"][name][~ckpt["masks"][name]] == 0)
         check_group_counts(ckpt["masks"][name], rule)
-    figures = tmp_path / "out" / "retrain" / "figures"
+    figures = tmp_path / "out" / "seed3" / "retrain" / "figures"
     assert (figures / "macs_per_layer.png").stat().st_size > 0 and list(figures.glob("groups_*.png"))
+
+    env.update(ROOT=str(tmp_path / "out"), DATA_ROOT=str(tmp_path / "data"), SEEDS="3",
+               ABLATION_JSON=str(tmp_path / "ablation.json"), ABLATION_FIGURE=str(tmp_path / "ablation.png"))
+    out = subprocess.run(["bash", "scripts/ablation.sh"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ablation = json.loads((tmp_path / "ablation.json").read_text())
+    assert list(ablation["rows"]) == ["oneshot-kgrc", "admm-kgrc", "rew-kgrc", "admm-filter", "admm-irregular",
+                                      "admm-kgs"]
+    kgrc = ablation["rows"]["admm-kgrc"]["runs"][0]["reduction"]
+    for name, row in ablation["rows"].items():  # every row at the KGRC profile's MAC reduction (within 5%)
+        assert abs(row["runs"][0]["reduction"] / kgrc - 1) < 0.05, (name, row["runs"][0]["reduction"], kgrc)
+    assert (tmp_path / "ablation.png").stat().st_size > 0
+    # one-shot retrains for the pruning phase's epochs too: 1 + 1
+    oneshot = tmp_path / "out" / "seed3" / "ablation" / "oneshot-kgrc" / "retrain" / "metrics.jsonl"
+    assert oneshot.read_text().count("\n") == 2
+
+
+def test_demo_and_ablation_refuse_bad_seeds(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+    for script, var, value in (("demo.sh", "SEED", "1.5"), ("demo.sh", "SEED", "abc"), ("ablation.sh", "SEEDS", "0 x"),
+                               ("ablation.sh", "SEEDS", "0")):
+        out = subprocess.run(["bash", f"scripts/{script}"], cwd=ROOT, capture_output=True, text=True,
+                             env={**env, var: value, "ROOT": str(tmp_path / "none")})
+        assert out.returncode == 2, (script, value, out.stderr)
+        err = out.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert value.split()[-1] in err or "demo.sh" in err, err
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_sensitivity_search_on_the_train_split(synthetic, dense, tmp_path):
