@@ -431,9 +431,12 @@ def plots(args: argparse.Namespace, device: torch.device) -> dict:
     written.append(figures.macs_per_layer(rep, out / "macs_per_layer.png"))
     history = list(ckpt.get("history") or [])
     records = figures.read_metrics(Path(args.resume).parent / "metrics.jsonl")
-    residuals = [{"epoch": r["epoch"], **r["residual"]} for r in records if isinstance(r.get("residual"), dict)]
+    series = {"ADMM primal residual ||W-Z||/||W||": "residual", "ADMM rho per layer": "rho_layer",
+              "rew: norm share the hard prune removes": "removed"}
+    per_layer = {title: [{"epoch": r["epoch"], **r[key]} for r in records if isinstance(r.get(key), dict)]
+                 for title, key in series.items()}
     if history:
-        written.append(figures.training_curves(history, out / "training_curves.png", residuals or None))
+        written.append(figures.training_curves(history, out / "training_curves.png", per_layer))
     bench_json = Path(args.benchmark_json or Path(args.resume).parent / "benchmark.json")
     if bench_json.exists():
         written.append(figures.latency_per_layer(json.loads(bench_json.read_text()), out / "latency_per_layer.png"))

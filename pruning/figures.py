@@ -52,14 +52,17 @@ def macs_per_layer(report: ModelReport, path: Path) -> Path:
     return _save(fig, path)
 
 
-def training_curves(history: list[dict], path: Path, residuals: list[dict] | None = None) -> Path:
-    """Loss, accuracy and (for ADMM) the primal residual per layer, over epochs."""
-    panels = 3 if residuals else 2
+def training_curves(history: list[dict], path: Path, per_layer: dict[str, list[dict]] | None = None) -> Path:
+    """Loss and accuracy over epochs, then one panel per per-layer series (ADMM's primal residual and rho, the
+    norm share reweighting would still remove): {title: [{"epoch": e, layer: value, ...}, ...]}."""
+    per_layer = {k: v for k, v in (per_layer or {}).items() if v}
+    panels = 2 + len(per_layer)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     ep = [h["epoch"] for h in history]
     axes[0].plot(ep, [h.get("loss", float("nan")) for h in history], marker="o", label="loss")
     if any(h.get("penalty") for h in history):
         axes[0].plot(ep, [h.get("penalty", 0) for h in history], marker=".", label="penalty")
+        axes[0].set_yscale("log")  # the penalty can be orders of magnitude above the loss
     axes[0].set_xlabel("epoch")
     axes[0].legend()
     for key in ("train_top1", "clip_top1", "video_top1"):
@@ -67,13 +70,13 @@ def training_curves(history: list[dict], path: Path, residuals: list[dict] | Non
     axes[1].set_xlabel("epoch")
     axes[1].set_ylim(0, 1)
     axes[1].legend()
-    if residuals:
-        for name in (k for k in residuals[0] if k != "epoch"):  # each record is {"epoch": e, layer: residual}
-            axes[2].semilogy([r["epoch"] for r in residuals], [r[name] for r in residuals if name in r],
-                             label=name.removesuffix(".weight"))
-        axes[2].set_title("ADMM primal residual ||W-Z||/||W||")
-        axes[2].set_xlabel("epoch")
-        axes[2].legend(fontsize=6)
+    for ax, (title, records) in zip(axes[2:], per_layer.items()):
+        for name in (k for k in records[0] if k != "epoch"):
+            pts = [(r["epoch"], r[name]) for r in records if name in r and r[name] > 0]
+            ax.semilogy([e for e, _ in pts], [v for _, v in pts], marker=".", label=name.removesuffix(".weight"))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6)
     return _save(fig, path)
 
 
