@@ -48,6 +48,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.batch_size is None:  # clips per step when training; latency is measured per clip
         args.batch_size = 1 if args.phase == "benchmark" else 16
     args.total_epochs = args.epochs * (args.rho_num if args.phase == "admm" else 1)
+    if args.admm_epochs is None:
+        args.admm_epochs = 1 if args.rho_schedule == "balance" else 10
     if args.hflip is None:
         args.hflip = args.dataset != "synthetic"
     return args

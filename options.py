@@ -105,8 +105,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--rho-max", type=float, default=None,
                    help="balance: upper bound of rho; default (1 - momentum) / lr for SGD (beyond it the penalty's "
                         "own step overshoots), 1e4 for Adam")
-    g.add_argument("--admm-epochs", "--admm_epochs", dest="admm_epochs", type=int, default=10,
-                   help="epochs between Z/U updates")
+    g.add_argument("--admm-epochs", "--admm_epochs", dest="admm_epochs", type=int, default=None,
+                   help="epochs between Z/U steps; default 1 with --rho-schedule balance (it adapts rho at each "
+                        "step), 10 with stages (the published cadence)")
     g.add_argument("--admm-iters", type=int, default=None, help="iterations between Z/U updates (small data)")
     g.add_argument("--admm-lr-cycle", action="store_true", help="RT3D's lr pattern per cycle: 1, 1/2, 1/4")
     g.add_argument("--one-shot", action="store_true",
