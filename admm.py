@@ -6,12 +6,14 @@ minimise f(W) subject to W_l in S_l. With auxiliary Z and scaled dual U, per pru
     U-step:  U_l = U_l + W_l - Z_l
 Whenever rho_l changes by a factor c, U_l is divided by c: the unscaled dual rho_l * U_l is what carries over.
 
-Two rho schedules (docs/algorithms.md, "ADMM"):
-- ``balance`` (default): after each Z/U step, residual balancing (Boyd et al. 2011, section 3.4.1) per layer:
-  with the primal residual r = ||W - Z|| and the dual residual s = rho ||Z - Z_prev||, rho is multiplied by tau
-  when r > mu * s and divided by tau when s > mu * r. A fixed small rho leaves W far from the sparse set when the
-  budget is short (the W-step moves each weight by about one learning rate per step); balancing raises rho only
-  as long as the constraint, not the sparse solution itself, is what is still moving.
+Three rho schedules, per layer (docs/algorithms.md, "ADMM"), with r = ||W - Z|| / ||W|| the primal residual at a
+Z/U step and s = rho ||Z - Z_prev|| / ||W|| the dual one:
+- ``residual`` (default): the augmented-Lagrangian penalty update (Bertsekas 1982; Nocedal & Wright, Numerical
+  Optimization, Algorithm 17.4): rho is multiplied by tau whenever r did not shrink by the factor gamma since the
+  previous Z/U step and is still above tol. It raises rho exactly as long as the constraint is not being met fast
+  enough, and stops once it is met: a larger rho would only hold the kept weights still.
+- ``balance``: residual balancing (Boyd et al. 2011, section 3.4.1): rho x tau when r > mu * s, rho / tau when
+  s > mu * r. With SGD's noise the kept weights keep moving, so s stays near r and rho stalls.
 - ``stages``: the published schedule, rho0 * 10^stage over ``rho_num`` stages of equal length.
 """
 
@@ -24,23 +26,26 @@ from torch import nn
 
 from pruning import LayerRule, project
 
-SCHEDULES = ("balance", "stages")
+SCHEDULES = ("balance", "residual", "stages")
 
 
 class ADMM:
     def __init__(self, rules: dict[str, LayerRule], rho: float = 1e-4, rho_num: int = 4,
-                 keep_masks: dict[str, torch.Tensor] | None = None, schedule: str = "balance",
-                 mu: float = 10.0, tau: float = 2.0, rho_max: float = 1e4) -> None:
+                 keep_masks: dict[str, torch.Tensor] | None = None, schedule: str = "residual",
+                 mu: float = 10.0, tau: float = 2.0, rho_max: float = 1e4, gamma: float = 0.5,
+                 tol: float = 0.01) -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown rho schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
         self.rules = rules
         self.rho0, self.rho_num = rho, rho_num
         self.schedule, self.mu, self.tau, self.rho_max = schedule, mu, tau, rho_max
+        self.gamma, self.tol = gamma, tol
         self.stage = 0
         self.rho: dict[str, float] = {name: rho for name in rules}
         self.Z: dict[str, torch.Tensor] = {}
         self.U: dict[str, torch.Tensor] = {}
         self.dual: dict[str, float] = {}  # last dual residual s = rho ||Z - Z_prev|| / ||W|| per layer
+        self.primal: dict[str, float] = {}  # last primal residual ||W - Z|| / ||W|| per layer, at the Z/U step
         # --combine-progressive: weights already pruned stay pruned, in Z too.
         self.keep_masks = keep_masks or {}
 
@@ -78,14 +83,19 @@ class ADMM:
             z_prev = self.Z[name]
             self.Z[name] = self._project(name, w + self.U[name])
             self.U[name] = self.U[name] + w - self.Z[name]
-            primal = float((w - self.Z[name]).norm())
-            dual = self.rho[name] * float((self.Z[name] - z_prev).norm())
-            self.dual[name] = dual / max(float(w.norm()), 1e-12)
+            scale = max(float(w.norm()), 1e-12)
+            primal = float((w - self.Z[name]).norm()) / scale
+            dual = self.rho[name] * float((self.Z[name] - z_prev).norm()) / scale
+            previous = self.primal.get(name)
+            self.primal[name], self.dual[name] = primal, dual
             if self.schedule == "balance":
                 if primal > self.mu * dual:
                     self._set_rho(name, min(self.rho[name] * self.tau, self.rho_max))
                 elif dual > self.mu * primal:
                     self._set_rho(name, self.rho[name] / self.tau)
+            elif self.schedule == "residual" and previous is not None and primal > max(self.tol,
+                                                                                        self.gamma * previous):
+                self._set_rho(name, min(self.rho[name] * self.tau, self.rho_max))
 
     def _set_rho(self, name: str, rho: float) -> None:
         self.U[name] = self.U[name] * (self.rho[name] / rho)
@@ -119,7 +129,7 @@ class ADMM:
     def state_dict(self) -> dict:
         return {"Z": dict(self.Z), "U": dict(self.U), "rho": dict(self.rho), "rho0": self.rho0, "stage": self.stage,
                 "rho_num": self.rho_num, "schedule": self.schedule, "mu": self.mu, "tau": self.tau,
-                "rho_max": self.rho_max, "dual": dict(self.dual)}
+                "rho_max": self.rho_max, "gamma": self.gamma, "tol": self.tol, "dual": dict(self.dual), "primal": dict(self.primal)}
 
     def load_state_dict(self, state: dict) -> None:
         self.Z = {k: v.clone() for k, v in state["Z"].items()}
@@ -132,4 +142,6 @@ class ADMM:
         self.schedule = state.get("schedule", "stages")
         self.mu, self.tau = float(state.get("mu", self.mu)), float(state.get("tau", self.tau))
         self.rho_max = float(state.get("rho_max", self.rho_max))
+        self.gamma, self.tol = float(state.get("gamma", self.gamma)), float(state.get("tol", self.tol))
         self.dual = {k: float(v) for k, v in state.get("dual", {}).items()}
+        self.primal = {k: float(v) for k, v in state.get("primal", {}).items()}

@@ -49,7 +49,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.batch_size = 1 if args.phase == "benchmark" else 16
     args.total_epochs = args.epochs * (args.rho_num if args.phase == "admm" else 1)
     if args.admm_epochs is None:
-        args.admm_epochs = 1 if args.rho_schedule == "balance" else 10
+        args.admm_epochs = 10 if args.rho_schedule == "stages" else 1
     if args.hflip is None:
         args.hflip = args.dataset != "synthetic"
     return args
@@ -242,7 +242,8 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
     data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
     solver = ADMM(rules, rho=args.rho, rho_num=args.rho_num, keep_masks=old, schedule=args.rho_schedule,
-                  mu=args.rho_mu, tau=args.rho_tau, rho_max=args.rho_max or default_rho_max(args))
+                  mu=args.rho_mu, tau=args.rho_tau, rho_max=args.rho_max or default_rho_max(args),
+                  gamma=args.rho_gamma, tol=args.rho_tol)
     solver.initialize(model)
     dist_utils.broadcast_tensors(solver.Z)
 
@@ -272,7 +273,7 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
 def default_rho_max(args: argparse.Namespace) -> float:
     """SGD moves W towards Z - U by lr * rho / (1 - momentum) of the gap per step: above 1 it overshoots. Adam
     normalises the step, so no such bound (and a coupled penalty acts weakly: docs/algorithms.md)."""
-    return (1 - args.momentum) / args.lr if args.optimizer == "sgd" else 1e4
+    return float(f"{(1 - args.momentum) / args.lr:.6g}") if args.optimizer == "sgd" else 1e4
 
 
 def rew(args: argparse.Namespace, device: torch.device) -> dict:

@@ -96,20 +96,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--rho", type=float, default=1e-4, help="initial penalty")
     g.add_argument("--rho-num", "--rho_num", dest="rho_num", type=int, default=4,
                    help="rho stages: ADMM runs --epochs x --rho-num epochs; with --rho-schedule stages rho x10 each")
-    g.add_argument("--rho-schedule", choices=("balance", "stages"), default="balance",
-                   help="balance: rho per layer by residual balancing at each Z/U step; stages: the published x10 "
-                        "per stage")
-    g.add_argument("--rho-mu", type=float, default=10.0, help="balance: change rho when one residual exceeds "
-                                                             "mu times the other")
-    g.add_argument("--rho-tau", type=float, default=2.0, help="balance: factor rho changes by")
+    g.add_argument("--rho-schedule", choices=("residual", "balance", "stages"), default="residual",
+                   help="residual: at each Z/U step, rho x tau in every layer whose primal residual did not shrink "
+                        "by --rho-gamma; balance: Boyd's residual balancing; stages: the published x10 per stage")
+    g.add_argument("--rho-gamma", type=float, default=0.5, help="residual: the shrink factor expected per Z/U step")
+    g.add_argument("--rho-tol", type=float, default=0.01,
+                   help="residual: primal residual ||W-Z||/||W|| at which rho stops rising")
+    g.add_argument("--rho-mu", type=float, default=10.0, help="balance: change rho when one residual "
+                                                             "exceeds mu times the other")
+    g.add_argument("--rho-tau", type=float, default=2.0, help="residual, balance: factor rho changes by")
     g.add_argument("--rho-max", type=float, default=None,
-                   help="balance: upper bound of rho; default (1 - momentum) / lr for SGD (beyond it the penalty's "
-                        "own step overshoots), 1e4 for Adam")
+                   help="residual, balance: upper bound of rho; default (1 - momentum) / lr for SGD (beyond it the "
+                        "penalty's own step overshoots), 1e4 for Adam")
     g.add_argument("--admm-epochs", "--admm_epochs", dest="admm_epochs", type=int, default=None,
                    help="epochs between Z/U steps; default 1 with --rho-schedule balance (it adapts rho at each "
                         "step), 10 with stages (the published cadence)")
     g.add_argument("--admm-iters", type=int, default=None, help="iterations between Z/U updates (small data)")
-    g.add_argument("--admm-lr-cycle", action="store_true", help="RT3D's lr pattern per cycle: 1, 1/2, 1/4")
+    g.add_argument("--admm-lr", choices=("constant", "cycle", "cosine"), default="constant",
+                   help="lr during ADMM: constant, RT3D's 1, 1/2, 1/4 within each Z/U cycle, or cosine to 0 over the "
+                        "phase (the W-step's noise shrinks, so both residuals can)")
+    g.add_argument("--admm-lr-cycle", dest="admm_lr", action="store_const", const="cycle",
+                   help="the same as --admm-lr cycle (RT3D's spelling)")
     g.add_argument("--one-shot", action="store_true",
                    help="--masked-retrain from a dense model: one-shot magnitude projection, then retraining")
     g.add_argument("--combine-progressive", "--combine_progressive", dest="combine_progressive",

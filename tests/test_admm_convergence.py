@@ -8,6 +8,7 @@ a random start; a fixed small rho, with the same steps, must not (otherwise the 
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -72,11 +73,12 @@ def run_admm(schedule: str, steps: int = 1500, every: int = 20, seed: int = 0):
     return layer, solver, A, y, w_true
 
 
-def test_balanced_admm_reaches_the_exact_sparse_optimum():
-    layer, solver, A, y, w_true = run_admm("balance")
+@pytest.mark.parametrize("schedule", ["residual", "balance"])
+def test_adaptive_rho_reaches_the_exact_sparse_optimum(schedule):
+    layer, solver, A, y, w_true = run_admm(schedule)
     res = solver.residuals(layer)[NAME]["residual"]
     assert res <= 0.05, res
-    assert solver.rho[NAME] > 1e-4 * 2 ** 5  # rho was raised by the balancing
+    assert solver.rho[NAME] > 1e-4 * 2 ** 5  # rho was raised by the schedule
     _, mask = project(layer.weight.detach(), RULE)
     _, true_mask = project(w_true, RULE)
     assert torch.equal(mask, true_mask)  # the optimum's support
@@ -123,6 +125,28 @@ def test_rho_change_rescales_u_so_rho_u_is_unchanged():
     assert not solver2.U[NAME].any()
 
 
+def test_residual_schedule_doubles_rho_only_while_the_residual_shrinks_too_slowly():
+    torch.manual_seed(1)
+    layer = Layer(torch.randn(16, 8, 3, 3, 3))
+    solver = ADMM({NAME: RULE}, rho=1.0, schedule="residual", gamma=0.5, rho_max=3.0)
+    solver.initialize(layer)
+    solver.update(layer)  # the first step only records r
+    assert solver.rho[NAME] == 1.0
+    u = solver.U[NAME].clone()
+    solver.update(layer)  # W unchanged: r did not halve -> rho x2, U / 2 (rho * U kept)
+    assert solver.rho[NAME] == 2.0
+    torch.testing.assert_close(solver.rho[NAME] * solver.U[NAME], 1.0 * (u + layer.weight.detach() - solver.Z[NAME]))
+    with torch.no_grad():  # W lands in the set with U = 0: r drops to 0 -> rho kept
+        layer.weight.copy_(solver.Z[NAME])
+    solver.U[NAME].zero_()
+    solver.update(layer)
+    assert solver.primal[NAME] == 0 and solver.rho[NAME] == 2.0
+    with torch.no_grad():  # and leaves it again: r grows -> rho x2, bounded by rho_max
+        layer.weight.add_(torch.randn_like(layer.weight))
+    solver.update(layer)
+    assert solver.rho[NAME] == 3.0
+
+
 def test_stages_schedule_is_the_published_one():
     layer = Layer(torch.randn(16, 8, 3, 3, 3))
     solver = ADMM({NAME: RULE}, rho=1e-4, rho_num=4, schedule="stages")
@@ -142,7 +166,7 @@ def test_state_round_trip_keeps_per_layer_rho_and_reads_old_checkpoints():
     solver._set_rho(NAME, 0.25)
     other = ADMM({NAME: RULE}, rho=1e-3)
     other.load_state_dict(solver.state_dict())
-    assert other.rho == {NAME: 0.25} and other.schedule == "balance"
+    assert other.rho == {NAME: 0.25} and other.schedule == "residual"
     old = {k: v for k, v in solver.state_dict().items() if k in ("Z", "U", "rho0", "stage", "rho_num")}
     old["rho"] = 0.1  # one float before rho was per layer
     other.load_state_dict(old)

@@ -316,9 +316,7 @@ def hooks_scheduler(args, optimizer, iters_per_epoch: int, phase: str):
 
     total = args.total_epochs * iters_per_epoch // max(1, args.accum_steps)
     warm = args.warmup_epochs * iters_per_epoch // max(1, args.accum_steps) if args.warmup else 0
-    kind = "constant" if phase == "admm" and not args.admm_lr_cycle else args.lr_scheduler
-    if phase == "admm" and args.admm_lr_cycle:
-        kind = "cycle"
+    kind = args.admm_lr if phase == "admm" else args.lr_scheduler
     if kind == "cycle":  # RT3D: full, half, quarter lr inside each ADMM cycle
         cycle = max(1, args.admm_epochs * iters_per_epoch)
 
