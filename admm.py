@@ -129,7 +129,8 @@ class ADMM:
     def state_dict(self) -> dict:
         return {"Z": dict(self.Z), "U": dict(self.U), "rho": dict(self.rho), "rho0": self.rho0, "stage": self.stage,
                 "rho_num": self.rho_num, "schedule": self.schedule, "mu": self.mu, "tau": self.tau,
-                "rho_max": self.rho_max, "gamma": self.gamma, "tol": self.tol, "dual": dict(self.dual), "primal": dict(self.primal)}
+                "rho_max": self.rho_max, "gamma": self.gamma, "tol": self.tol, "dual": dict(self.dual),
+                "primal": dict(self.primal)}
 
     def load_state_dict(self, state: dict) -> None:
         self.Z = {k: v.clone() for k, v in state["Z"].items()}
