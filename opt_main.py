@@ -246,6 +246,9 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
                   gamma=args.rho_gamma, tol=args.rho_tol)
     solver.initialize(model)
     dist_utils.broadcast_tensors(solver.Z)
+    if args.optimizer == "adam" and dist_utils.is_main():
+        print("note: --admm with --optimizer adam: Adam rescales the penalty's gradient, so W may never reach Z; "
+              "SGD is what ADMM needs (docs/algorithms.md)", file=sys.stderr)
 
     def z_u_step() -> None:
         solver.update(model)
