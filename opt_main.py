@@ -42,9 +42,13 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options whose default depends on the arch or dataset."""
     info = arch_info(args.arch)
     args.arch = info.name
-    args.crop_size = args.crop_size or info.crop_size
-    args.short_side = args.short_side or info.short_side
+    args.crop_size = info.crop_size if args.crop_size is None else args.crop_size
+    args.short_side = info.short_side if args.short_side is None else args.short_side
     args.phase = phase_of(args)
+    trains = args.phase in ("train", "admm", "rew", "masked_retrain")
+    if trains and args.short_side < args.crop_size:  # a random crop must fit in the resized frame
+        raise UserError(f"--short-side {args.short_side} is smaller than --crop-size {args.crop_size}; "
+                        f"allowed: --short-side >= {args.crop_size}")
     if args.batch_size is None:  # clips per step when training; latency is measured per clip
         args.batch_size = 1 if args.phase == "benchmark" else 16
     args.total_epochs = args.epochs * (args.rho_num if args.phase == "admm" else 1)
@@ -568,7 +572,11 @@ def cli(argv: list[str] | None = None) -> int:
     from datasets.errors import DataError
 
     try:
-        main(parse_args(argv))
+        args = parse_args(argv)
+    except SystemExit as e:  # argparse has printed its one line (or --help); return its code like any refusal
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        main(args)
     except (UserError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,17 +8,106 @@ on the command line override it.
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
+import re
+import reprlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import yaml
 
 PHASES = ("train", "admm", "rew", "masked_retrain", "evaluate", "report", "benchmark", "plots", "target_reduction",
           "export")
+DERIVED = ("phase", "total_epochs")  # in the args.yaml beside a checkpoint: opt_main.resolve_defaults' results
+MIN_CROP = 16  # the smallest crop the models take (C3D's five 2x2 poolings)
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 40
+
+
+def shown(value: Any) -> str:
+    """A value for an error message: its repr, shortened so a huge value cannot flood the terminal."""
+    return _short.repr(value)
+
+
+# ------------------------------------------------------------------------------------------ option value types
+def _allowed(kind: str, lo, hi, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{kind} {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"{kind} {'<' if hi_open else '<='} {hi:g}"
+    return kind
+
+
+def _checked(kind: str, parse: Callable[[str], Any], lo, hi, lo_open: bool, hi_open: bool, why: str,
+             name: str) -> Callable[[str], Any]:
+    """An argparse `type=`: parse the string, refuse what lies outside the interval, saying what is allowed."""
+    allowed = _allowed(kind, lo, hi, lo_open, hi_open)
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not {kind}; allowed: {allowed}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not a finite number; allowed: {allowed}")
+        if (lo is not None and (value <= lo if lo_open else value < lo)) or \
+                (hi is not None and (value >= hi if hi_open else value > hi)):
+            note = f" ({why})" if why else ""
+            raise argparse.ArgumentTypeError(f"{shown(text)} is out of range{note}; allowed: {allowed}")
+        return value
+
+    convert.__name__ = name
+    convert.allowed = allowed
+    return convert
+
+
+def int_range(lo: int | None = None, hi: int | None = None, why: str = "", name: str = "int_range"):
+    """`type=` for an integer in [lo, hi]; a bound of None is no bound."""
+    return _checked("an integer", int, lo, hi, False, False, why, name)
+
+
+def finite_float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
+                 why: str = "", name: str = "finite_float"):
+    """`type=` for a finite number between lo and hi; `lo_open` / `hi_open` exclude the bound itself."""
+    return _checked("a number", float, lo, hi, lo_open, hi_open, why, name)
+
+
+positive_int = int_range(1, name="positive_int")
+nonnegative_int = int_range(0, name="nonnegative_int")
+positive_float = finite_float(0, lo_open=True, name="positive_float")
+nonnegative_float = finite_float(0, name="nonnegative_float")
+fraction = finite_float(0, 1, hi_open=True, name="fraction")  # [0, 1): a share that is never the whole
+open_fraction = finite_float(0, 1, lo_open=True, hi_open=True, name="open_fraction")
+above_one = finite_float(1, lo_open=True, name="above_one")  # a factor that must grow
+pixels = int_range(MIN_CROP, why="too small for the models", name="pixels")
+
+
+def _cut(text: str, keep: int = 40) -> str:
+    return text if len(text) <= keep else f"{text[:keep // 2]}...{text[-keep // 2:]}"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a refused command line is one line on stderr, `error: <message>`, and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse writes "argument --batch-size/-b/--batch_size: ..."; name the option by its first spelling
+        message = re.sub(r"^argument ([^/:\s]+)(?:/\S+?)?: ", r"\1: ", str(message))
+        message = re.sub(r"invalid choice: (.*) \(choose from (.*)\)$",
+                         lambda m: f"{_cut(m[1])} is not allowed; allowed: one of {m[2]}", message)
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
+        if len(message) > 400:
+            message = f"{message[:250]} ... {message[-100:]}"
+        self.exit(2, f"error: {message}\n")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("prune3d: kernel-group sparsity for 3D CNNs", add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser("prune3d: kernel-group sparsity for 3D CNNs", add_help=add_help,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--args-file", default=None, help="YAML of option defaults; the command line overrides it")
 
     g = p.add_argument_group("phase (pick one)")
@@ -32,14 +121,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     x.add_argument("--report", action="store_true", help="print the per-layer MAC/parameter report and exit")
     x.add_argument("--benchmark", action="store_true", help="measure dense vs compact latency side by side")
     x.add_argument("--plots", action="store_true", help="write figures for the checkpoint given by --resume")
-    x.add_argument("--target-reduction", type=float, default=None,
+    x.add_argument("--target-reduction", type=above_one, default=None,
                    help="search a profile reaching this whole-model MAC reduction and write it (--search-out)")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", "-a", default="c3d", help="c3d | r2+1d | s3d")
-    g.add_argument("--num-classes", type=int, default=None, help="default: from the dataset (101 for ucf101)")
-    g.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (c3d)")
-    g.add_argument("--dropout", type=float, default=None,
+    g.add_argument("--num-classes", type=positive_int, default=None, help="default: from the dataset (101 for ucf101)")
+    g.add_argument("--width-mult", type=positive_float, default=1.0, help="channel width multiplier (c3d)")
+    g.add_argument("--dropout", type=fraction, default=None,
                    help="dropout before the classifier; default the published 0.5 (c3d) / 0.2 (s3d)")
     g.add_argument("--load-path", "--load_path", default=None,
                    help="starting weights: baseline or an earlier phase's checkpoint")
@@ -50,7 +139,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="profile name or path; two files (KGR then KGC) combine into kgrc")
     g.add_argument("--sparsity-type", "--sparsity_type", default=None,
                    help="irregular|filter|channel|blk-vanilla|kgs|kgr|kgc|kgrc (for profiles that carry none)")
-    g.add_argument("--group-size", "--group_size", type=int, nargs=2, default=None, metavar=("GM", "GN"),
+    g.add_argument("--group-size", "--group_size", type=positive_int, nargs=2, default=None, metavar=("GM", "GN"),
                    help="kernel group size (default per type: 8 4 for kgs/blk-vanilla, 8 8 for kgr/kgc/kgrc)")
     g.add_argument("--balanced", action="store_true", default=None, help="kgs: same count removed in every group")
     g.add_argument("--score", choices=("l2", "l2-per-weight"), default=None,
@@ -63,55 +152,57 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--data-location", "--data_location", dest="data_location", default=None,
                    help="folder with train.lmdb/val.lmdb (or frame folders with train.txt/val.txt)")
     g.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
-    g.add_argument("--clip-len", type=int, default=16, help="frames per clip")
-    g.add_argument("--crop-size", type=int, default=None, help="default: 112 (224 for s3d)")
-    g.add_argument("--short-side", type=int, default=None, help="resize before crop; default 128 (256 for s3d)")
+    g.add_argument("--clip-len", type=positive_int, default=16, help="frames per clip")
+    g.add_argument("--crop-size", type=pixels, default=None, help="default: 112 (224 for s3d)")
+    g.add_argument("--short-side", type=pixels, default=None, help="resize before crop; default 128 (256 for s3d)")
     g.add_argument("--sampling", choices=("segment", "consecutive"), default="segment")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips in training; default on, off for --dataset synthetic, whose "
                         "classes include left vs right motion")
-    g.add_argument("--test-clips", type=int, default=1, help="clips per video at evaluation (video-level accuracy)")
-    g.add_argument("--workers", "-j", type=int, default=4)
+    g.add_argument("--test-clips", type=positive_int, default=1,
+                   help="clips per video at evaluation (video-level accuracy)")
+    g.add_argument("--workers", "-j", type=nonnegative_int, default=4)
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", "--epoch", dest="epochs", type=int, default=50,
+    g.add_argument("--epochs", "--epoch", dest="epochs", type=positive_int, default=50,
                    help="epochs (per rho stage for --admm)")
-    g.add_argument("--batch-size", "-b", "--batch_size", dest="batch_size", type=int, default=None,
+    g.add_argument("--batch-size", "-b", "--batch_size", dest="batch_size", type=positive_int, default=None,
                    help="default 16 for training, 1 for --benchmark")
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4)
+    g.add_argument("--lr", type=finite_float(0, 10, lo_open=True, why="not a learning rate"), default=1e-3)
+    g.add_argument("--momentum", type=fraction, default=0.9)
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=nonnegative_float, default=5e-4)
     g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     g.add_argument("--lr-scheduler", "--lr_scheduler", dest="lr_scheduler", choices=("cosine", "step", "default"),
                    default="cosine")
     g.add_argument("--warmup", action="store_true", help="linear warm-up before the schedule")
-    g.add_argument("--warmup-lr", type=float, default=1e-5)
-    g.add_argument("--warmup-epochs", type=int, default=5)
-    g.add_argument("--smooth-eps", "--smooth_eps", dest="smooth_eps", type=float, default=0.0,
+    g.add_argument("--warmup-lr", type=finite_float(0, 10, why="not a learning rate"), default=1e-5)
+    g.add_argument("--warmup-epochs", type=nonnegative_int, default=5)
+    g.add_argument("--smooth-eps", "--smooth_eps", dest="smooth_eps", type=fraction, default=0.0,
                    help="label smoothing")
-    g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
     g.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (CUDA only)")
 
     g = p.add_argument_group("ADMM")
-    g.add_argument("--rho", type=float, default=1e-4, help="initial penalty")
-    g.add_argument("--rho-num", "--rho_num", dest="rho_num", type=int, default=4,
+    g.add_argument("--rho", type=positive_float, default=1e-4, help="initial penalty")
+    g.add_argument("--rho-num", "--rho_num", dest="rho_num", type=positive_int, default=4,
                    help="rho stages: ADMM runs --epochs x --rho-num epochs; with --rho-schedule stages rho x10 each")
     g.add_argument("--rho-schedule", choices=("residual", "balance", "stages"), default="residual",
                    help="residual: at each Z/U step, rho x tau in every layer whose primal residual did not shrink "
                         "by --rho-gamma; balance: Boyd's residual balancing; stages: the published x10 per stage")
-    g.add_argument("--rho-gamma", type=float, default=0.5, help="residual: the shrink factor expected per Z/U step")
-    g.add_argument("--rho-tol", type=float, default=0.01,
+    g.add_argument("--rho-gamma", type=open_fraction, default=0.5,
+                   help="residual: the shrink factor expected per Z/U step")
+    g.add_argument("--rho-tol", type=nonnegative_float, default=0.01,
                    help="residual: primal residual ||W-Z||/||W|| at which rho stops rising")
-    g.add_argument("--rho-mu", type=float, default=10.0, help="balance: change rho when one residual "
-                                                             "exceeds mu times the other")
-    g.add_argument("--rho-tau", type=float, default=2.0, help="residual, balance: factor rho changes by")
-    g.add_argument("--rho-max", type=float, default=None,
+    g.add_argument("--rho-mu", type=above_one, default=10.0,
+                   help="balance: change rho when one residual exceeds mu times the other")
+    g.add_argument("--rho-tau", type=above_one, default=2.0, help="residual, balance: factor rho changes by")
+    g.add_argument("--rho-max", type=positive_float, default=None,
                    help="residual, balance: upper bound of rho; default (1 - momentum) / lr for SGD (beyond it the "
                         "penalty's own step overshoots), 1e4 for Adam")
-    g.add_argument("--admm-epochs", "--admm_epochs", dest="admm_epochs", type=int, default=None,
+    g.add_argument("--admm-epochs", "--admm_epochs", dest="admm_epochs", type=positive_int, default=None,
                    help="epochs between Z/U steps; default 1 with --rho-schedule balance (it adapts rho at each "
                         "step), 10 with stages (the published cadence)")
-    g.add_argument("--admm-iters", type=int, default=None, help="iterations between Z/U updates (small data)")
+    g.add_argument("--admm-iters", type=positive_int, default=None, help="iterations between Z/U updates (small data)")
     g.add_argument("--admm-lr", choices=("constant", "cycle", "cosine"), default="constant",
                    help="lr during ADMM: constant, RT3D's 1, 1/2, 1/4 within each Z/U cycle, or cosine to 0 over the "
                         "phase (the W-step's noise shrinks, so both residuals can)")
@@ -123,63 +214,199 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    action="store_true", help="start from a pruned checkpoint and keep its zeros")
 
     g = p.add_argument_group("reweighted group-lasso")
-    g.add_argument("--rew-lambda", type=float, default=1e-4, help="penalty weight")
-    g.add_argument("--rew-eps", type=float, default=1e-3, help="alpha = 1 / (||W_g||^2 + eps)")
-    g.add_argument("--rew-update-epochs", type=int, default=2, help="epochs between alpha updates")
+    g.add_argument("--rew-lambda", type=nonnegative_float, default=1e-4, help="penalty weight")
+    g.add_argument("--rew-eps", type=positive_float, default=1e-3, help="alpha = 1 / (||W_g||^2 + eps)")
+    g.add_argument("--rew-update-epochs", type=positive_int, default=2, help="epochs between alpha updates")
     g.add_argument("--rew-step", choices=("prox", "gradient"), default="prox",
                    help="prox: group soft-thresholding after each optimizer step (units reach exact zeros); "
                         "gradient: the penalty added to the loss (TCAD)")
     g.add_argument("--rew-units", choices=("removed", "all"), default="removed",
                    help="removed: penalise only the units the profile's projection currently removes; all: every "
                         "unit, as the papers do")
-    g.add_argument("--rew-target", type=float, default=0.01,
+    g.add_argument("--rew-target", type=fraction, default=0.01,
                    help="at each alpha update, double a layer's lambda while the hard prune would still remove "
                         "more than this share of its weight norm (0: lambda fixed)")
 
     g = p.add_argument_group("distillation")
     g.add_argument("--distill", action="store_true", help="knowledge distillation from the dense baseline")
     g.add_argument("--teacher-path", default=None, help="default: --load-path's dense baseline")
-    g.add_argument("--kd-temperature", type=float, default=3.0)
-    g.add_argument("--kd-alpha", type=float, default=0.5)
-    g.add_argument("--kd-off-epochs", type=int, default=3, help="switch distillation off for the last N epochs")
+    g.add_argument("--kd-temperature", type=positive_float, default=3.0)
+    g.add_argument("--kd-alpha", type=finite_float(0, 1), default=0.5)
+    g.add_argument("--kd-off-epochs", type=nonnegative_int, default=3,
+                   help="switch distillation off for the last N epochs")
 
     g = p.add_argument_group("output and runtime")
     g.add_argument("--save-dir", "--save_dir", dest="save_dir", default="checkpoints")
     g.add_argument("--name", default=None, help="run name (default: arch_dataset_profile_phase)")
     g.add_argument("--report-json", default=None, help="write the report as JSON")
     g.add_argument("--benchmark-json", default=None, help="write the benchmark as JSON")
-    g.add_argument("--threads", type=int, default=None, help="torch threads for --benchmark")
-    g.add_argument("--repeats", type=int, default=20, help="timed repeats for --benchmark")
+    g.add_argument("--threads", type=positive_int, default=None, help="torch threads for --benchmark")
+    g.add_argument("--repeats", type=positive_int, default=20, help="timed repeats for --benchmark")
     g.add_argument("--export", choices=("onnx",), default=None, help="export the pruned model")
     g.add_argument("--search", choices=("uniform", "sensitivity"), default="uniform",
                    help="--target-reduction: uniform ratios, or allocation by measured sensitivity (needs data)")
     g.add_argument("--search-out", default=None, help="where --target-reduction writes the profile YAML")
-    g.add_argument("--search-subset", type=int, default=64,
+    g.add_argument("--search-subset", type=positive_int, default=64,
                    help="clips per sensitivity evaluation, evenly spaced over the split")
     g.add_argument("--search-split", choices=("val", "train"), default="val",
                    help="where --search sensitivity measures; train (evaluation transform) keeps val untouched")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int_range(-2**31, 2**32 - 1), default=0)
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    g.add_argument("--print-freq", type=int, default=20)
-    g.add_argument("--max-iters", type=int, default=None, help="stop each epoch after N iterations (smoke runs)")
+    g.add_argument("--print-freq", type=positive_int, default=20)
+    g.add_argument("--max-iters", type=positive_int, default=None,
+                   help="stop each epoch after N iterations (smoke runs)")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse argv; defaults come from `--args-file` when given, then from the parser."""
+    """Parse argv; defaults come from `--args-file` when given, then from the parser. A refused value, on the
+    command line or in the args file, ends the run with one line `error: ...` on stderr and exit code 2."""
     parser = get_args_parser()
     pre, _ = parser.parse_known_args(argv)
     if pre.args_file:
-        path = Path(pre.args_file)
-        if not path.is_file():
-            parser.error(f"--args-file {path}: no such file")
-        defaults = yaml.safe_load(path.read_text()) or {}
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(defaults) - known)
-        if unknown:
-            parser.error(f"--args-file {path}: unknown option '{unknown[0]}'")
+        defaults = read_args_file(parser, pre.args_file)
+        if phase_of(pre) is not None:  # the command line's phase replaces the file's (args.yaml names its own)
+            defaults = {k: v for k, v in defaults.items() if k not in PHASES}
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    validate(args, parser)
+    return args
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> None:
+    """The checks a `type=` cannot make: those that ask the machine. Refusals go through `parser.error`."""
+    error = (parser or get_args_parser()).error
+    if args.device is not None:
+        problem = device_problem(args.device)
+        if problem:
+            error(f"--device: {shown(args.device)} {problem}")
+
+
+def device_problem(spec: str) -> str | None:
+    """Why `--device spec` cannot run here ("is not a device; allowed: cpu"), or None."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    allowed = "allowed: cpu" + (", cuda, cuda:N" if torch.cuda.is_available() else "") + (", mps" if has_mps else "")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        return f"is not a device; {allowed}"
+    if dev.type == "cpu":
+        return None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"needs a CUDA GPU and none is available here; {allowed}"
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            return f"is out of range: {count} CUDA device(s) here; allowed: cpu, cuda, cuda:0 to cuda:{count - 1}"
+        return None
+    if dev.type == "mps" and has_mps:
+        return None
+    return f"is not available here; {allowed}"
+
+
+# ------------------------------------------------------------------------------------------------- --args-file
+def read_args_file(parser: argparse.ArgumentParser, name: str) -> dict[str, Any]:
+    """The option defaults in a YAML file, each value checked by its option's own `type` and `choices`.
+    Anything wrong (unreadable, not UTF-8, not YAML, not a mapping, an unknown key, a bad value) is one line."""
+    where = f"--args-file {name if len(name) <= 160 and name.isprintable() else shown(name)}"
+    path = Path(name)
+    try:
+        if not path.is_file():
+            parser.error(f"{where}: {'not a file' if path.exists() else 'no such file'}")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        parser.error(f"{where}: not UTF-8 text (byte {e.start}); expected YAML like the args.yaml beside a checkpoint")
+    except (OSError, ValueError) as e:  # permissions, a name too long, a NUL in the name
+        parser.error(f"{where}: cannot read it: {getattr(e, 'strerror', None) or e}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        parser.error(f"{where}: not valid YAML{at}: {problem}")
+    except RecursionError:
+        parser.error(f"{where}: not valid YAML: nested too deeply")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        parser.error(f"{where}: must be a YAML mapping of option: value, not a {type(data).__name__}")
+    actions = _actions_by_dest(parser)
+    unknown = sorted(str(k) for k in data if k not in actions and k not in DERIVED)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], list(actions), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        parser.error(f"{where}: unknown option {shown(unknown[0])}{hint}")
+    out = {}
+    for key, value in data.items():
+        if key in DERIVED:
+            continue
+        try:
+            out[key] = _value_from_file(actions[key], value)
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"{where}: {key} ({actions[key].option_strings[0]}): {e}")
+    return out
+
+
+def _actions_by_dest(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """dest -> the action that sets it; where several do (--admm-lr, --admm-lr-cycle), the one taking a value."""
+    acts: dict[str, argparse.Action] = {}
+    for a in parser._actions:
+        if a.dest in (argparse.SUPPRESS, "help"):
+            continue
+        if a.dest not in acts or (acts[a.dest].nargs == 0 and a.nargs != 0):
+            acts[a.dest] = a
+    return acts
+
+
+def _value_from_file(action: argparse.Action, value: Any) -> Any:
+    """A YAML value as the command line would have given it, through the option's `type` and `choices`."""
+    if value is None:
+        if action.default is None:
+            return None
+        raise argparse.ArgumentTypeError(f"null is not allowed; allowed: {_allowed_for(action)}")
+    if action.nargs == 0:  # a flag
+        if isinstance(value, bool) and action.const in (True, False, None):
+            return value
+        raise argparse.ArgumentTypeError(f"{shown(value)} is not allowed; allowed: true or false")
+    if action.nargs in (None, "?"):
+        return _one_value(action, value)
+    values = value if isinstance(value, list) else [value]
+    if isinstance(action.nargs, int) and len(values) != action.nargs:
+        raise argparse.ArgumentTypeError(f"{shown(value)} is not a list of {action.nargs} values")
+    if not values and action.nargs == "+":
+        raise argparse.ArgumentTypeError("an empty list is not allowed; allowed: one value or more")
+    return [_one_value(action, v) for v in values]
+
+
+def _one_value(action: argparse.Action, value: Any) -> Any:
+    if isinstance(value, bool):
+        hint = " (YAML reads off/no/on/yes as true/false: quote such a string)" if action.choices else ""
+        raise argparse.ArgumentTypeError(f"{str(value).lower()} is not allowed{hint}; allowed: {_allowed_for(action)}")
+    if isinstance(value, (list, dict)):
+        raise argparse.ArgumentTypeError(f"{shown(value)} is not allowed; allowed: {_allowed_for(action)}")
+    text = value if isinstance(value, str) else str(value)  # a number as it would be typed
+    result = text
+    if action.type is not None:
+        try:
+            result = action.type(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not allowed; allowed: {_allowed_for(action)}") \
+                from None
+    if action.choices is not None and result not in action.choices:
+        raise argparse.ArgumentTypeError(f"{shown(value)} is not allowed; allowed: {_allowed_for(action)}")
+    return result
+
+
+def _allowed_for(action: argparse.Action) -> str:
+    if action.choices is not None:
+        return "one of " + ", ".join(map(str, action.choices))
+    if action.nargs == 0:
+        return "true or false"
+    return getattr(action.type, "allowed", None) or getattr(action.type, "__name__", None) or "a string"
 
 
 def phase_of(args: argparse.Namespace) -> str | None:
