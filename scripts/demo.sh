@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole pipeline on a generated dataset, small enough for a laptop CPU (about 10 minutes on 2 cores):
+# The whole pipeline on a generated dataset, small enough for a laptop CPU (about 6 minutes on 2 cores):
 # synthetic videos -> frames -> LMDB -> dense C3D -> ADMM (KGRC 3.04x profile) -> masked retraining -> report
-# -> figures. Writes checkpoints/demo/summary.json. Sizes are in scripts/demo_common.sh; override them from the
+# -> figures. SEED (default 0) seeds the dataset, the initialisation and the data order. Writes
+# checkpoints/demo/seed<SEED>/summary.json. Sizes are in scripts/demo_common.sh; override them from the
 # environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,8 @@ python opt_main.py --train "${SMALL[@]}" --save-dir "$OUT" --name dense --epochs
 prune_and_retrain "$PROFILE" .
 python opt_main.py --report "${SMALL[@]}" --config-file "$PROFILE" --resume "$OUT/retrain/retrained.pth" \
   --report-json "$OUT/report.json"
-python opt_main.py --plots --arch c3d --resume "$OUT/admm/admm.pth"          # ADMM residuals per layer
+python opt_main.py --plots --arch c3d --resume "$OUT/dense/dense.pth"        # the dense model's convergence
+python opt_main.py --plots --arch c3d --resume "$OUT/admm/admm.pth"          # ADMM residuals and rho per layer
 python opt_main.py --plots --arch c3d --resume "$OUT/retrain/retrained.pth"
 
 python - "$OUT" "$start" "$SEED" <<'PY'
