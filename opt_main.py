@@ -242,7 +242,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def admm(args: argparse.Namespace, device: torch.device) -> dict:
-    """ADMM towards the profile's sparse set (SPEC §5), then hard prune."""
+    """ADMM towards the profile's sparse set (docs/algorithms.md), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
     solver = ADMM(rules, rho=args.rho, rho_num=args.rho_num, keep_masks=old, schedule=args.rho_schedule,
@@ -284,7 +284,7 @@ def default_rho_max(args: argparse.Namespace) -> float:
 
 
 def rew(args: argparse.Namespace, device: torch.device) -> dict:
-    """Reweighted group-lasso (SPEC §6), then hard prune."""
+    """Reweighted group-lasso (docs/algorithms.md), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
     penalty = ReweightedGroupLasso(rules, args.rew_lambda, args.rew_eps, target=args.rew_target,
@@ -309,7 +309,7 @@ def rew(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def masked_retrain(args: argparse.Namespace, device: torch.device) -> dict:
-    """Hard prune with the profile and retrain with the pattern fixed (SPEC §7)."""
+    """Hard prune with the profile and retrain with the pattern fixed (docs/algorithms.md)."""
     data, model, profile, rules, start = prune_setup(args, device)
     if not args.one_shot and not start.get("masks") and not zero_masks(model):
         raise UserError(f"{args.load_path}: has no pruned weights (no masks, no zeros); --masked-retrain starts "

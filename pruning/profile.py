@@ -1,4 +1,4 @@
-"""Prune profiles: which layers are pruned, how much and in which pattern (SPEC §4).
+"""Prune profiles: which layers are pruned, how much and in which pattern (README, "Prune profiles").
 
 Native format::
 

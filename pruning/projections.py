@@ -1,4 +1,5 @@
-"""Euclidean projections of a Conv3d weight onto each structured sparsity set (SPEC §3).
+"""Euclidean projections of a Conv3d weight onto each structured sparsity set
+(docs/algorithms.md, "Sparsity types and their projections").
 
 Every projection keeps the units with the most L2 energy under its type's count constraints and zeroes the
 rest, which is the exact projection ADMM needs. All of them are vectorised over groups: R(2+1)D has layers

@@ -1,4 +1,5 @@
-"""A loop-based restatement of SPEC §2-3, independent of the vectorised library, for brute-force checks."""
+"""A loop-based restatement of docs/algorithms.md's kernel groups and projections, independent of the vectorised
+library, for brute-force checks."""
 
 from __future__ import annotations
 

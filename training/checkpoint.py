@@ -1,4 +1,4 @@
-"""Checkpoints (SPEC §10): one plain dict per file, written atomically, read with weights_only=True."""
+"""Checkpoints (docs/algorithms.md): one plain dict per file, written atomically, read with weights_only=True."""
 
 from __future__ import annotations
 

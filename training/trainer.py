@@ -122,7 +122,7 @@ class Trainer:
             "masks": {k: v.cpu() for k, v in (self.hooks.masks or {}).items()},
             "profile": self.profile,
             "phase": self.hooks.name,
-            self._state_key: self.hooks.state(),  # "admm": Z, U, rho, stage (SPEC §10); "rew": alphas
+            self._state_key: self.hooks.state(),  # "admm": Z, U, rho, stage; "rew": alpha, lambda
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
