@@ -20,6 +20,8 @@ Z/U step and s = rho ||Z - Z_prev|| / ||W|| the dual one:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +29,38 @@ from torch import nn
 from pruning import LayerRule, project
 
 SCHEDULES = ("balance", "residual", "stages")
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When ADMM's outer steps happen: a Z/U step every `every_epochs` epochs (at the epoch's end) or, when
+    `every_iters` is set, every that many iterations; with the 'stages' schedule, a new rho stage every
+    `stage_epochs` epochs."""
+
+    every_epochs: int = 1
+    every_iters: int | None = None
+    stage_epochs: int = 1
+
+    def z_u_after_iteration(self, global_iter: int) -> bool:
+        return bool(self.every_iters) and global_iter % self.every_iters == 0
+
+    def z_u_after_epoch(self, epoch: int) -> bool:
+        return not self.every_iters and (epoch + 1) % self.every_epochs == 0
+
+    def stage(self, epoch: int, stages: int) -> int:
+        return min(epoch // self.stage_epochs, stages - 1)
+
+
+def rt3d_lr_cycle(cycle_iters: int) -> Callable[[int], float]:
+    """RT3D's learning-rate factor inside each Z/U cycle of `cycle_iters` iterations: 1, 1/2, 1/4 by thirds."""
+    cycle = max(1, cycle_iters)
+    return lambda it: 0.5 ** ((it % cycle) * 3 // cycle)
+
+
+def rho_bound(optimizer: str, lr: float, momentum: float) -> float:
+    """The default upper bound of rho. SGD moves W towards Z - U by lr * rho / (1 - momentum) of the gap per step:
+    above 1 it overshoots. Adam normalises the step, so no such bound (and a coupled penalty acts weakly)."""
+    return float(f"{(1 - momentum) / lr:.6g}") if optimizer == "sgd" else 1e4
 
 
 class ADMM:
@@ -125,6 +159,14 @@ class ADMM:
             out[name] = {"residual": res, "in_set": in_set, "rho": self.rho[name],
                          "dual": self.dual.get(name, float("nan"))}
         return out
+
+    def log(self, model: nn.Module) -> dict:
+        """The epoch's record: rho, residuals (mean, max, per layer), the share in the set, the dual residual."""
+        res = self.residuals(model)
+        per_layer = {key: {k: v[key] for k, v in res.items()} for key in ("residual", "in_set", "dual")}
+        return {"rho": self.rho_summary(), "mean_residual": sum(r["residual"] for r in res.values()) / len(res),
+                "max_residual": max(r["residual"] for r in res.values()), "rho_layer": dict(self.rho),
+                **per_layer}
 
     def state_dict(self) -> dict:
         return {"Z": dict(self.Z), "U": dict(self.U), "rho": dict(self.rho), "rho0": self.rho0, "stage": self.stage,

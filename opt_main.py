@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from admm import ADMM
+from admm import ADMM, Cadence, rho_bound
 from models import arch_info, build_model
 from options import parse_args, phase_of
 from pruning import CheckpointError, UserError, apply_masks, hard_prune, intersect_masks, load_profile
@@ -245,14 +245,16 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
     """ADMM towards the profile's sparse set (docs/algorithms.md), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
     old = progressive_masks(args, start, model)
+    rho_max = args.rho_max or rho_bound(args.optimizer, args.lr, args.momentum)
     solver = ADMM(rules, rho=args.rho, rho_num=args.rho_num, keep_masks=old, schedule=args.rho_schedule,
-                  mu=args.rho_mu, tau=args.rho_tau, rho_max=args.rho_max or default_rho_max(args),
-                  gamma=args.rho_gamma, tol=args.rho_tol)
+                  mu=args.rho_mu, tau=args.rho_tau, rho_max=rho_max, gamma=args.rho_gamma, tol=args.rho_tol)
     solver.initialize(model)
     dist_utils.broadcast_tensors(solver.Z)
     if args.optimizer == "adam" and dist_utils.is_main():
         print("note: --admm with --optimizer adam: Adam rescales the penalty's gradient, so W may never reach Z; "
               "SGD is what ADMM needs (docs/algorithms.md)", file=sys.stderr)
+
+    cadence = Cadence(every_epochs=args.admm_epochs, every_iters=args.admm_iters, stage_epochs=args.epochs)
 
     def z_u_step() -> None:
         solver.update(model)
@@ -260,27 +262,16 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
         dist_utils.broadcast_tensors(solver.U)
 
     def epoch_end(epoch: int) -> dict:
-        if not args.admm_iters and (epoch + 1) % args.admm_epochs == 0:
+        if cadence.z_u_after_epoch(epoch):
             z_u_step()
-        res = solver.residuals(model)
-        per_layer = {key: {k: v[key] for k, v in res.items()} for key in ("residual", "in_set", "dual")}
-        return {"rho": solver.rho_summary(), "mean_residual": sum(r["residual"] for r in res.values()) / len(res),
-                "max_residual": max(r["residual"] for r in res.values()), "rho_layer": solver.rho.copy(),
-                **per_layer}
+        return solver.log(model)
 
     hooks = PhaseHooks(
         "admm", extra_loss=solver.penalty, masks=old or None,
-        on_epoch_start=lambda e: solver.set_stage(min(e // args.epochs, args.rho_num - 1)),
-        on_iteration_end=(lambda it: z_u_step() if it % args.admm_iters == 0 else None) if args.admm_iters
-        else None,
+        on_epoch_start=lambda e: solver.set_stage(cadence.stage(e, solver.rho_num)),
+        on_iteration_end=lambda it: z_u_step() if cadence.z_u_after_iteration(it) else None,
         on_epoch_end=epoch_end, state=solver.state_dict, load_state=solver.load_state_dict)
     return fit_then_prune(args, model, data, hooks, device, profile, rules, old)
-
-
-def default_rho_max(args: argparse.Namespace) -> float:
-    """SGD moves W towards Z - U by lr * rho / (1 - momentum) of the gap per step: above 1 it overshoots. Adam
-    normalises the step, so no such bound (and a coupled penalty acts weakly: docs/algorithms.md)."""
-    return float(f"{(1 - args.momentum) / args.lr:.6g}") if args.optimizer == "sgd" else 1e4
 
 
 def rew(args: argparse.Namespace, device: torch.device) -> dict:

@@ -171,3 +171,18 @@ def test_state_round_trip_keeps_per_layer_rho_and_reads_old_checkpoints():
     old["rho"] = 0.1  # one float before rho was per layer
     other.load_state_dict(old)
     assert other.rho == {NAME: 0.1} and other.schedule == "stages"
+
+
+def test_cadence_and_rt3d_cycle():
+    from admm import Cadence, rho_bound, rt3d_lr_cycle
+
+    per_epoch = Cadence(every_epochs=2, stage_epochs=3)
+    assert [per_epoch.z_u_after_epoch(e) for e in range(4)] == [False, True, False, True]
+    assert not per_epoch.z_u_after_iteration(10)
+    assert [per_epoch.stage(e, 2) for e in (0, 2, 3, 5, 9)] == [0, 0, 1, 1, 1]
+    per_iter = Cadence(every_iters=5)
+    assert [per_iter.z_u_after_iteration(i) for i in (4, 5, 10)] == [False, True, True]
+    assert not per_iter.z_u_after_epoch(0)  # iterations, not epochs, when both could apply
+    cycle = rt3d_lr_cycle(9)
+    assert [cycle(i) for i in range(10)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 1]
+    assert rho_bound("sgd", 1e-3, 0.9) == 100.0 and rho_bound("adam", 1e-3, 0.9) == 1e4

@@ -317,14 +317,10 @@ def hooks_scheduler(args, optimizer, iters_per_epoch: int, phase: str):
     total = args.total_epochs * iters_per_epoch // max(1, args.accum_steps)
     warm = args.warmup_epochs * iters_per_epoch // max(1, args.accum_steps) if args.warmup else 0
     kind = args.admm_lr if phase == "admm" else args.lr_scheduler
-    if kind == "cycle":  # RT3D: full, half, quarter lr inside each ADMM cycle
-        cycle = max(1, args.admm_epochs * iters_per_epoch)
+    if kind == "cycle":
+        from admm import rt3d_lr_cycle
 
-        def factor(it: int) -> float:
-            third = (it % cycle) * 3 // cycle
-            return 0.5 ** third
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, rt3d_lr_cycle(args.admm_epochs * iters_per_epoch))
     return build_scheduler(optimizer, kind=kind, lr=args.lr, total_iters=total, warmup_iters=warm,
                            warmup_lr=args.warmup_lr)
 
