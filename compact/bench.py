@@ -311,7 +311,7 @@ def pattern_rates(conv: nn.Conv3d, rules: dict[str, LayerRule | None], input_sha
             ref = F.conv3d(x, conv.weight * mask, conv.bias, conv.stride, conv.padding)
             # into a kept output: a fresh one is page-faulted in on every call (tens of MB here), which would time
             # the allocator rather than the kernel
-            fns[label] = lambda sc=sc, buf=buf, ctx=ctx, out=out: sc.write(ext, buf, ctx, out, ctx["outd"])
+            fns[label] = lambda sc=sc, buf=buf, ctx=ctx, out=out: sc.write(ext, buf, ctx, out, ctx.outd)
             npairs = np.diff(sc.plan.task_pstart)
             rows.append({"pattern": label, "macs": int(mask.sum()) * out[0, 0].numel() * x.shape[0],
                          "pairs_per_task": float(npairs.mean()) if len(npairs) else 0.0,

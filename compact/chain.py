@@ -12,15 +12,17 @@ import torch
 from torch import nn
 
 from ._ext import load_kernels
-from .modules import SLACK, SparseConv3d, flat_layout
+from .layout import SLACK, LayoutCtx, flat_layout
+from .modules import SparseConv3d
 from .scratch import SCRATCH
 
 
-def run_into(ext, conv: SparseConv3d, buf: torch.Tensor, ctx: dict, nxt: SparseConv3d) -> tuple[torch.Tensor, dict]:
+def run_into(ext, conv: SparseConv3d, buf: torch.Tensor, ctx: LayoutCtx,
+             nxt: SparseConv3d) -> tuple[torch.Tensor, LayoutCtx]:
     """Run `conv` on its prepared input; returns `nxt`'s prepared input (a SCRATCH buffer and its context). A
     stride-1 `nxt` gets `conv`'s output written straight into its padded layout; a strided one gets it through a
     dense scratch tensor and its own `prepare`."""
-    n, outd, c = ctx["n"], ctx["outd"], conv.out_channels
+    n, outd, c = ctx.n, ctx.outd, conv.out_channels
     if nxt.stride == (1, 1, 1):
         grid, s = flat_layout(outd, nxt.padding)
         dest = SCRATCH.take_padded(n, c, grid, s, nxt.padding, outd, buf, SLACK)[0]

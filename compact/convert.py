@@ -10,19 +10,8 @@ from torch import nn
 
 from ._ext import load_kernels
 from .chain import chain_conv_pairs
-from .modules import (
-    SLACK,
-    AutoConv3d,
-    ChannelsLastMaxPool3d,
-    SparseConv3d,
-    _run,
-    fastest_mode,
-    flat_layout,
-    flat_positions,
-    interior,
-    onednn_conv,
-    run_dense,
-)
+from .layout import SLACK, flat_layout, flat_positions, interior
+from .modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d, _run, fastest_mode, onednn_conv, run_dense
 from .residual import fuse_residual_stages, fuse_stem_into_stage
 from .scratch import SCRATCH
 
@@ -213,7 +202,7 @@ class CompactC3D(nn.Module):
             interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
             return out
         conv = self.convs[name]
-        off = conv.layout_ctx(n, (t, h, w), grid, s)["off"]
+        off = conv.layout_ctx(n, (t, h, w), grid, s).off
         out = SCRATCH.take(n * cout * s + SLACK, buf)
         if name in self.pool_of:
             _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, 0, s, False, n, q, conv.bias, True, None)

@@ -1,4 +1,5 @@
-"""Compact inference modules: a sparse Conv3d that skips pruned work, and a fused C3D feature stack."""
+"""Compact inference modules: a sparse Conv3d that skips pruned work, an unpruned Conv3d that runs its fastest path,
+and a channels_last max-pool."""
 
 from __future__ import annotations
 
@@ -13,105 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._ext import load_kernels
-from .plan import TILE, ConvPlan, PairOffsets, build_plan, pair_offsets
+from .layout import SLACK, LayoutCtx, copy_phases, flat_layout, flat_positions, output_runs, scatter_index
+from .plan import ConvPlan, PairOffsets, build_plan, pair_offsets
 from .scratch import SCRATCH
-
-SLACK = TILE + 64
 
 
 def _triple(v) -> tuple[int, int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
-
-
-def flat_layout(dims, pad) -> tuple[tuple[int, int, int], int]:
-    """Grid and per-channel length of the flat zero-padded layout for a stride-1 conv.
-
-    Rows and planes share their separators: W + pw columns per row (the pw zero columns left of a row are also
-    the right padding of the row before), H + ph rows per plane, T + 2pt planes, and (ph + 1) zero rows at the
-    end, so every tap of every valid output position reads either data or a zero.
-    """
-    grid = (dims[0] + 2 * pad[0], dims[1] + pad[1], dims[2] + pad[2])
-    return grid, (grid[0] * grid[1] + pad[1] + 1) * grid[2]
-
-
-def interior(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) -> torch.Tensor:
-    """View of the data positions of a flat padded buffer as [n, c, T, H, W]."""
-    v = buf[:n * c * s_chan].view(n, c, s_chan)[:, :, :grid[0] * grid[1] * grid[2]].unflatten(2, tuple(grid))
-    return v[:, :, pad[0]:pad[0] + dims[0], pad[1]:pad[1] + dims[1], pad[2]:pad[2] + dims[2]]
-
-
-def flat_positions(outd, grid) -> int:
-    """Positions the kernel computes for outputs `outd` on a flat grid: up to the last output, separators included."""
-    return (outd[0] - 1) * grid[1] * grid[2] + (outd[1] - 1) * grid[2] + outd[2]
-
-
-def scatter_index(q: int, grid, outd, dest_grid=None, offset=(0, 0, 0)) -> torch.Tensor:
-    """Index, within one output channel, of each of the `q` flat positions computed on `grid` (-1: a separator,
-    not an output). The destination is dense [T', H, W] planes, or with `dest_grid` the flat layout of that grid
-    (see `flat_layout`), output (t, h, w) landing at (t, h, w) + `offset`."""
-    pos = np.arange(q)
-    hw = grid[1] * grid[2]
-    t, h, w = pos // hw, (pos % hw) // grid[2], pos % grid[2]
-    ok = (h < outd[1]) & (w < outd[2])
-    g = outd if dest_grid is None else dest_grid
-    idx = ((t + offset[0]) * g[1] + h + offset[1]) * g[2] + w + offset[2]
-    return torch.from_numpy(np.where(ok, idx, -1).astype(np.int32))
-
-
-def output_runs(oidx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`scatter_index` as the kernel takes it: (runs int32 [nruns, 3] of (first position, length, destination of
-    the first), tile_runs int32 [ntiles + 1]), runs of consecutive positions going to consecutive destinations,
-    cut at tile boundaries, so that the kernel writes each with a vectorized loop."""
-    idx = oidx.numpy().astype(np.int64)
-    q = len(idx)
-    pos = np.arange(q)
-    ok = idx >= 0
-    prev_ok = np.r_[False, ok[:-1]]
-    follows = prev_ok & (idx == np.r_[-2, idx[:-1]] + 1) & (pos % TILE != 0)
-    starts = np.flatnonzero(ok & ~follows)
-    ends_mask = ok & ~np.r_[follows[1:], False]  # last position of each run
-    ends = np.flatnonzero(ends_mask) + 1
-    runs = np.stack([starts, ends - starts, idx[starts]], 1).astype(np.int32)
-    tile_runs = np.searchsorted(starts, np.arange(0, -(-q // TILE) + 1) * TILE).astype(np.int32)
-    return torch.from_numpy(np.ascontiguousarray(runs)), torch.from_numpy(tile_runs)
-
-
-def zero_padding(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) -> torch.Tensor:
-    """Zero every position of a flat padded buffer (and its slack) that is not data; returns the data view
-    [n, c, T, H, W]. Only the padding is written: the data positions are left for the caller to fill."""
-    buf[n * c * s_chan:].zero_()
-    chans = buf[:n * c * s_chan].view(n, c, s_chan)
-    vol = grid[0] * grid[1] * grid[2]
-    chans[:, :, vol:].zero_()
-    v = chans[:, :, :vol].unflatten(2, tuple(grid))
-    v[:, :, :pad[0]].zero_()
-    v[:, :, pad[0] + dims[0]:].zero_()
-    mid = v[:, :, pad[0]:pad[0] + dims[0]]
-    if pad[1]:
-        mid[:, :, :, :pad[1]].zero_()
-    if pad[2]:
-        mid[:, :, :, pad[1]:, :pad[2]].zero_()
-    return mid[:, :, :, pad[1]:, pad[2]:]
-
-
-def _copy_phases(x: torch.Tensor, phases: torch.Tensor, pad, stride) -> None:
-    """Copy x ([N, C, T, H, W]) into zeroed stride-phase planes ([N, C, st, sh, sw, gt, gh, gw]): padded position
-    s*i + r of a dimension goes to phase r, index i. One strided copy per phase, no padded temporary."""
-    dims = x.shape[2:]
-    ranges = []
-    for d in range(3):  # per dimension and phase r: (phase index range, first input index)
-        per = []
-        for r in range(stride[d]):
-            i0 = max(0, -(-(pad[d] - r) // stride[d]))
-            i1 = (pad[d] + dims[d] - 1 - r) // stride[d] + 1
-            per.append((r, i0, i1, stride[d] * i0 + r - pad[d]))
-        ranges.append(per)
-    for rt, t0, t1, xt in ranges[0]:
-        for rh, h0, h1, xh in ranges[1]:
-            for rw, w0, w1, xw in ranges[2]:
-                if t1 > t0 and h1 > h0 and w1 > w0:
-                    phases[:, :, rt, rh, rw, t0:t1, h0:h1, w0:w1].copy_(
-                        x[:, :, xt::stride[0], xh::stride[1], xw::stride[2]])
 
 
 def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
@@ -179,14 +88,13 @@ class SparseConv3d(nn.Module):
             off = self._offsets[key] = pair_offsets(self.plan, channel_index, stride, grid, chan_stride)
         return off
 
-    def layout_ctx(self, n: int, dims, grid, s_chan: int) -> dict:
+    def layout_ctx(self, n: int, dims, grid, s_chan: int) -> LayoutCtx:
         """Kernel context for an input of `n` samples already in the flat layout `flat_layout(dims, padding)`
         (every input channel, in order): what a conv writing straight into this one's input hands over."""
         assert self.stride == (1, 1, 1), "the flat layout without stride phases is for stride-1 convs"
-        outd = [d + 2 * p - k + 1 for d, p, k in zip(dims, self.padding, self.kernel_size)]
+        outd = tuple(d + 2 * p - k + 1 for d, p, k in zip(dims, self.padding, self.kernel_size))
         off = self.offsets(("flat", tuple(grid), s_chan), np.arange(self.in_channels), (1, 1, 1), tuple(grid), s_chan)
-        return {"n": n, "off": off, "per_sample": self.in_channels * s_chan, "q": flat_positions(outd, grid),
-                "outd": outd, "grid": tuple(grid)}
+        return LayoutCtx(n, off, self.in_channels * s_chan, flat_positions(outd, grid), outd, tuple(grid))
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         """Pure-PyTorch path: the compact dense weight on the kept channels, bias for the dropped filters."""
@@ -214,7 +122,7 @@ class SparseConv3d(nn.Module):
         SCRATCH.give(buf)
         return out
 
-    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, LayoutCtx]:
         """Lay x out as the kernel's virtual input: kept channels, zero-padded flat planes, stride phases."""
         if len(self.kept_channels) < self.in_channels:
             x = x.index_select(1, self.kept_channels)
@@ -229,7 +137,7 @@ class SparseConv3d(nn.Module):
         n, c = x.shape[:2]
         dims = x.shape[2:]
         padded = [s + 2 * p for s, p in zip(dims, pad)]
-        outd = [(pd - k) // st + 1 for pd, k, st in zip(padded, ksz, stride)]
+        outd = tuple((pd - k) // st + 1 for pd, k, st in zip(padded, ksz, stride))
         nph = stride[0] * stride[1] * stride[2]
         if nph == 1:
             grid, s_chan = flat_layout(dims, pad)
@@ -245,31 +153,30 @@ class SparseConv3d(nn.Module):
             if fresh:  # the copies below write data positions only: the zeros stay for the next call
                 buf.zero_()
             phases = buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid)
-            _copy_phases(x, phases, pad, stride)
+            copy_phases(x, phases, pad, stride)
         key = ("plain", tuple(grid), tuple(stride), s_chan)
         off = self.offsets(key, self._chan_index, tuple(stride), tuple(grid), s_chan)
-        return buf, {"n": n, "off": off, "per_sample": per_sample, "q": flat_positions(outd, grid), "outd": outd,
-                     "grid": tuple(grid)}
+        return buf, LayoutCtx(n, off, per_sample, flat_positions(outd, grid), outd, tuple(grid))
 
-    def compute(self, ext, buf: torch.Tensor, ctx: dict) -> torch.Tensor:
+    def compute(self, ext, buf: torch.Tensor, ctx: LayoutCtx) -> torch.Tensor:
         """The kernel call alone, writing the final [N, Cout, T, H, W] output (what the per-layer benchmark times)."""
-        n, outd = ctx["n"], ctx["outd"]
+        n, outd = ctx.n, ctx.outd
         out = buf.new_empty((n, self.out_channels, *outd))
         self.write(ext, buf, ctx, out, outd)
         return out
 
-    def write(self, ext, buf: torch.Tensor, ctx: dict, dest: torch.Tensor, dest_grid, offset=(0, 0, 0),
+    def write(self, ext, buf: torch.Tensor, ctx: LayoutCtx, dest: torch.Tensor, dest_grid, offset=(0, 0, 0),
               chan_len: int | None = None, *, relu: bool | None = None, accumulate: bool = False) -> None:
         """Run on a prepared input, writing output (t, h, w) of every channel at (t, h, w) + `offset` of `dest`:
         dense [N, Cout, *dest_grid] planes, or with `chan_len` the flat layout of `dest_grid` (`flat_layout`).
         `accumulate` adds the value already there (a residual) before the ReLU."""
-        n, q, outd = ctx["n"], ctx["q"], ctx["outd"]
+        n, q, outd = ctx.n, ctx.q, ctx.outd
         per = chan_len if chan_len is not None else dest_grid[0] * dest_grid[1] * dest_grid[2]
-        key = (q, tuple(outd), ctx["grid"], tuple(dest_grid), tuple(offset))
+        key = (q, outd, ctx.grid, tuple(dest_grid), tuple(offset))
         runs = self._runs.get(key)
         if runs is None:
-            runs = self._runs[key] = output_runs(scatter_index(q, ctx["grid"], outd, dest_grid, offset))
-        _run(ext, self.plan, ctx["off"], buf, ctx["per_sample"], dest, self.out_channels * per, per, 0, per, False, n,
+            runs = self._runs[key] = output_runs(scatter_index(q, ctx.grid, outd, dest_grid, offset))
+        _run(ext, self.plan, ctx.off, buf, ctx.per_sample, dest, self.out_channels * per, per, 0, per, False, n,
              q, self.bias, self.relu if relu is None else relu, None, runs, accumulate)
 
 

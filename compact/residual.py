@@ -15,7 +15,8 @@ from torchvision.models.video.resnet import BasicBlock, VideoResNet
 
 from ._ext import load_kernels
 from .chain import SparseConvPair, run_into
-from .modules import SLACK, AutoConv3d, SparseConv3d, flat_layout, interior
+from .layout import SLACK, flat_layout, interior
+from .modules import AutoConv3d, SparseConv3d
 from .scratch import SCRATCH
 
 
@@ -80,7 +81,7 @@ class SparseResidualStage(nn.Sequential):
         act = None  # (buffer, channels, dims, grid, per-channel length) of the activation between blocks
         if entry is not None:
             ebuf, ectx = entry.prepare(x)
-            c, dims = entry.out_channels, tuple(ectx["outd"])
+            c, dims = entry.out_channels, ectx.outd
             grid, s = flat_layout(dims, self.pad)
             buf = SCRATCH.take_padded(n, c, grid, s, self.pad, dims, x, SLACK)[0]
             entry.write(ext, ebuf, ectx, buf, grid, self.pad, s, relu=True)

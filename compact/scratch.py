@@ -18,6 +18,8 @@ import threading
 
 import torch
 
+from .layout import interior, zero_padding
+
 
 class ScratchPool:
     """Free buffers handed out again best-fit; at most `max_buffers` are kept (the largest). A buffer that keeps a
@@ -35,13 +37,11 @@ class ScratchPool:
 
     def take_padded(self, n: int, c: int, grid, s_chan: int, pad, dims, like: torch.Tensor,
                     slack: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A buffer in the flat padded layout (`modules.flat_layout`) with every position that is not data zero,
+        """A buffer in the flat padded layout (`layout.flat_layout`) with every position that is not data zero,
         and the view of its data positions [n, c, T, H, W] (contents undefined). The holder writes data positions
         only (the kernels' output runs, copies into the view), so a buffer given back keeps its zero padding and
         the next request for the same layout skips the zeroing: zeroing the padding of R(2+1)D's activations
         costs several ms per clip."""
-        from .modules import interior, zero_padding  # local: modules imports this module
-
         key = ("flat", n, c, tuple(grid), s_chan, tuple(pad), tuple(dims))
         buf, fresh = self.take_kept(key, n * c * s_chan + slack, like)
         return buf, (zero_padding if fresh else interior)(buf, n, c, grid, s_chan, pad, dims)

@@ -165,7 +165,7 @@ def test_piece_schedule_partitions_every_task():
                                   ((5, 17, 65), (5, 16, 64), (5, 17, 65), (0, 1, 1))])
 def test_output_runs_write_what_the_scatter_index_says(case):
     """Brute force: expanding the runs gives back the per-position index, and no run crosses a tile."""
-    from compact.modules import output_runs, scatter_index
+    from compact.layout import output_runs, scatter_index
     from compact.plan import TILE
 
     grid, outd, dest_grid, offset = case
@@ -194,7 +194,7 @@ def test_tiny_cache_budgets_split_work_into_many_pieces(monkeypatch, kind, geom)
     conv, mask = make_conv(40, 40, k, s, p, True, kind, seed=7)
     sc = check_conv(conv, mask, kind)
     _, ctx = sc.prepare(torch.randn(1, 40, *SPATIAL))
-    order = ctx["off"].piece_task.tolist()
+    order = ctx.off.piece_task.tolist()
     # merged tasks (kgs, irregular) are cut; single-block tasks (kgr, kgrc) are interleaved across superblocks
     assert len(order) > len(sc.plan.task_G) or order != sorted(order)
 
@@ -279,7 +279,7 @@ def test_any_thread_count_runs_every_unit_once(threads):
         ext.set_num_threads(threads)
         buf, ctx = sc.prepare(x)
         out = res.clone()
-        sc.write(ext, buf, ctx, out, ctx["outd"], accumulate=True)
+        sc.write(ext, buf, ctx, out, ctx.outd, accumulate=True)
         assert rel_err(out, ref) < TOL
         assert rel_err(sc(x), ref - res) < TOL
     finally:
@@ -449,7 +449,7 @@ def test_scratch_pool_reuses_best_fit_and_keeps_only_the_largest():
 
 
 def test_scratch_pool_padded_buffers_keep_their_zero_padding_per_layout():
-    from compact.modules import flat_layout
+    from compact.layout import flat_layout
     from compact.scratch import ScratchPool
 
     pool = ScratchPool(max_buffers=4)
