@@ -23,40 +23,12 @@ from torch import nn
 from ._ext import kernel_isa, load_kernels
 from .chain import SparseConvPair
 from .convert import CompactC3D, compile_sparse, fold_batchnorm
-from .modules import AutoConv3d, SparseConv3d, onednn_conv, run_dense
+from .dense_paths import DENSE_PATHS, KERNEL, DenseConv, run_dense
+from .modules import AutoConv3d, SparseConv3d
 from .residual import StemIntoStageVideoResNet
 
 if TYPE_CHECKING:
     from pruning import LayerRule
-
-DENSE_METHODS = ("contiguous", "channels_last", "onednn")
-
-
-class DenseConv(nn.Module):
-    """A (masked) dense Conv3d run through one of PyTorch's dense paths; returns a tensor like F.conv3d."""
-
-    def __init__(self, conv: nn.Conv3d, method: str) -> None:
-        super().__init__()
-        self.method = method
-        self.conv = copy.deepcopy(conv).eval()
-        if method == "channels_last":
-            self.conv = self.conv.to(memory_format=torch.channels_last_3d)
-        elif method == "onednn":
-            self.conv = onednn_conv(self.conv)
-
-    def native_input(self, x: torch.Tensor) -> torch.Tensor:
-        """`x` in the layout this path's conv takes without converting."""
-        if self.method == "channels_last":
-            return x.contiguous(memory_format=torch.channels_last_3d)
-        return x.to_mkldnn() if self.method == "onednn" else x.contiguous()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.method == "contiguous":
-            return self.conv(x.contiguous())
-        if self.method == "channels_last":
-            return self.conv(x.contiguous(memory_format=torch.channels_last_3d))
-        return self.conv(x.to_mkldnn()).to_dense()
-
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
                  best: dict[str, float] | None = None, raw: dict[str, list[float]] | None = None) -> dict[str, float]:
@@ -180,7 +152,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         macs = {lr.name: lr for lr in build_report(dense, masks, "", tuple(input_shape), rules).layers}
         for name, xin in inputs.items():
             conv = dense.get_submodule(name)
-            cands = {m: DenseConv(conv, m) for m in DENSE_METHODS}
+            cands = {m: DenseConv(conv, m) for m in DENSE_PATHS}
             # each dense path gets its input already in its own layout and keeps its output there, as the compact
             # side is timed from its prepared buffer: the per-layer figures compare convolutions, not conversions
             native = {m: c.native_input(xin) for m, c in cands.items()}
@@ -189,7 +161,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             if isinstance(cmod, AutoConv3d) and cmod.kernel is not None and cmod.kernel is entry:
                 cmod = cmod.kernel  # in the model it always runs as the kernel, writing into layer1's layout
             path = compact.chosen_mode(name, batch_size) if isinstance(compact, CompactC3D) else None
-            if path not in (None, "kernel"):  # C3D's engine runs this unpruned conv through PyTorch: time that
+            if path not in (None, KERNEL):  # C3D's engine runs this unpruned conv through PyTorch: time that
                 fns["compact"] = lambda c=compact.dense_convs[name], xin=xin, path=path: run_dense(c, xin, path)
             elif isinstance(cmod, SparseConv3d) and ext is not None:
                 buf, ctx = cmod.prepare(xin)
@@ -197,16 +169,16 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             elif cmod is not None:
                 fns["compact"] = lambda cmod=cmod, xin=xin: cmod(xin)
             t = _interleaved(fns, repeats if per_layer else 1, 1 if per_layer else 0)
-            method = min(DENSE_METHODS, key=lambda m: t[m])
+            method = min(DENSE_PATHS, key=lambda m: t[m])
             best_method[name] = method
             lr = macs.get(f"{name}.weight")
             ideal = lr.macs_dense / max(lr.macs_pruned, 1) if lr else 1.0
             cms = t.get("compact", t[method])
             layers.append({"name": name, "shape": list(conv.weight.shape), "input": list(xin.shape),
                            "dense_ms": t[method], "dense_method": method,
-                           "dense_all_ms": {m: t[m] for m in DENSE_METHODS}, "compact_ms": cms,
+                           "dense_all_ms": {m: t[m] for m in DENSE_PATHS}, "compact_ms": cms,
                            "compact_path": path or (cmod.chosen_mode(xin) if isinstance(cmod, AutoConv3d) else None)
-                           or "kernel",
+                           or KERNEL,
                            "speedup": t[method] / cms, "ideal": ideal, "efficiency": t[method] / cms / ideal})
 
         fastest = copy.deepcopy(dense)
@@ -317,7 +289,7 @@ def pattern_rates(conv: nn.Conv3d, rules: dict[str, LayerRule | None], input_sha
                          "pairs_per_task": float(npairs.mean()) if len(npairs) else 0.0,
                          "filters_per_task": float(sc.plan.task_G.mean()) if len(npairs) else 0.0,
                          "max_rel_err": _rel_err(out, ref)})
-        for method in DENSE_METHODS:
+        for method in DENSE_PATHS:
             d = DenseConv(conv, method)
             xin = d.native_input(x)
             fns[f"dense:{method}"] = lambda d=d, xin=xin: d.conv(xin)
@@ -326,7 +298,7 @@ def pattern_rates(conv: nn.Conv3d, rules: dict[str, LayerRule | None], input_sha
             r["compact_ms"] = ms[r["pattern"]]
             r["gmacs"] = r["macs"] / ms[r["pattern"]] / 1e6
         full = conv.weight.numel() * out[0, 0].numel() * x.shape[0]
-        dense = {m: {"ms": ms[f"dense:{m}"], "gmacs": full / ms[f"dense:{m}"] / 1e6} for m in DENSE_METHODS}
+        dense = {m: {"ms": ms[f"dense:{m}"], "gmacs": full / ms[f"dense:{m}"] / 1e6} for m in DENSE_PATHS}
         return {"input_shape": list(input_shape), "threads": threads, "isa": kernel_isa(), "dense": dense,
                 "patterns": rows}
     finally:

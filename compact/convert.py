@@ -10,8 +10,9 @@ from torch import nn
 
 from ._ext import load_kernels
 from .chain import chain_conv_pairs
+from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, fastest_mode, onednn_conv, run_dense
 from .layout import SLACK, flat_layout, flat_positions, interior
-from .modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d, _run, fastest_mode, onednn_conv, run_dense
+from .modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d, _run
 from .residual import fuse_residual_stages, fuse_stem_into_stage
 from .scratch import SCRATCH
 
@@ -157,7 +158,7 @@ class CompactC3D(nn.Module):
         self.convs = nn.ModuleDict()
         self.dense_convs = nn.ModuleDict()  # unpruned convs: the kernel or PyTorch, chosen by timing on first use
         self.autotune = autotune
-        self.dense_mode: str | None = None  # force "kernel", "torch", "torch_cl" or "onednn" for the unpruned convs
+        self.dense_mode: str | None = None  # force "kernel" or a dense_paths.DENSE_PATHS for the unpruned convs
         self._choice: dict = {}
         for n in self.conv_names:
             m = getattr(model, n)
@@ -195,7 +196,7 @@ class CompactC3D(nn.Module):
     def _conv_step(self, ext, name, mode, buf, n, c, cout, t, h, w, grid, s, q, hw) -> torch.Tensor:
         """One conv + bias + ReLU from the padded layout into the next layout (pool grid or padded)."""
         one = (1, 1, 1)
-        if mode != "kernel":  # PyTorch's dense conv: leave and re-enter the layout
+        if mode != KERNEL:  # PyTorch's dense conv: leave and re-enter the layout
             conv = self.dense_convs[name] if name in self.dense_convs else self.convs[name]
             y = torch.relu_(run_dense(conv, interior(buf, n, c, grid, s, one, (t, h, w)), mode))
             out = SCRATCH.take(n * cout * s + SLACK, buf, zero=True)
@@ -226,11 +227,11 @@ class CompactC3D(nn.Module):
         mode = self._choice.get(key)
         if mode is None:
             if not self.autotune:
-                mode = "kernel"
+                mode = KERNEL
             else:
-                modes = ("kernel", "torch", "torch_cl")
+                modes = (KERNEL, CONTIGUOUS, CHANNELS_LAST)
                 if onednn_conv(self.dense_convs[name]) is not None:
-                    modes += ("onednn",)
+                    modes += (ONEDNN,)
                 mode = fastest_mode(lambda m: SCRATCH.give(self._conv_step(ext, name, m, *args)), modes)
             self._choice[key] = mode
         return mode
@@ -250,7 +251,7 @@ class CompactC3D(nn.Module):
             hw = grid[1] * grid[2]
             q = flat_positions((t, h, w), grid)
             cout = conv.out_channels
-            mode = "kernel" if isinstance(conv, SparseConv3d) else "torch"
+            mode = KERNEL if isinstance(conv, SparseConv3d) else CONTIGUOUS
             if name in self.dense_convs:  # unpruned layer: the kernel or oneDNN, whichever ran faster here
                 mode = self._choose(ext, name, (buf, n, c, cout, t, h, w, grid, s, q, hw))
             out = self._conv_step(ext, name, mode, buf, n, c, cout, t, h, w, grid, s, q, hw)

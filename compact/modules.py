@@ -4,9 +4,6 @@ and a channels_last max-pool."""
 from __future__ import annotations
 
 import copy
-import time
-import warnings
-import weakref
 
 import numpy as np
 import torch
@@ -14,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._ext import load_kernels
+from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, canonical_path, fastest_mode, onednn_conv, run_dense
 from .layout import SLACK, LayoutCtx, copy_phases, flat_layout, flat_positions, output_runs, scatter_index
 from .plan import ConvPlan, PairOffsets, build_plan, pair_offsets
 from .scratch import SCRATCH
@@ -180,55 +178,10 @@ class SparseConv3d(nn.Module):
              q, self.bias, self.relu if relu is None else relu, None, runs, accumulate)
 
 
-_ONEDNN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def onednn_conv(conv: nn.Conv3d) -> nn.Module | None:
-    """`conv` with its weight prepacked for oneDNN (torch.utils.mkldnn), built on first use and kept outside the
-    module, so that saving, copying and state_dict see only `conv` (whose weights must not change afterwards);
-    None where PyTorch was built without oneDNN."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    m = _ONEDNN.get(conv)
-    if m is None:
-        from torch.utils import mkldnn
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m = _ONEDNN[conv] = mkldnn.to_mkldnn(copy.deepcopy(conv).float().eval())
-    return m
-
-
-def run_onednn(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` through oneDNN with the prepacked weight; the input and output conversions included. At batch 1
-    PyTorch sends several of C3D's and R(2+1)D's unpruned convs to its slow non-oneDNN kernel otherwise."""
-    return onednn_conv(conv)(x.contiguous().to_mkldnn()).to_dense()
-
-
-def run_dense(conv: nn.Conv3d, x: torch.Tensor, mode: str) -> torch.Tensor:
-    """`conv(x)` through one of PyTorch's dense paths: "onednn" (prepacked), "torch_cl" (channels_last_3d input)
-    or "torch" (contiguous input); the input conversion included."""
-    if mode == "onednn":
-        return run_onednn(conv, x)
-    return conv(x.contiguous(memory_format=torch.channels_last_3d) if mode == "torch_cl" else x.contiguous())
-
-
-def fastest_mode(run, modes, rounds: int = 5) -> str:
-    """The mode `run(mode)` runs fastest: all modes timed interleaved, `rounds` times each, the best time after a
-    first call. With two timed calls per mode the choice followed the machine's noise: R(2+1)D's layer4.0.conv1.0.0
-    took F.conv3d at 5.34 ms in a benchmark where oneDNN ran it in 4.78."""
-    times: dict[str, list[float]] = {}
-    for m in list(modes) * rounds:
-        t0 = time.perf_counter()
-        run(m)
-        times.setdefault(m, []).append(time.perf_counter() - t0)
-    return min(times, key=lambda m: min(times[m][1:]))
-
-
 class AutoConv3d(nn.Module):
-    """An unpruned Conv3d run by whichever is fastest for the input shape it meets: the direct kernel (dense plan),
-    F.conv3d on contiguous input or on channels_last_3d input, or oneDNN with the weight prepacked (timed
-    interleaved on first use, conversions included; same results)."""
+    """An unpruned Conv3d run by whichever is fastest for the input shape it meets: the direct kernel (dense plan)
+    or one of PyTorch's dense paths (`dense_paths`), timed interleaved on first use, conversions included; same
+    results."""
 
     def __init__(self, conv: nn.Conv3d, name: str = "") -> None:
         super().__init__()
@@ -240,20 +193,18 @@ class AutoConv3d(nn.Module):
         except ValueError:
             pass
         self.relu = False
-        self.mode: str | None = None  # force "kernel", "torch", "torch_cl" or "onednn"
+        self.mode: str | None = None  # force "kernel" or one of dense_paths.DENSE_PATHS
         self._choice: dict = {}
 
     def _run(self, mode: str, x: torch.Tensor) -> torch.Tensor:
-        if mode == "kernel":
+        if mode == KERNEL:
             y = self.kernel(x)
-        elif mode == "torch_cl":
+        elif canonical_path(mode) == CHANNELS_LAST:  # with a channels_last copy of the weight too
             if self.conv_cl is None:
                 self.conv_cl = copy.deepcopy(self.conv).to(memory_format=torch.channels_last_3d)
-            y = self.conv_cl(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
-        elif mode == "onednn":
-            y = run_onednn(self.conv, x)
+            y = run_dense(self.conv_cl, x, CHANNELS_LAST).contiguous()
         else:
-            y = self.conv(x)
+            y = run_dense(self.conv, x, mode)
         return torch.relu_(y) if self.relu else y
 
     def chosen_mode(self, x: torch.Tensor) -> str | None:
@@ -266,14 +217,14 @@ class AutoConv3d(nn.Module):
             key = (tuple(x.shape), torch.get_num_threads())
             mode = self._choice.get(key)
             if mode is None:
-                modes = ["torch", "torch_cl"]
+                modes = [CONTIGUOUS, CHANNELS_LAST]
                 if self.kernel is not None and load_kernels() is not None:
-                    modes.append("kernel")
+                    modes.append(KERNEL)
                 if x.dtype == torch.float32 and x.device.type == "cpu" and onednn_conv(self.conv) is not None:
-                    modes.append("onednn")
+                    modes.append(ONEDNN)
                 with torch.no_grad():
                     mode = self._choice[key] = fastest_mode(lambda m: self._run(m, x), modes)
-        if mode == "kernel" and self.kernel is not None:
+        if mode == KERNEL and self.kernel is not None:
             self.kernel.relu = False
         return self._run(mode, x)
 

@@ -15,6 +15,7 @@ from torchvision.models.video.resnet import BasicBlock, VideoResNet
 
 from ._ext import load_kernels
 from .chain import SparseConvPair, run_into
+from .dense_paths import KERNEL
 from .layout import SLACK, flat_layout, interior
 from .modules import AutoConv3d, SparseConv3d
 from .scratch import SCRATCH
@@ -155,7 +156,7 @@ class StemIntoStageVideoResNet(VideoResNet):
         """(the stem's modules the stem runs itself, the conv layer1 runs for it or None): a path forced on the last
         conv afterwards (`AutoConv3d.mode` other than "kernel") is honoured by running the whole stem as usual."""
         mods = _stem_modules(self)
-        if mods[-1].mode not in (None, "kernel"):
+        if mods[-1].mode not in (None, KERNEL):
             return mods, None
         return mods[:-1], mods[-1].kernel
 

@@ -225,7 +225,7 @@ def test_whole_c3d(profile):
             assert rel_err(cm(x), ref) < TOL
             assert rel_err(cm._torch_features(x), ref_f) < TOL
             assert rel_err(unfused(x), ref) < TOL
-            for mode in ("kernel", "torch", "torch_cl", "onednn"):  # every path an unpruned conv may take
+            for mode in ("kernel", "contiguous", "channels_last", "onednn"):  # every path an unpruned conv may take
                 cm.dense_mode = mode
                 assert rel_err(cm(x), ref) < TOL, mode
             cm.dense_mode = None
@@ -246,7 +246,7 @@ def test_fallback_without_compiler(monkeypatch, caplog):
 
 
 def test_fastest_mode_times_interleaved_and_skips_each_first_call():
-    from compact.modules import fastest_mode
+    from compact.dense_paths import fastest_mode
 
     calls: list[str] = []
 
@@ -257,6 +257,22 @@ def test_fastest_mode_times_interleaved_and_skips_each_first_call():
 
     assert fastest_mode(run, ["a", "b"], rounds=3) == "b"  # b's slow first call (a warm-up) does not count
     assert calls == ["a", "b"] * 3
+
+
+def test_dense_paths_one_vocabulary():
+    """Every dense path computes conv(x); the engine's old names still read (saved models), unknown ones refused."""
+    from compact.dense_paths import DENSE_PATHS, DenseConv, canonical_path, run_dense
+
+    conv = nn.Conv3d(4, 6, 3, padding=1).eval()
+    x = torch.randn(2, 4, 3, 5, 5)
+    with torch.no_grad():
+        ref = conv(x)
+        for path in DENSE_PATHS:
+            assert rel_err(run_dense(conv, x, path), ref) < TOL, path
+            assert rel_err(DenseConv(conv, path)(x), ref) < TOL, path
+    assert canonical_path("torch") == "contiguous" and canonical_path("torch_cl") == "channels_last"
+    with pytest.raises(ValueError, match="unknown conv path"):
+        run_dense(conv, x, "cuda")
 
 
 @pytest.mark.parametrize("threads", [1, 3, 7])
@@ -335,7 +351,7 @@ def test_benchmark_smoke():
     assert r["max_rel_err"] < TOL and r["max_rel_err_features"] < TOL  # fc8's input: fc7's output
     assert len(r["layers"]) == 8 and all(lr["compact_ms"] > 0 for lr in r["layers"])
     # the path each conv of the compact model runs; C3D's unpruned conv1 by the engine's own timed choice
-    assert {lr["compact_path"] for lr in r["layers"]} <= {"kernel", "torch", "torch_cl", "onednn"}
+    assert {lr["compact_path"] for lr in r["layers"]} <= {"kernel", "contiguous", "channels_last", "onednn"}
     assert r["layers"][1]["compact_path"] == "kernel"  # conv2 is pruned
     assert 2.5 < r["ideal"] < 3.5
     assert 0 < r["sparse_min_ms"] <= r["sparse_ms"] and 0 < r["dense_min_ms"] <= r["dense_ms"]
@@ -414,7 +430,7 @@ def test_whole_video_nets(arch, profile, clip):
             xin = torch.randn(2, p.first.in_channels, 4, 12, 12)
             assert rel_err(p(xin), p.second(p.first(xin))) < TOL
             assert rel_err(p(xin), p.second.forward_torch(p.first.forward_torch(xin))) < TOL
-        for mode in ("kernel", "torch", "torch_cl", "onednn"):  # every path an unpruned conv may take
+        for mode in ("kernel", "contiguous", "channels_last", "onednn"):  # every path an unpruned conv may take
             for m in autos:
                 m.mode = mode
             assert rel_err(cm(x), ref) < TOL, mode
@@ -587,7 +603,7 @@ def test_stem_writes_straight_into_layer1(tmp_path, monkeypatch):
         compact.save_compact(cm, tmp_path / "r.pt")
         loaded = compact.load_compact(tmp_path / "r.pt")
         assert type(loaded) is StemIntoStageVideoResNet and rel_err(loaded(x), y) < TOL
-        cm.stem[3].mode = "torch"  # a path forced afterwards: the stem runs it, layer1 enters from its output
+        cm.stem[3].mode = "contiguous"  # a path forced afterwards: the stem runs it, layer1 enters from its output
         assert cm.stem_entry()[1] is None and rel_err(cm(x), y) < TOL
         cm.stem[3].mode = None
         monkeypatch.setattr(_ext, "_state", {})
