@@ -16,11 +16,14 @@ import copy
 import hashlib
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
+import options
 from admm import ADMM, Cadence, rho_bound
 from models import arch_info, build_model
 from options import parse_args, phase_of
@@ -34,7 +37,23 @@ from training.penalties import ReweightedGroupLasso
 from training.trainer import PhaseHooks, Trainer, evaluate, seed_everything
 
 DATASET_CLASSES = {"ucf101": 101, "hmdb51": 51}
-PHASE_RESULT = {"train": "dense.pth", "admm": "admm.pth", "rew": "rew.pth", "masked_retrain": "retrained.pth"}
+
+
+@dataclass(frozen=True)
+class Phase:
+    run: Callable[[argparse.Namespace, torch.device], dict]
+    result: str | None = None  # the checkpoint a training phase writes
+    distributed: bool = False  # seeded, and under torchrun in its process group
+
+
+PHASES: dict[str, Phase] = {}  # filled by @phase below, one entry per name in options.PHASES
+
+
+def phase(name: str, result: str | None = None, distributed: bool = False):
+    def register(fn: Callable[[argparse.Namespace, torch.device], dict]):
+        PHASES[name] = Phase(fn, result, distributed)
+        return fn
+    return register
 
 
 # ------------------------------------------------------------------------------------------------ ingredients
@@ -45,7 +64,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.crop_size = info.crop_size if args.crop_size is None else args.crop_size
     args.short_side = info.short_side if args.short_side is None else args.short_side
     args.phase = phase_of(args)
-    trains = args.phase in ("train", "admm", "rew", "masked_retrain")
+    trains = args.phase in PHASES and PHASES[args.phase].result is not None  # the phases that train
     if trains and args.short_side < args.crop_size:  # a random crop must fit in the resized frame
         raise UserError(f"--short-side {args.short_side} is smaller than --crop-size {args.crop_size}; "
                         f"allowed: --short-side >= {args.crop_size}")
@@ -190,7 +209,7 @@ def finish(trainer: Trainer, args: argparse.Namespace, masks: dict | None, extra
     if dist_utils.is_main():
         state = trainer.state_dict(metrics)
         state["masks"] = {k: v.cpu() for k, v in (masks or {}).items()}
-        path = trainer.run_dir / PHASE_RESULT[args.phase]
+        path = trainer.run_dir / PHASES[args.phase].result
         save_checkpoint(state, path)
         (trainer.run_dir / "result.json").write_text(json.dumps({"checkpoint": str(path), **metrics}, indent=2))
         print(f"{args.phase}: video top-1 {final['video_top1']:.4f} clip top-1 {final['clip_top1']:.4f}; "
@@ -231,6 +250,7 @@ def start_trainer(args, model, data, hooks, device, profile, run_dir) -> Trainer
 
 
 # ------------------------------------------------------------------------------------------------------ phases
+@phase("train", result="dense.pth", distributed=True)
 def train(args: argparse.Namespace, device: torch.device) -> dict:
     """Dense baseline."""
     data = make_data(args)
@@ -241,6 +261,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
     return finish(trainer, args, None, {})
 
 
+@phase("admm", result="admm.pth", distributed=True)
 def admm(args: argparse.Namespace, device: torch.device) -> dict:
     """ADMM towards the profile's sparse set (docs/algorithms.md), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
@@ -274,6 +295,7 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
     return fit_then_prune(args, model, data, hooks, device, profile, rules, old)
 
 
+@phase("rew", result="rew.pth", distributed=True)
 def rew(args: argparse.Namespace, device: torch.device) -> dict:
     """Reweighted group-lasso (docs/algorithms.md), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
@@ -299,6 +321,7 @@ def rew(args: argparse.Namespace, device: torch.device) -> dict:
     return fit_then_prune(args, model, data, hooks, device, profile, rules, old)
 
 
+@phase("masked_retrain", result="retrained.pth", distributed=True)
 def masked_retrain(args: argparse.Namespace, device: torch.device) -> dict:
     """Hard prune with the profile and retrain with the pattern fixed (docs/algorithms.md)."""
     data, model, profile, rules, start = prune_setup(args, device)
@@ -318,6 +341,7 @@ def masked_retrain(args: argparse.Namespace, device: torch.device) -> dict:
     return finish(trainer, args, hooks.masks, {"best_video_top1": trainer.best})
 
 
+@phase("evaluate", distributed=True)
 def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
     _, val_set = make_data(args)
     model = make_model(args).to(device)
@@ -333,6 +357,7 @@ def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
     return metrics
 
 
+@phase("report")
 def report(args: argparse.Namespace, device: torch.device) -> dict:
     """MACs and parameters: of what the profile implies, or of the zeros actually in a checkpoint."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
@@ -412,6 +437,7 @@ def make_teacher(args: argparse.Namespace, start: dict, device: torch.device) ->
     return teacher
 
 
+@phase("plots")
 def plots(args: argparse.Namespace, device: torch.device) -> dict:
     """Figures for a checkpoint, written to <checkpoint dir>/figures/ and to its TensorBoard log."""
     from pruning import figures
@@ -447,6 +473,7 @@ def plots(args: argparse.Namespace, device: torch.device) -> dict:
     return {"figures": [str(p) for p in written]}
 
 
+@phase("target_reduction")
 def search_profile(args: argparse.Namespace, device: torch.device) -> dict:
     """--target-reduction: write a profile YAML reaching a whole-model MAC reduction (uniform or sensitivity)."""
     from pruning.profile import PruneProfile
@@ -505,6 +532,7 @@ def pruned_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]
     return model, masks, rules
 
 
+@phase("benchmark")
 def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     """Dense (fastest PyTorch path per layer) vs compact latency, interleaved, in one run."""
     import compact
@@ -525,6 +553,7 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     return result
 
 
+@phase("export")
 def export(args: argparse.Namespace, device: torch.device) -> dict:
     """--export onnx: the dense-equivalent pruned model as ONNX, and the compact model's state beside it."""
     import compact
@@ -539,22 +568,22 @@ def export(args: argparse.Namespace, device: torch.device) -> dict:
     return {"onnx": str(onnx_path), "compact": str(compact_path)}
 
 
-PHASE_FUNCS = {"train": train, "admm": admm, "rew": rew, "masked_retrain": masked_retrain,
-               "evaluate": evaluate_phase, "report": report, "benchmark": benchmark,
-               "plots": plots, "target_reduction": search_profile, "export": export}
+assert set(PHASES) == set(options.PHASES), "options.PHASE_OPTIONS and the @phase registry must list the same phases"
 
 
 def main(args: argparse.Namespace) -> dict:
     args = resolve_defaults(args)
     if args.phase is None:
-        raise UserError("pick a phase: --train, --admm, --rew, --masked-retrain, --evaluate, --report or --benchmark")
+        flags = ", ".join(flags[0] for flags, _ in options.PHASE_OPTIONS.values())
+        raise UserError(f"pick a phase: one of {flags}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.phase in ("report", "benchmark", "plots", "target_reduction", "export"):
-        return PHASE_FUNCS[args.phase](args, device)
+    chosen = PHASES[args.phase]
+    if not chosen.distributed:
+        return chosen.run(args, device)
     dist_utils.init_distributed(device)
     seed_everything(args.seed)
     try:
-        return PHASE_FUNCS[args.phase](args, device)
+        return chosen.run(args, device)
     finally:
         dist_utils.cleanup()
 

@@ -18,8 +18,6 @@ from typing import Any, NoReturn
 
 import yaml
 
-PHASES = ("train", "admm", "rew", "masked_retrain", "evaluate", "report", "benchmark", "plots", "target_reduction",
-          "export")
 DERIVED = ("phase", "total_epochs")  # in the args.yaml beside a checkpoint: opt_main.resolve_defaults' results
 MIN_CROP = 16  # the smallest crop the models take (C3D's five 2x2 poolings)
 
@@ -105,24 +103,34 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
+# phase -> (its options, argparse keywords), in the order `--help` lists them: the one list of phases (opt_main.py
+# registers what each runs under the same names).
+PHASE_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "train": (("--train",), dict(action="store_true", help="train a dense baseline")),
+    "admm": (("--admm",), dict(action="store_true", help="ADMM towards the profile's sparse set, then hard prune")),
+    "rew": (("--rew",), dict(action="store_true", help="reweighted group-lasso, then hard prune")),
+    "masked_retrain": (("--masked-retrain", "--masked_retrain"),
+                       dict(dest="masked_retrain", action="store_true", help="retrain with the pruning pattern fixed")),
+    "evaluate": (("--evaluate",), dict(action="store_true", help="evaluate a checkpoint (clip and video level)")),
+    "report": (("--report",), dict(action="store_true", help="print the per-layer MAC/parameter report and exit")),
+    "benchmark": (("--benchmark",), dict(action="store_true", help="measure dense vs compact latency side by side")),
+    "plots": (("--plots",), dict(action="store_true", help="write figures for the checkpoint given by --resume")),
+    "target_reduction": (("--target-reduction",), dict(
+        type=above_one, default=None,
+        help="search a profile reaching this whole-model MAC reduction and write it (--search-out)")),
+    "export": (("--export",), dict(choices=("onnx",), default=None, help="export the pruned model")),
+}
+PHASES = tuple(PHASE_OPTIONS)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = OneLineParser("prune3d: kernel-group sparsity for 3D CNNs", add_help=add_help,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--args-file", default=None, help="YAML of option defaults; the command line overrides it")
 
-    g = p.add_argument_group("phase (pick one)")
-    x = g.add_mutually_exclusive_group()
-    x.add_argument("--train", action="store_true", help="train a dense baseline")
-    x.add_argument("--admm", action="store_true", help="ADMM towards the profile's sparse set, then hard prune")
-    x.add_argument("--rew", action="store_true", help="reweighted group-lasso, then hard prune")
-    x.add_argument("--masked-retrain", "--masked_retrain", dest="masked_retrain", action="store_true",
-                   help="retrain with the pruning pattern fixed")
-    x.add_argument("--evaluate", action="store_true", help="evaluate a checkpoint (clip and video level)")
-    x.add_argument("--report", action="store_true", help="print the per-layer MAC/parameter report and exit")
-    x.add_argument("--benchmark", action="store_true", help="measure dense vs compact latency side by side")
-    x.add_argument("--plots", action="store_true", help="write figures for the checkpoint given by --resume")
-    x.add_argument("--target-reduction", type=above_one, default=None,
-                   help="search a profile reaching this whole-model MAC reduction and write it (--search-out)")
+    x = p.add_argument_group("phase (pick one)").add_mutually_exclusive_group()
+    for flags, kwargs in PHASE_OPTIONS.values():
+        x.add_argument(*flags, **kwargs)
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", "-a", default="c3d", help="c3d | r2+1d | s3d")
@@ -242,7 +250,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--benchmark-json", default=None, help="write the benchmark as JSON")
     g.add_argument("--threads", type=positive_int, default=None, help="torch threads for --benchmark")
     g.add_argument("--repeats", type=positive_int, default=20, help="timed repeats for --benchmark")
-    g.add_argument("--export", choices=("onnx",), default=None, help="export the pruned model")
     g.add_argument("--search", choices=("uniform", "sensitivity"), default="uniform",
                    help="--target-reduction: uniform ratios, or allocation by measured sensitivity (needs data)")
     g.add_argument("--search-out", default=None, help="where --target-reduction writes the profile YAML")

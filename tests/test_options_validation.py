@@ -269,3 +269,15 @@ def test_real_processes(tmp_path):
         assert proc.returncode == 2, err
         assert "Traceback" not in err and len(err.splitlines()) == 1, err
         assert err.startswith("error: ") and name in err, err
+
+
+def test_no_phase_lists_every_phase_from_the_one_registry(capfd):
+    import opt_main
+    from options import PHASE_OPTIONS, PHASES
+
+    assert set(opt_main.PHASES) == set(PHASES)
+    assert opt_main.cli(["--arch", "c3d"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: pick a phase")
+    for flags, _ in PHASE_OPTIONS.values():
+        assert flags[0] in err
