@@ -12,7 +12,8 @@ cached; without a compiler everything runs through a pure-PyTorch path with the 
 
 from ._ext import kernel_isa, kernels_available, load_kernels
 from .bench import benchmark, format_table
-from .convert import CompactC3D, compile_sparse
+from .c3d_engine import CompactC3D
+from .convert import compile_sparse
 from .export import export_onnx, load_compact, masked_dense_copy, save_compact
 from .modules import SparseConv3d
 

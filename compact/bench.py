@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._ext import kernel_isa, load_kernels
+from .c3d_engine import CompactC3D
 from .chain import SparseConvPair
-from .convert import CompactC3D, compile_sparse, fold_batchnorm
+from .convert import compile_sparse, fold_batchnorm
 from .dense_paths import DENSE_PATHS, KERNEL, DenseConv, run_dense
 from .modules import AutoConv3d, SparseConv3d
 from .residual import StemIntoStageVideoResNet

@@ -13,8 +13,9 @@ from torch import nn
 
 import compact
 from compact import _ext
+from compact.c3d_engine import CompactC3D
 from compact.chain import SparseConvPair
-from compact.convert import CompactC3D, compile_sparse
+from compact.convert import compile_sparse
 from compact.modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d
 from compact.residual import SparseResidualStage, can_fuse_stage
 from models import build_model
