@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from pruning.errors import UserError
+
 from .c3d import C3D
 from .video_resnets import build_r2plus1d_18, build_s3d
 
@@ -36,7 +38,7 @@ ALIASES = {"r2plus1d": "r2+1d", "r2plus1d_18": "r2+1d", "r21d": "r2+1d", "r2+1d-
 def arch_info(arch: str) -> ArchInfo:
     key = ALIASES.get(arch, arch)
     if key not in ARCHS:
-        raise ValueError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise UserError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHS[key]
 
 
@@ -49,13 +51,13 @@ def build_model(arch: str, num_classes: int, *, width_mult: float = 1.0, clip_le
     if info.width_mult:
         model = info.builder(num_classes, width_mult=width_mult, clip_len=clip_len, crop_size=crop_size)
     elif width_mult != 1.0:
-        raise ValueError(f"--width-mult is only supported for c3d, not {info.name}")
+        raise UserError(f"--width-mult is only supported for c3d, not {info.name}")
     else:
         model = info.builder(num_classes)
     if dropout is not None:
         drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
         if not drops:
-            raise ValueError(f"--dropout: {info.name} has no dropout layer")
+            raise UserError(f"--dropout: {info.name} has no dropout layer")
         for m in drops:
             m.p = dropout
     return model

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pruning.errors import UserError
+
 CONVS = (("conv1", 64), ("conv2", 128), ("conv3a", 256), ("conv3b", 256), ("conv4a", 512), ("conv4b", 512),
          ("conv5a", 512), ("conv5b", 512))
 # Pool placed after these convs, with the full-size kernel; pool1 keeps time, pool5 pads space by one.
@@ -40,7 +42,7 @@ class C3D(nn.Module):
                 setattr(self, pool, nn.MaxPool3d((kt, ks, ks), stride=(kt, ks, ks), padding=(0, pad, pad)))
                 t, s = t // kt, (s + 2 * pad - ks) // ks + 1
         if s < 1:
-            raise ValueError(f"C3D needs crop_size >= 16, got {crop_size}")
+            raise UserError(f"C3D needs crop_size >= 16, got {crop_size}")
         fc = _width(4096, width_mult)
         self.fc6 = nn.Linear(cin * t * s * s, fc)
         self.fc7 = nn.Linear(fc, fc)

@@ -45,9 +45,3 @@ def mask_gradients(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         g = params[name].grad
         if g is not None:
             g.mul_(mask.to(g.device, g.dtype))
-
-
-def masks_from_model(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """Masks read off the zeros of named weights (for checkpoints that carry no masks; never for biases/BN)."""
-    params = dict(model.named_parameters())
-    return {n: params[n].detach() != 0 for n in names}

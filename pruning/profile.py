@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -67,10 +67,6 @@ class PruneProfile:
         out.update(self.options)
         out["prune_ratios"] = {name: dict(rule.ratios) for name, rule in self.rules.items()}
         return out
-
-    def with_group_size(self, group_size: tuple[int, int]) -> PruneProfile:
-        rules = {k: replace(r, group_size=tuple(group_size)) for k, r in self.rules.items()}
-        return replace(self, rules=rules, group_size=tuple(group_size))
 
 
 def find_profile_file(name: str, profiles_dir: Path = PROFILES_DIR) -> Path:

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import build_model, conv_weight_names
 from models.video_resnets import S3DHeadPool
 from opt_main import cli
-from pruning import hard_prune, load_profile
+from pruning import UserError, hard_prune, load_profile
 from pruning.report import build_report
 from training.checkpoint import save_checkpoint
 
@@ -95,5 +95,5 @@ def test_dropout_option_reaches_the_model():
     assert build_model("c3d", 5, width_mult=0.25, clip_len=8, crop_size=32, dropout=0.1).dropout.p == 0.1
     s3d = build_model("s3d", 5, dropout=0.0)
     assert [m.p for m in s3d.modules() if isinstance(m, torch.nn.Dropout)] == [0.0]
-    with pytest.raises(ValueError, match="no dropout"):
+    with pytest.raises(UserError, match="no dropout"):
         build_model("r2+1d", 5, dropout=0.1)

@@ -8,7 +8,7 @@ from torch import nn
 
 from admm import ADMM
 from models import build_model
-from pruning import LayerRule, apply_masks, hard_prune, intersect_masks, mask_gradients, project
+from pruning import LayerRule, apply_masks, hard_prune, mask_gradients, project
 from training.penalties import ReweightedGroupLasso, distillation_loss, unit_energies
 from training.schedule import build_scheduler
 
@@ -150,17 +150,27 @@ def test_kd_loss_is_ce_at_equal_logits_so_kl_term_is_zero():
     assert float(distillation_loss(logits, torch.randn(4, 7), y, temperature=3.0, alpha=1.0, ce=ce)) > 1e-3
 
 
-def test_combine_progressive_keeps_old_zeros():
+def test_combine_progressive_keeps_the_earlier_zeros():
+    """--combine-progressive through the driver's own functions: the starting checkpoint's masks are applied
+    (progressive_masks) and the new hard prune is intersected with them (prune_to_profile)."""
+    import argparse
+
+    from opt_main import progressive_masks, prune_to_profile
+
     torch.manual_seed(6)
     model = build_model("c3d", 5, width_mult=0.25, clip_len=8, crop_size=32)
     first = hard_prune(model, {"conv2.weight": LayerRule("kgs", {"kgs": 0.5}, (8, 4))})
-    with torch.no_grad():  # training would move the surviving weights
-        model.conv2.weight.add_(torch.randn_like(model.conv2.weight) * first["conv2.weight"])
-    second = hard_prune(model, {"conv2.weight": LayerRule("kgs", {"kgs": 0.7}, (8, 4))})
-    combined = intersect_masks(first, second)
-    apply_masks(model, combined)
-    assert not torch.any(combined["conv2.weight"] & ~first["conv2.weight"])
-    assert torch.all(model.conv2.weight[~first["conv2.weight"]] == 0)
+    with torch.no_grad():  # training moved every weight, the pruned ones too (as without masks)
+        model.conv2.weight.add_(torch.randn_like(model.conv2.weight))
+    args = argparse.Namespace(combine_progressive=True, load_path="start.pth")
+    keep = progressive_masks(args, {"masks": first}, model)
+    assert torch.equal(keep["conv2.weight"], first["conv2.weight"])
+    assert torch.all(model.conv2.weight[~first["conv2.weight"]] == 0)  # applied to the weights at once
+    masks = prune_to_profile(model, {"conv2.weight": LayerRule("kgs", {"kgs": 0.7}, (8, 4))}, keep)
+    assert not torch.any(masks["conv2.weight"] & ~first["conv2.weight"])  # nothing pruned before comes back
+    assert torch.all(model.conv2.weight[~masks["conv2.weight"]] == 0)
+    assert masks["conv2.weight"].float().mean() < 0.31  # and the new, higher ratio holds (counts round half up)
+    assert progressive_masks(argparse.Namespace(combine_progressive=False), {"masks": first}, model) == {}
 
 
 def test_warmup_then_cosine():

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .distributed import is_distributed
 
 
-class CountingDataset(Dataset):
+class FailuresAsRecords(Dataset):
     """Turns a sample that fails to load into a marker, so the batch carries the failure to the log instead of
     crashing a worker or being silently dropped."""
 
@@ -25,7 +25,7 @@ class CountingDataset(Dataset):
             return ("__failed__", i, f"{type(e).__name__}: {e}")
 
 
-def collate_counting(batch):
+def collate_with_failures(batch):
     is_failed = [isinstance(b[0], str) and b[0] == "__failed__" for b in batch]
     ok = [b for b, f in zip(batch, is_failed) if not f]
     failed = [(b[1], b[2]) for b, f in zip(batch, is_failed) if f]
@@ -66,6 +66,6 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool,
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, epoch=epoch, rank=rank, world=world,
                            skip=skip_batches * batch_size, pad=train)
     g = torch.Generator().manual_seed(seed * 7919 + epoch)  # worker seeds: deterministic per epoch
-    return DataLoader(CountingDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_counting, drop_last=False, generator=g,
+    return DataLoader(FailuresAsRecords(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_with_failures, drop_last=False, generator=g,
                       persistent_workers=False, pin_memory=torch.cuda.is_available() and not is_distributed())

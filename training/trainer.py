@@ -323,9 +323,3 @@ def hooks_scheduler(args, optimizer, iters_per_epoch: int, phase: str):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, rt3d_lr_cycle(args.admm_epochs * iters_per_epoch))
     return build_scheduler(optimizer, kind=kind, lr=args.lr, total_iters=total, warmup_iters=warm,
                            warmup_lr=args.warmup_lr)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
