@@ -296,7 +296,7 @@ def admm(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 @phase("rew", result="rew.pth", distributed=True)
-def rew(args: argparse.Namespace, device: torch.device) -> dict:
+def reweighted_group_lasso(args: argparse.Namespace, device: torch.device) -> dict:
     """Reweighted group-lasso (docs/algorithms.md), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
     keep = progressive_masks(args, start, model)
