@@ -27,6 +27,7 @@ from .convert import compile_sparse, fold_batchnorm
 from .dense_paths import DENSE_PATHS, KERNEL, DenseConv, run_dense
 from .modules import AutoConv3d, SparseConv3d
 from .residual import StemIntoStageVideoResNet
+from .surgery import masked_dense_copy, set_submodule
 
 if TYPE_CHECKING:
     from pruning import LayerRule
@@ -89,11 +90,6 @@ def _conv_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
 def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
     if isinstance(compact, CompactC3D):
         return compact.convs[name] if name in compact.convs else None
@@ -131,10 +127,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
     if ext is not None:
         ext.set_num_threads(threads)
     try:
-        dense = copy.deepcopy(model).float().cpu().eval()
-        params = dict(dense.named_parameters())
-        for n, mk in masks.items():
-            params[n].mul_(mk.to(params[n].dtype))
+        dense = masked_dense_copy(model, masks)
         if compact is None:
             compact = compile_sparse(dense, masks, rules=rules)
         torch.manual_seed(seed)
@@ -184,7 +177,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
 
         fastest = copy.deepcopy(dense)
         for name, method in best_method.items():
-            _set(fastest, name, DenseConv(dense.get_submodule(name), method))
+            set_submodule(fastest, name, DenseConv(dense.get_submodule(name), method))
         cl = copy.deepcopy(dense).to(memory_format=torch.channels_last_3d)
         x_cl = x.contiguous(memory_format=torch.channels_last_3d)
         fastest_ms: dict[str, float] = {}

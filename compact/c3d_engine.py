@@ -13,12 +13,14 @@ import torch
 from torch import nn
 
 from ._ext import load_kernels
+from .convert import CompileJob, register_engine, swap_pruned_convs
 from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, fastest_mode, onednn_conv, run_dense
 from .layout import SLACK, flat_layout, flat_positions, interior
 from .modules import SparseConv3d, _run
 from .scratch import SCRATCH
 
 
+@register_engine("models.c3d.C3D", passes=(swap_pruned_convs,))  # by name: compact does not import models
 class CompactC3D(nn.Module):
     """C3D with the conv stack run by the sparse kernels end to end.
 
@@ -51,6 +53,11 @@ class CompactC3D(nn.Module):
         self.fc6, self.fc7, self.fc8 = model.fc6, model.fc7, model.fc8
         self.relu = nn.ReLU()
         self._valid: dict = {}
+
+    @classmethod
+    def compile(cls, model: nn.Module, job: CompileJob) -> CompactC3D:
+        """The engine over a C3D whose masked convs are SparseConv3d already (`swap_pruned_convs`)."""
+        return cls(model, dense_layers=job.dense_layers)
 
     def _torch_features(self, x: torch.Tensor) -> torch.Tensor:
         for n in self.conv_names:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .surgery import masked_dense_copy
+
 FORMAT = "prune3d-compact"
-
-
-@torch.no_grad()
-def masked_dense_copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """An eval-mode copy of `model` with every masked weight zeroed (what the compact model computes)."""
-    dense = copy.deepcopy(model).float().cpu().eval()
-    params = dict(dense.named_parameters())
-    for name, mask in masks.items():
-        params[name].mul_(mask.to(params[name].dtype))
-    return dense
 
 
 def export_onnx(model: nn.Module, masks: dict[str, torch.Tensor], path: str | Path, input_shape: tuple[int, ...], *,

@@ -15,6 +15,7 @@ from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, canonical_pa
 from .layout import SLACK, LayoutCtx, copy_phases, flat_layout, flat_positions, output_runs, scatter_index
 from .plan import ConvPlan, PairOffsets, build_plan, pair_offsets
 from .scratch import SCRATCH
+from .surgery import kept_mask
 
 
 def _triple(v) -> tuple[int, int, int]:
@@ -53,7 +54,7 @@ class SparseConv3d(nn.Module):
         self.kernel_size = _triple(conv.kernel_size)
         self.stride, self.padding = _triple(conv.stride), _triple(conv.padding)
         weight = conv.weight.detach().float().cpu()
-        mask = (weight != 0) if mask is None else mask.detach().cpu().bool()
+        mask = kept_mask(weight, mask)
         self.plan = build_plan(weight, mask, chunk=chunk, block=block, union_only=union_only)
         kf = torch.from_numpy(np.flatnonzero(self.plan.kept_filters))
         kc = torch.from_numpy(np.flatnonzero(self.plan.kept_channels))

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .surgery import kept_mask
+
 MAX_G = 8
 CHMAX = 64  # rows of the kernel's accumulator tile (plan.h P3D_CHMAX)
 TASK_OVERHEAD = 16.0
@@ -113,7 +115,7 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
                union_only: bool = False) -> ConvPlan:
     """Work lists for `weight * mask` ([Cout, Cin, kt, kh, kw]); `mask=None` means the weight's nonzeros."""
     w = weight.detach().float().cpu()
-    mk = (w != 0) if mask is None else mask.detach().cpu().bool()
+    mk = kept_mask(w, mask)
     w = w * mk
     cout, cin = w.shape[:2]
     kernel = tuple(int(s) for s in w.shape[2:])

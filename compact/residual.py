@@ -19,6 +19,7 @@ from .dense_paths import KERNEL
 from .layout import SLACK, flat_layout, interior
 from .modules import AutoConv3d, SparseConv3d
 from .scratch import SCRATCH
+from .surgery import set_submodule
 
 
 def block_convs(block: nn.Module) -> list[SparseConv3d] | None:
@@ -140,8 +141,7 @@ def fuse_residual_stages(model: nn.Module) -> int:
     count = 0
     for name, mod in list(model.named_modules()):
         if type(mod) is nn.Sequential and can_fuse_stage(mod):
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, SparseResidualStage(mod))
+            set_submodule(model, name, SparseResidualStage(mod))
             count += 1
     return count
 
