@@ -25,11 +25,11 @@ from torch import nn
 
 from .errors import ProfileError
 from .groups import column_layout, round_half_up
-from .projections import DEFAULT_GROUP_SIZE, KGRC_METHODS, SCORES, LayerRule, canonical_type
+from .projections import KGRC_METHODS, SCORES, LayerRule
+from .sparsity_types import TYPES, canonical_type, default_group_size
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 TOP_KEYS = {"sparsity", "group_size", "prune_ratios", "balanced", "score", "kgrc_method", "description"}
-COMPONENTS = {"kgrc": ("kgr", "kgc")}
 
 
 @dataclass
@@ -138,7 +138,7 @@ def parse_profile(data: object, source: str, cli_type: str | None = None,
     opts = {k: data[k] for k in ("balanced", "score", "kgrc_method") if k in data}
     opts.update({k: v for k, v in (options or {}).items() if v is not None})
     _check_options(opts, source)
-    gsize = _group_size(group_size or data.get("group_size") or DEFAULT_GROUP_SIZE.get(default, (8, 8)), source)
+    gsize = _group_size(group_size or data.get("group_size") or default_group_size(default), source)
     ratios = data["prune_ratios"]
     if not isinstance(ratios, dict) or not ratios:
         raise ProfileError(f"{source}: 'prune_ratios' must be a non-empty mapping of weight name to ratio")
@@ -201,11 +201,11 @@ def _ratio(value: object, source: str, key: str) -> float:
 def _parse_entry(value: object, default: str, source: str, key: str) -> tuple[str, dict[str, float]]:
     if not isinstance(value, dict):
         r = _ratio(value, source, key)
-        return default, {c: r for c in COMPONENTS.get(default, (default,))}
+        return default, {c: r for c in TYPES[default].components}
     ratios = {}
     for t, r in value.items():
         kind = canonical_or_error(t, f"{source}: key '{key}'")
-        for c in COMPONENTS.get(kind, (kind,)):
+        for c in TYPES[kind].components:
             ratios[c] = _ratio(r, source, f"{key}.{t}")
     if set(ratios) == {"kgr", "kgc"}:
         return "kgrc", ratios

@@ -14,22 +14,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .groups import GroupView, column_layout, group_view, round_half_up
+from .sparsity_types import TYPES
 
-SPARSITY_TYPES = ("irregular", "filter", "channel", "blk-vanilla", "kgs", "kgr", "kgc", "kgrc")
-# Spellings used by RT3D / TCAD scripts.
-ALIASES = {"blk-kgs": "kgs", "vanilla": "blk-vanilla", "blk_vanilla": "blk-vanilla", "kgs-blk": "kgs"}
-DEFAULT_GROUP_SIZE = {"kgs": (8, 4), "blk-vanilla": (8, 4), "kgr": (8, 8), "kgc": (8, 8), "kgrc": (8, 8)}
+SPARSITY_TYPES = tuple(TYPES)
 SCORES = ("l2", "l2-per-weight")
 KGRC_METHODS = ("exact", "product")
-
-
-def canonical_type(name: str) -> str:
-    """The canonical sparsity type for a name or alias; ValueError on an unknown one."""
-    key = str(name).strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in SPARSITY_TYPES:
-        raise ValueError(f"unknown sparsity type {name!r}; known: {', '.join(SPARSITY_TYPES)}")
-    return key
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from torch import nn
 
 from .masks import hard_prune
-from .projections import DEFAULT_GROUP_SIZE, LayerRule, projection_mask
+from .projections import LayerRule, projection_mask
 from .report import build_report, output_positions
+from .sparsity_types import TYPES, default_group_size
 
 
 def prunable_layers(model: nn.Module) -> list[str]:
@@ -29,10 +30,7 @@ def prunable_layers(model: nn.Module) -> list[str]:
 
 
 def _rule(kind: str, ratio: float, group_size) -> LayerRule:
-    if kind == "kgrc":  # split the density evenly between rows and columns
-        r = 1 - math.sqrt(1 - ratio)
-        return LayerRule(kind, {"kgr": round(r, 4), "kgc": round(r, 4)}, group_size)
-    return LayerRule(kind, {kind: round(ratio, 4)}, group_size)
+    return LayerRule(kind, TYPES[kind].even_ratios(ratio), group_size)
 
 
 class MacModel:
@@ -67,7 +65,7 @@ def uniform_profile(model: nn.Module, arch: str, input_shape, target: float, kin
     (9 KGC columns, 8 KGR rows), the largest layers are stepped back down while the target still holds, so
     the result meets the target without overshooting by a whole count step."""
     layers = layers or prunable_layers(model)
-    gs = tuple(group_size or DEFAULT_GROUP_SIZE.get(kind, (8, 8)))
+    gs = tuple(group_size or default_group_size(kind))
     macs = MacModel(model, arch, input_shape)
     lo, hi = 0.0, 0.97
     if macs.reduction({n: _rule(kind, hi, gs) for n in layers}) < target:
@@ -97,7 +95,7 @@ def sensitivity_profile(model: nn.Module, arch: str, input_shape, target: float,
     Returns (rules, the measured table {layer: {ratio: accuracy}}).
     """
     layers = layers or prunable_layers(model)
-    gs = tuple(group_size or DEFAULT_GROUP_SIZE.get(kind, (8, 8)))
+    gs = tuple(group_size or default_group_size(kind))
     base = accuracy(model)
     table: dict[str, dict[float, float]] = {}
     for name in layers:

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import build_model  # noqa: E402
 from pruning import LayerRule, projection_mask  # noqa: E402
-from pruning.projections import DEFAULT_GROUP_SIZE, SPARSITY_TYPES  # noqa: E402
+from pruning.projections import SPARSITY_TYPES  # noqa: E402
+from pruning.sparsity_types import default_group_size  # noqa: E402
 
 # The layers the papers prune: C3D conv2-conv5b; R(2+1)D-18 every spatial and temporal conv of layer1-4.
 LAYERS = {
@@ -39,7 +40,7 @@ def main() -> None:
         weights = [p.detach() for n, p in model.named_parameters() if p.dim() == 5 and keep(n)]
         for kind in SPARSITY_TYPES:
             ratios = {"kgr": 0.5, "kgc": 0.67} if kind == "kgrc" else {kind: 0.5}
-            rule = LayerRule(kind, ratios, DEFAULT_GROUP_SIZE.get(kind, (8, 8)))
+            rule = LayerRule(kind, ratios, default_group_size(kind))
             times = []
             for _ in range(a.repeats):
                 t0 = time.perf_counter()

@@ -10,7 +10,8 @@ import torch
 from models import build_model
 from pruning import LayerRule, project, projection_mask, realized_ratio
 from pruning.profile import load_profile
-from pruning.projections import SPARSITY_TYPES, canonical_type
+from pruning.projections import SPARSITY_TYPES
+from pruning.sparsity_types import canonical_type
 from tests import reference as ref
 
 
@@ -198,3 +199,18 @@ def test_brute_force_reference_agrees_with_itself():
     # groups: rows {2,1} x cols {2,1}: rows kept 1 of 2 (2 ways) twice, 0 of 1 (1 way) twice
     assert n == comb(2, 1) ** 2
     assert len(list(itertools.islice(ref.feasible_kgrc_masks((2, 2, 1, 2, 2), 0.5, 0.5, 2, 2), 100))) == 2 * 6
+
+
+def test_the_sparsity_type_table_is_what_every_reader_uses():
+    from pruning.profile import load_profile
+    from pruning.search import _rule
+    from pruning.sparsity_types import TYPES, canonical_type, default_group_size
+
+    assert SPARSITY_TYPES == tuple(TYPES)
+    assert canonical_type("blk-kgs") == "kgs" and canonical_type(" Vanilla ") == "blk-vanilla"
+    assert default_group_size("kgs") == (8, 4) and default_group_size("kgrc") == (8, 8)
+    rule = _rule("kgrc", 0.75, (8, 8))  # rows and columns split the density evenly: 0.5 x 0.5 kept
+    assert rule.ratios == {"kgr": 0.5, "kgc": 0.5}
+    assert load_profile("c3d_kgrc_3.04x").group_size == TYPES["kgrc"].group_size
+    with pytest.raises(ValueError, match="known: irregular"):
+        canonical_type("kgx")
