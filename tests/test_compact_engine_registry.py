@@ -1,0 +1,131 @@
+"""What adding a model to the compact engine takes: register its type with the passes it needs (or an engine of
+its own), and compile_sparse gives a model whose output equals the masked dense model's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import compact.convert as convert
+from compact.chain import SparseConvPair
+from compact.convert import (
+    MODULE_PASSES,
+    CompileJob,
+    chain_pairs,
+    channels_last_pools,
+    compile_sparse,
+    engine_passes,
+    fold_bn,
+    fuse_relu,
+    register_engine,
+    swap_convs,
+    swap_pruned_convs,
+)
+from compact.modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d
+from compact.surgery import masked_dense_copy
+from pruning import LayerRule, project
+
+TOL = 1e-5
+
+
+class ThreeBlockNet(nn.Module):
+    """A small video net of three conv blocks the engine has never seen: a full 3x3x3 conv, then a (2+1)D pair
+    (spatial conv, BatchNorm, ReLU, temporal conv), a max-pool and a linear head."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            nn.Conv3d(3, 16, 3, padding=1), nn.BatchNorm3d(16), nn.ReLU(),
+            nn.Conv3d(16, 24, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(24), nn.ReLU(),
+            nn.Conv3d(24, 32, (3, 1, 1), padding=(1, 0, 0)), nn.ReLU(),
+            nn.MaxPool3d((1, 2, 2)))
+        self.head = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x).mean((2, 3, 4)))
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Registrations made in a test stay in that test."""
+    monkeypatch.setattr(convert, "ENGINES", dict(convert.ENGINES))
+
+
+def pruned_net(cls=ThreeBlockNet):
+    torch.manual_seed(0)
+    model = cls().eval()
+    masks = {}
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm3d):  # statistics that make the folding matter
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+        for name in ("blocks.3", "blocks.6"):  # the first conv stays unpruned
+            conv = model.get_submodule(name)
+            w, masks[f"{name}.weight"] = project(conv.weight, LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.67}, (8, 8)))
+            conv.weight.copy_(w)
+    return model, masks
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def test_a_registered_model_equals_its_masked_dense_model(registry):
+    # adding the model to the engine: one line
+    register_engine(ThreeBlockNet, passes=(fold_bn, swap_convs, fuse_relu, chain_pairs, channels_last_pools))
+
+    model, masks = pruned_net()
+    cm = compile_sparse(model, masks)
+    mods = list(cm.modules())
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in mods)  # folded
+    assert isinstance(cm.blocks[0], AutoConv3d) and cm.blocks[0].relu  # unpruned, ReLU fused
+    pair = cm.blocks[3]
+    assert isinstance(pair, SparseConvPair) and pair.first.relu and pair.second.relu  # chained, ReLUs fused
+    assert isinstance(cm.blocks[8], ChannelsLastMaxPool3d)
+    x = torch.randn(2, 3, 4, 12, 12)
+    with torch.no_grad():
+        ref = masked_dense_copy(model, masks)(x)
+        assert rel_err(cm(x), ref) < TOL
+        assert rel_err(compile_sparse(model, masks, fuse=False)(x), ref) < TOL
+
+
+def test_a_model_with_an_engine_of_its_own(registry):
+    class OtherNet(ThreeBlockNet):
+        pass
+
+    # an engine module built after the passes: a decorator on it
+    @register_engine(OtherNet, passes=(swap_pruned_convs,))
+    class OtherEngine(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        @classmethod
+        def compile(cls, model: nn.Module, job: CompileJob) -> OtherEngine:
+            return cls(model)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+    model, masks = pruned_net(OtherNet)
+    cm = compile_sparse(model, masks)
+    assert isinstance(cm, OtherEngine)
+    assert [type(m) for m in cm.model.blocks[::3]] == [nn.Conv3d, SparseConv3d, SparseConv3d]
+    x = torch.randn(2, 3, 4, 12, 12)
+    with torch.no_grad():
+        assert rel_err(cm(x), masked_dense_copy(model, masks)(x)) < TOL
+
+
+def test_lookup_follows_the_class_hierarchy(registry):
+    class Sub(ThreeBlockNet):
+        pass
+
+    assert engine_passes(ThreeBlockNet()) == MODULE_PASSES  # not registered: module-by-module compaction
+    register_engine(ThreeBlockNet, passes=(swap_convs,))
+    assert engine_passes(Sub()) == (swap_convs,)
+    register_engine(f"{Sub.__module__}.{Sub.__qualname__}", passes=(swap_pruned_convs,))  # by name
+    assert engine_passes(Sub()) == (swap_pruned_convs,)
