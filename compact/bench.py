@@ -32,7 +32,7 @@ from .surgery import masked_dense_copy, set_submodule
 if TYPE_CHECKING:
     from pruning import LayerRule
 
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
                  best: dict[str, float] | None = None, raw: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median ms of each callable, calls interleaved round-robin after `warmup` rounds; `best` (if given) receives
     each callable's fastest ms, the figure least disturbed by other jobs on a shared machine, and `raw` every
@@ -162,7 +162,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
                 fns["compact"] = lambda cmod=cmod, buf=buf, ctx=ctx: cmod.compute(ext, buf, ctx)
             elif cmod is not None:
                 fns["compact"] = lambda cmod=cmod, xin=xin: cmod(xin)
-            t = _interleaved(fns, repeats if per_layer else 1, 1 if per_layer else 0)
+            t = interleaved(fns, repeats if per_layer else 1, 1 if per_layer else 0)
             method = min(DENSE_PATHS, key=lambda m: t[m])
             best_method[name] = method
             lr = macs.get(f"{name}.weight")
@@ -182,7 +182,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         x_cl = x.contiguous(memory_format=torch.channels_last_3d)
         fastest_ms: dict[str, float] = {}
         rounds: dict[str, list[float]] = {}
-        t = _interleaved({"per_layer_fastest": lambda: fastest(x), "contiguous": lambda: dense(x),
+        t = interleaved({"per_layer_fastest": lambda: fastest(x), "contiguous": lambda: dense(x),
                           "channels_last": lambda: cl(x_cl), "compact": lambda: compact(x)}, repeats, warmup,
                          fastest_ms, rounds)
         cands = {k: v for k, v in t.items() if k != "compact"}
@@ -287,7 +287,7 @@ def pattern_rates(conv: nn.Conv3d, rules: dict[str, LayerRule | None], input_sha
             d = DenseConv(conv, method)
             xin = d.native_input(x)
             fns[f"dense:{method}"] = lambda d=d, xin=xin: d.conv(xin)
-        ms = _interleaved(fns, repeats, warmup)
+        ms = interleaved(fns, repeats, warmup)
         for r in rows:
             r["compact_ms"] = ms[r["pattern"]]
             r["gmacs"] = r["macs"] / ms[r["pattern"]] / 1e6

@@ -4,10 +4,14 @@
     python scripts/bench_compact.py --arch c3d --profile c3d_kgrc_3.04x --batch-size 1 8 --threads 2
     python scripts/bench_compact.py --arch r2+1d --profile r2+1d_kgrc_3.05x --json out.json
 
-Weights are random, projected onto the profile (hard_prune), unless --resume gives a checkpoint whose weights
-(and masks, if stored) are used. `--channel-pruned-equal-macs` (C3D only; needs `pip install torch-pruning`) adds,
-side by side and timed interleaved, Torch-Pruning's physically channel-pruned C3D (whole filters and the matching
-input channels removed, a smaller dense model) at the profile's MAC reduction:
+The same code as `opt_main.py --benchmark` (the model, masks and rules of `opt_main.pruned_model`, then
+`compact.benchmark` and `compact.format_table`), for several batch sizes in one run and one JSON file: weights are
+random (seeded by --seed), projected onto the profile (hard_prune), unless --resume gives a checkpoint (read
+safely, weights_only) whose weights and masks (or, without masks, its zeros) are used.
+
+`--channel-pruned-equal-macs` (C3D only; needs `pip install torch-pruning`) adds, side by side and timed
+interleaved, Torch-Pruning's physically channel-pruned C3D (whole filters and the matching input channels removed,
+a smaller dense model) at the profile's MAC reduction:
 
     python scripts/bench_compact.py --arch c3d --profile c3d_kgrc_3.04x --batch-size 1 8 --channel-pruned-equal-macs
 """
@@ -27,10 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compact  # noqa: E402
-from models import build_model  # noqa: E402
+from compact.bench import interleaved  # noqa: E402
 from models.c3d import CONVS  # noqa: E402
-from pruning import hard_prune  # noqa: E402
-from pruning.profile import load_profile  # noqa: E402
+from opt_main import pruned_model, resolve_defaults  # noqa: E402
+from options import parse_args  # noqa: E402
 from pruning.report import build_report  # noqa: E402
 
 
@@ -45,7 +49,8 @@ def parse(argv=None):
     p.add_argument("--clip-len", type=int, default=16)
     p.add_argument("--crop-size", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=101)
-    p.add_argument("--resume", default=None, help="checkpoint with model weights (state_dict or {'model': ...})")
+    p.add_argument("--width-mult", type=float, default=1.0, help="C3D: channel width multiplier")
+    p.add_argument("--resume", default=None, help="checkpoint with model weights (and masks), as for opt_main.py")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--channel-pruned-equal-macs", action="store_true",
                    help="C3D: also time Torch-Pruning's channel-pruned C3D (uniform L2-magnitude channel ratio, "
@@ -57,17 +62,16 @@ def parse(argv=None):
     return args
 
 
-def load_weights(model, path):
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    masks = None
-    if isinstance(state, dict):
-        masks = state.get("masks")
-        for key in ("model", "state_dict", "model_state"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=False)
-    return masks
+def driver_args(args) -> argparse.Namespace:
+    """`opt_main.py --benchmark`'s options for this run (its parser checks them)."""
+    argv = ["--benchmark", "--arch", args.arch, "--config-file", args.profile, "--clip-len", str(args.clip_len),
+            "--num-classes", str(args.num_classes), "--threads", str(args.threads), "--repeats", str(args.repeats),
+            "--seed", str(args.seed), "--width-mult", str(args.width_mult)]
+    if args.crop_size:
+        argv += ["--crop-size", str(args.crop_size)]
+    if args.resume:
+        argv += ["--resume", args.resume]
+    return resolve_defaults(parse_args(argv))
 
 
 def torch_pruning_version() -> str:
@@ -154,8 +158,6 @@ def torch_pruned_c3d(model, target: float, input_shape, tol: float = 0.005, max_
 def side_by_side(model, masks, small, rules, input_shape, bs, args, info):
     """Interleaved: full dense, Torch-Pruning's channel-pruned dense `small` (both contiguous and channels_last, best
     taken) and the kernel-group compact model."""
-    from compact.bench import _interleaved
-
     torch.set_num_threads(args.threads)
     ext = compact.load_kernels()
     if ext is not None:
@@ -166,7 +168,7 @@ def side_by_side(model, masks, small, rules, input_shape, bs, args, info):
     x = torch.randn(bs, *input_shape)
     xc = x.contiguous(memory_format=torch.channels_last_3d)
     cl = {k: copy.deepcopy(m).to(memory_format=torch.channels_last_3d) for k, m in (("full", full), ("small", small))}
-    t = _interleaved({"full": lambda: full(x), "full_cl": lambda: cl["full"](xc), "small": lambda: small(x),
+    t = interleaved({"full": lambda: full(x), "full_cl": lambda: cl["full"](xc), "small": lambda: small(x),
                       "small_cl": lambda: cl["small"](xc), "kg_compact": lambda: cm(x),
                       "kg_masked_dense": lambda: dense(x)}, args.repeats, args.warmup)
     full_ms, small_ms = min(t["full"], t["full_cl"]), min(t["small"], t["small_cl"])
@@ -184,16 +186,10 @@ def side_by_side(model, masks, small, rules, input_shape, bs, args, info):
 def main(argv=None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.manual_seed(args.seed)
-    crop = args.crop_size or (224 if args.arch == "s3d" else 112)
-    kw = {"clip_len": args.clip_len, "crop_size": crop} if args.arch == "c3d" else {}
-    model = build_model(args.arch, args.num_classes, **kw).eval()
-    masks = load_weights(model, args.resume) if args.resume else None
-    profile = load_profile(args.profile)
-    rules = profile.resolve(model)
-    if masks is None:
-        masks = hard_prune(model, rules)
-    input_shape = (3, args.clip_len, crop, crop)
+    run = driver_args(args)
+    torch.manual_seed(args.seed)  # the random weights
+    model, masks, rules = pruned_model(run)
+    input_shape = (3, run.clip_len, run.crop_size, run.crop_size)
     small = None
     if args.channel_pruned_equal_macs:  # Torch-Pruning's C3D at the profile's MAC reduction, the same for every batch
         target = build_report(model, masks, "", input_shape).reduction

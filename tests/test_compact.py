@@ -378,12 +378,12 @@ def test_pattern_rates_times_each_pattern_exactly_computed():
 
 
 def test_interleaved_reports_median_and_fastest():
-    from compact.bench import _interleaved
+    from compact.bench import interleaved
 
     delays = iter([0.004, 0.001, 0.003] * 2)
     best: dict[str, float] = {}
     raw: dict[str, list[float]] = {}
-    med = _interleaved({"a": lambda: time.sleep(next(delays))}, repeats=3, warmup=0, best=best, raw=raw)
+    med = interleaved({"a": lambda: time.sleep(next(delays))}, repeats=3, warmup=0, best=best, raw=raw)
     assert best["a"] < med["a"]  # 1 ms fastest, 3 ms median
     assert len(raw["a"]) == 3 and best["a"] == min(raw["a"]) and med["a"] == sorted(raw["a"])[1]
 
