@@ -80,7 +80,7 @@ def run_dense(conv: nn.Conv3d, x: torch.Tensor, path: str) -> torch.Tensor:
 
 def fastest_mode(run, modes, rounds: int = 5) -> str:
     """The mode `run(mode)` runs fastest: all modes timed interleaved, `rounds` times each, the best time after a
-    first call (with two timed calls per mode the choice followed the machine's noise)."""
+    first call (with two timed calls per mode the choice followed the machine's noise: docs/bench/history.md)."""
     times: dict[str, list[float]] = {}
     for m in list(modes) * rounds:
         t0 = time.perf_counter()

@@ -148,7 +148,7 @@ class SparseConv3d(nn.Module):
             s_chan = grid[0] * grid[1] * grid[2]
             per_sample = c * nph * s_chan
             key = ("phases", n, c, tuple(stride), tuple(grid), tuple(pad), tuple(dims))
-            buf, fresh = SCRATCH.take_kept(key, n * per_sample + SLACK, x)
+            buf, fresh = SCRATCH.take_zero_padded(key, n * per_sample + SLACK, x)
             if fresh:  # the copies below write data positions only: the zeros stay for the next call
                 buf.zero_()
             phases = buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid)
@@ -231,8 +231,8 @@ class AutoConv3d(nn.Module):
 
 
 class ChannelsLastMaxPool3d(nn.MaxPool3d):
-    """nn.MaxPool3d run on channels_last_3d input: PyTorch's CPU max_pool3d is 3-15x faster in that layout than
-    on contiguous input, even counting the conversion there and back (S3D's pools: 247 ms -> 59 ms per clip)."""
+    """nn.MaxPool3d run on channels_last_3d input: PyTorch's CPU max_pool3d is several times faster in that layout
+    than on contiguous input, even counting the conversion there and back (docs/bench/history.md)."""
 
     @classmethod
     def from_pool(cls, pool: nn.MaxPool3d) -> ChannelsLastMaxPool3d:

@@ -268,7 +268,7 @@ def pair_offsets(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, i
     sb = tile_channels(plan.kernel, stride, grid, chan_stride, L2_BUDGET)
     sched = piece_schedule(plan, channel_index[plan.pair_c], seg, sb)
     # taps along time only read rows whole planes apart, more streams than the hardware prefetchers follow: the
-    # kernel prefetches every line of each row for the thread's next tile (1.22-1.26x on R(2+1)D's layer1 temporal
-    # convs, whose input outgrows L3; 0.98-1.02x on 3x3 taps, which it leaves alone)
+    # kernel prefetches every line of each row for the thread's next tile (a gain where the input outgrows L3,
+    # none on 3x3 taps, which it leaves alone: docs/bench/history.md)
     prefetch = TILE if kh * kw == 1 else 0
     return PairOffsets(torch.from_numpy(np.ascontiguousarray(off, dtype=np.int64)), *sched, prefetch)

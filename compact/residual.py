@@ -149,7 +149,7 @@ def fuse_residual_stages(model: nn.Module) -> int:
 class StemIntoStageVideoResNet(VideoResNet):
     """torchvision's VideoResNet (same modules, same state_dict) whose stem hands its last conv to `layer1`, which
     writes that conv's output straight into its own layout: the stem's last output tensor and the stage's copy of it
-    into the layout are saved (R(2+1)D, same-process A/B: 1.00-1.01x at batch 1, 1.06-1.12x at batch 8). Made by
+    into the layout are saved (a gain at batch 8, none at batch 1: docs/bench/history.md). Made by
     `fuse_stem_into_stage`."""
 
     def stem_entry(self) -> tuple[list[nn.Module], SparseConv3d | None]:

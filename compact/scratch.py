@@ -1,17 +1,14 @@
 """Scratch buffers reused across forward calls.
 
-A fresh multi-megabyte tensor is mapped from the OS and page-faulted in on first touch, on every call: measured on
-a 2-core VM, filling a fresh 231 MB tensor took 95 ms against 14 ms for a reused one, as long as a pruned conv of
-R(2+1)D's first stage at batch 8. The compact modules take their padded-layout buffers from here and give them
-back when the next kernel has read them; nothing returned to the caller aliases a scratch buffer.
+A fresh multi-megabyte tensor is page-faulted in on first touch, on every call, which costs as much as a pruned
+conv; the compact modules therefore take their layout buffers from here and give them back when the next kernel has
+read them. Nothing returned to the caller aliases a scratch buffer.
 
 Buffers in a layout whose non-data positions stay zero (the kernels' flat padded layout, `take_padded`; the
-stride-phase planes, `take_kept`) keep those zeros from call to call: each layout keeps a buffer of its own, which
-costs memory (R(2+1)D: 164 MB kept at batch 1, 1.31 GB at batch 8, against 72 MB and 576 MB when the layouts shared
-buffers and zeroed them again) for no zeroing at all in steady state (before: 14-16 padding fills per clip at batch
-1, about 5 ms). `SCRATCH.clear()` gives the memory back.
+stride-phase planes, `take_zero_padded`) keep those zeros from call to call: each layout keeps a buffer of its
+own, more memory for no zeroing at all in steady state. `SCRATCH.clear()` gives the memory back. The figures
+behind both choices: docs/bench/history.md.
 """
-
 from __future__ import annotations
 
 import threading
@@ -40,13 +37,12 @@ class ScratchPool:
         """A buffer in the flat padded layout (`layout.flat_layout`) with every position that is not data zero,
         and the view of its data positions [n, c, T, H, W] (contents undefined). The holder writes data positions
         only (the kernels' output runs, copies into the view), so a buffer given back keeps its zero padding and
-        the next request for the same layout skips the zeroing: zeroing the padding of R(2+1)D's activations
-        costs several ms per clip."""
+        the next request for the same layout skips the zeroing (several ms per clip on R(2+1)D)."""
         key = ("flat", n, c, tuple(grid), s_chan, tuple(pad), tuple(dims))
-        buf, fresh = self.take_kept(key, n * c * s_chan + slack, like)
+        buf, fresh = self.take_zero_padded(key, n * c * s_chan + slack, like)
         return buf, (zero_padding if fresh else interior)(buf, n, c, grid, s_chan, pad, dims)
 
-    def take_kept(self, key: tuple, numel: int, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def take_zero_padded(self, key: tuple, numel: int, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(buffer, fresh) for a layout named by `key` whose non-data positions the holder never writes: the
         buffer given back for the same key and size, as it was (fresh False), or a new one (fresh True: the caller
         zeroes what is not data). Each key keeps a buffer of its own rather than re-zero a shared one."""
