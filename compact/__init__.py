@@ -6,6 +6,12 @@
     compact.export_onnx(model, masks, "model.onnx", (3, 16, 112, 112))
     compact.save_compact(cm, "model_compact.pt")
 
+A model type gets its compile passes (and, optionally, an engine of its own) from `compact.register_engine`; see
+`compact/convert.py`. Modules: `layout` (the kernels' flat padded layout), `plan` (work lists of a pruned conv),
+`scratch` (reused buffers), `dense_paths` (PyTorch's dense conv paths and the timed choice), `modules`
+(SparseConv3d, AutoConv3d), `chain` and `residual` (convs and residual stages run in the kernels' layout),
+`c3d_engine` (C3D end to end), `convert` (passes, registry, compile_sparse), `surgery`, `bench`, `export`.
+
 The C++ kernels (AVX-512 / AVX2 / generic, OpenMP) are built with torch.utils.cpp_extension on first use and
 cached; without a compiler everything runs through a pure-PyTorch path with the same results (logged once).
 """
@@ -13,9 +19,10 @@ cached; without a compiler everything runs through a pure-PyTorch path with the 
 from ._ext import kernel_isa, kernels_available, load_kernels
 from .bench import benchmark, format_table
 from .c3d_engine import CompactC3D
-from .convert import compile_sparse
+from .convert import compile_sparse, register_engine
 from .export import export_onnx, load_compact, masked_dense_copy, save_compact
 from .modules import SparseConv3d
 
 __all__ = ["CompactC3D", "SparseConv3d", "benchmark", "compile_sparse", "export_onnx", "format_table",
-           "kernel_isa", "kernels_available", "load_compact", "load_kernels", "masked_dense_copy", "save_compact"]
+           "kernel_isa", "kernels_available", "load_compact", "load_kernels", "masked_dense_copy",
+           "register_engine", "save_compact"]

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pruning import LayerRule
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                 best: dict[str, float] | None = None, raw: dict[str, list[float]] | None = None) -> dict[str, float]:
+                best: dict[str, float] | None = None, raw: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median ms of each callable, calls interleaved round-robin after `warmup` rounds; `best` (if given) receives
     each callable's fastest ms, the figure least disturbed by other jobs on a shared machine, and `raw` every
     round's ms (for ratios taken within a round)."""
