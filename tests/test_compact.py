@@ -4,6 +4,7 @@ R(2+1)D-18 and S3D; the pure-PyTorch fallback equals the compiled kernels; prune
 from __future__ import annotations
 
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -102,7 +103,8 @@ GEOMETRIES = sorted({(s[2], s[3], s[4]) for s in SHAPES})
 def test_every_type_every_geometry(kind, geom):
     k, s, p = geom
     cin = 3 if k[1] == 7 else 20  # 20 channels: edge groups of 4 (kgs) and 8 (kgr/kgc/kgrc)
-    conv, mask = make_conv(cin, 36, k, s, p, True, kind, seed=hash((kind, geom)) % 1000)
+    # a seed stable across runs (hash() of a tuple of str changes with PYTHONHASHSEED)
+    conv, mask = make_conv(cin, 36, k, s, p, True, kind, seed=zlib.crc32(repr((kind, geom)).encode()) % 1000)
     sc = check_conv(conv, mask, kind)
     x = torch.randn(2, cin, *SPATIAL)
     with torch.no_grad():
