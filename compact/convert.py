@@ -32,12 +32,12 @@ from torch import nn
 from torchvision.models.video import S3D
 from torchvision.models.video.resnet import VideoResNet
 
+from pruning.sparsity_types import TYPES
+
 from .chain import chain_conv_pairs
 from .modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d
 from .residual import fuse_residual_stages, fuse_stem_into_stage
 from .surgery import masked_dense_copy, set_submodule
-
-KG_TYPES = ("kgs", "kgr", "kgc", "kgrc", "blk-vanilla")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _swap(model: nn.Module, job: CompileJob, unpruned_auto: bool) -> nn.Module:
         rule = job.rules.get(wname)
         block, union_only = 4, False
         if rule is not None:
-            if rule.sparsity in KG_TYPES:
+            if TYPES[rule.sparsity].grouped:  # runs of input channels as wide as the kernel group
                 block = max(1, min(int(rule.group_size[1]), 8))
             union_only = rule.sparsity == "irregular"
         set_submodule(model, name, SparseConv3d(mod, mask, block=block, union_only=union_only, name=name))
