@@ -204,3 +204,17 @@ def test_sensitivity_search_on_the_train_split(synthetic, dense, tmp_path):
     assert "# measured on 6 train clips" in text and text.count("# sensitivity conv") == 7
     model = build_model("c3d", 3, width_mult=0.25, clip_len=8, crop_size=32)
     assert set(load_profile(str(out)).resolve(model)) <= {n for n, _ in model.named_parameters()}
+
+
+def test_a_diverging_run_stops_with_one_line_and_saves_no_result(synthetic, tmp_path):
+    out = run(["--train", *SMALL, "--data-location", str(synthetic["lmdb"]), "--save-dir", str(tmp_path),
+               "--name", "nan", "--epochs", "6", "--lr", "10", "--momentum", "0.99"], check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()[-1]  # after the progress bars of the finite epochs
+    assert err.startswith("error: epoch "), err
+    assert "is nan" in err or "is inf" in err or "not finite" in err, err
+    assert "--lr 10" in err
+    assert not (tmp_path / "nan" / "dense.pth").exists()  # no phase result
+    for name in ("last.pth", "best.pth"):  # what was saved is from finite epochs only
+        ckpt = torch.load(tmp_path / "nan" / name, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

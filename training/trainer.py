@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from datasets.metrics import clip_metrics, video_metrics
-from pruning import apply_masks, mask_gradients
+from pruning import UserError, apply_masks, mask_gradients
 
 from . import distributed as dist_utils
 from .checkpoint import save_checkpoint
@@ -187,6 +187,7 @@ class Trainer:
                     print(f"interrupted: saved {path or 'checkpoint'} at epoch {epoch} iteration {self.iteration}; "
                           "continue with --resume auto", file=sys.stderr)
                     sys.exit(143)
+                self._check_finite(epoch, train_stats)
                 extra = self.hooks.on_epoch_end(epoch) if self.hooks.on_epoch_end else {}
                 self.epoch, self.iteration = epoch + 1, 0
                 val = self.evaluate()
@@ -201,6 +202,19 @@ class Trainer:
                 dist_utils.barrier()
         self.logger.close()
         return self.history[-1] if self.history else {}
+
+    def _check_finite(self, epoch: int, stats: dict) -> None:
+        """A diverged run stops before it saves anything of this epoch: last.pth and best.pth keep the last finite
+        model, and no phase result is written. The same verdict on every rank (the loss is all-reduced)."""
+        loss, penalty = stats["loss"], stats["penalty"]
+        finite_weights = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if np.isfinite(loss) and np.isfinite(penalty) and finite_weights:
+            return
+        what = f"the training loss is {loss:.4g}" if not np.isfinite(loss) else (
+            f"the penalty is {penalty:.4g}" if not np.isfinite(penalty) else "the weights are not finite")
+        raise UserError(f"epoch {epoch + 1}: {what}; stopped without saving this epoch (the last finite one is "
+                        f"{self.run_dir / 'last.pth'} if any). Likely cause: --lr {self.args.lr:g} is too high for "
+                        f"--optimizer {self.args.optimizer}; lower it, or add --warmup")
 
     def train_one_epoch(self, epoch: int) -> dict:
         a, model = self.args, self.ddp
