@@ -18,6 +18,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from pruning.safe_yaml import load_yaml
+
 DERIVED = ("phase", "total_epochs")  # in the args.yaml beside a checkpoint: opt_main.resolve_defaults' results
 MIN_CROP = 16  # the smallest crop the models take (C3D's five 2x2 poolings)
 
@@ -329,7 +331,7 @@ def read_args_file(parser: argparse.ArgumentParser, name: str) -> dict[str, Any]
     except (OSError, ValueError) as e:  # permissions, a name too long, a NUL in the name
         parser.error(f"{where}: cannot read it: {getattr(e, 'strerror', None) or e}")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -26,6 +26,7 @@ from torch import nn
 from .errors import ProfileError
 from .groups import column_layout, round_half_up
 from .projections import KGRC_METHODS, SCORES, LayerRule
+from .safe_yaml import load_yaml
 from .sparsity_types import TYPES, canonical_type, default_group_size
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -176,7 +177,11 @@ def _load_pair(names, sparsity, group_size, profiles_dir, options) -> PruneProfi
 
 def _read_yaml(path: Path) -> object:
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {e.start}); a profile is YAML") from None
+    except RecursionError:
+        raise ProfileError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

@@ -138,3 +138,20 @@ def test_report_cli_subprocess_exit_code(tmp_path):
     out = subprocess.run([sys.executable, "opt_main.py", "--arch", "c3d", "--config-file", path, "--report"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "conv2.weight" in out.stderr
+
+
+def test_yaml_bombs_and_non_utf8_profiles_are_one_short_line(tmp_path):
+    """A 'billion laughs' profile (1 KB that expands to 10^9 strings through aliases) is refused at its first
+    alias, before anything walks or prints it; a non-UTF-8 file is named as such."""
+    rows = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    rows += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(rows) + "\nprune_ratios: *a8\n")
+    with pytest.raises(ProfileError, match="aliases") as e:
+        load_profile(str(bomb))
+    assert len(str(e.value)) < 300
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("prune_ratios: {conv2.weight: 0.5}  # é\n".encode("latin-1"))
+    with pytest.raises(ProfileError, match="not UTF-8"):
+        load_profile(str(bad))
+    assert cli(["--report", "--arch", "c3d", "--args-file", str(bomb)]) == 2
