@@ -580,10 +580,16 @@ def main(args: argparse.Namespace) -> dict:
     chosen = PHASES[args.phase]
     if not chosen.distributed:
         return chosen.run(args, device)
-    dist_utils.init_distributed(device)
+    dist_utils.init_distributed(device, args.dist_timeout)
     seed_everything(args.seed)
     try:
         return chosen.run(args, device)
+    except RuntimeError as e:  # a rank stopped or died: end this one with a line, not a hang
+        if not dist_utils.is_peer_failure(e):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"rank {dist_utils.rank()}: another rank did not answer within --dist-timeout "
+                        f"{args.dist_timeout:g} min (stopped or dead?): {first}") from None
     finally:
         dist_utils.cleanup()
 

@@ -259,6 +259,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="clips per sensitivity evaluation, evenly spaced over the split")
     g.add_argument("--search-split", choices=("val", "train"), default="val",
                    help="where --search sensitivity measures; train (evaluation transform) keeps val untouched")
+    g.add_argument("--dist-timeout", type=positive_float, default=10.0,
+                   help="minutes a DDP collective may wait for the other ranks before the job ends with an error")
     g.add_argument("--seed", type=int_range(-2**31, 2**32 - 1), default=0)
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     g.add_argument("--print-freq", type=positive_int, default=20)

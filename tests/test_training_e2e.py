@@ -218,3 +218,45 @@ def test_a_diverging_run_stops_with_one_line_and_saves_no_result(synthetic, tmp_
     for name in ("last.pth", "best.pth"):  # what was saved is from finite epochs only
         ckpt = torch.load(tmp_path / "nan" / name, weights_only=True)
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def _worker_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of `rank` (read from /proc: its parent and its RANK variable)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    return None
+
+
+def test_a_stopped_rank_ends_the_job_after_dist_timeout(synthetic, tmp_path):
+    """kill -STOP on rank 1 mid-training: rank 0's next collective gives up after --dist-timeout (here 12 s, not
+    gloo's 30 minutes) and the job ends with one line naming the option."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "opt_main.py",
+           "--train", *SMALL, "--data-location", str(synthetic["lmdb"]), "--save-dir", str(tmp_path), "--name", "hang",
+           "--epochs", "200", "--lr", "0.01", "--dist-timeout", "0.2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "hang" / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        pid = _worker_pid(proc.pid, 1)
+        assert pid is not None and proc.poll() is None, "training did not start under torchrun"
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.time()
+        _, err = proc.communicate(timeout=180)
+        took = time.time() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert took < 120, took  # seconds, not gloo's default of 30 minutes
+    assert "did not answer within --dist-timeout 0.2 min" in err, err[-3000:]
