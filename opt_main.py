@@ -32,7 +32,7 @@ from pruning.profile import canonical_or_error
 from pruning.projections import removed_fraction
 from pruning.report import build_report, zero_masks
 from training import distributed as dist_utils
-from training.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from training.checkpoint import load_checkpoint, load_weights, lock_run_dir, save_checkpoint
 from training.penalties import ReweightedGroupLasso
 from training.trainer import PhaseHooks, Trainer, evaluate, seed_everything
 
@@ -239,6 +239,8 @@ def fit_then_prune(args, model, data, hooks, device, profile, rules, keep) -> di
 
 
 def start_trainer(args, model, data, hooks, device, profile, run_dir) -> Trainer:
+    if dist_utils.is_main():  # before anything is written there
+        lock_run_dir(run_dir)
     trainer = Trainer(args, model, data[0], data[1], hooks, run_dir, device,
                       profile.to_dict() if profile else None)
     ckpt = resume_point(args, run_dir, profile)

@@ -260,3 +260,26 @@ def test_a_stopped_rank_ends_the_job_after_dist_timeout(synthetic, tmp_path):
     assert proc.returncode != 0
     assert took < 120, took  # seconds, not gloo's default of 30 minutes
     assert "did not answer within --dist-timeout 0.2 min" in err, err[-3000:]
+
+
+def test_a_second_run_on_the_same_folder_stops_with_the_first_ones_pid(synthetic, tmp_path):
+    first = subprocess.Popen([sys.executable, "opt_main.py", "--train", *SMALL, "--data-location",
+                              str(synthetic["lmdb"]), "--save-dir", str(tmp_path), "--name", "same", "--epochs", "200"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "same" / "args.yaml").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        second = run(["--train", *SMALL, "--data-location", str(synthetic["lmdb"]), "--save-dir", str(tmp_path),
+                      "--name", "same", "--epochs", "1"], check=False)
+        err = _one_line_error(second)
+        assert f"pid {first.pid}" in err and "--name" in err, err
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+    # the lock went with the killed process: the folder can be resumed
+    out = run(["--train", *SMALL, "--data-location", str(synthetic["lmdb"]), "--save-dir", str(tmp_path),
+               "--name", "same", "--epochs", "1", "--resume", "auto"], check=False)
+    assert out.returncode == 0, out.stderr[-2000:]

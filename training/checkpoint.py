@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -82,3 +83,28 @@ def load_weights(model: nn.Module, ckpt: dict[str, Any], source: str, arch: str,
                               "check --arch, --num-classes, --width-mult, --clip-len and --crop-size")
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=not skipped)
     return skipped
+
+
+_held_locks: list = []  # open lock files, held until the process ends
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on a run folder for the life of this process, so a second run with the same --name
+    stops at once instead of overwriting the first one's checkpoints. The lock is the OS's (flock): it goes with
+    the process, even on SIGKILL, so it never goes stale."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "run.lock"
+    f = open(path, "a+")  # noqa: SIM115 (kept open on purpose: closing it releases the lock)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise CheckpointError(f"{run_dir}: already in use by {holder}; wait for it to end, or pass another --name "
+                              "(or --save-dir)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    _held_locks.append(f)
