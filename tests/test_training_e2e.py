@@ -283,3 +283,28 @@ def test_a_second_run_on_the_same_folder_stops_with_the_first_ones_pid(synthetic
     out = run(["--train", *SMALL, "--data-location", str(synthetic["lmdb"]), "--save-dir", str(tmp_path),
                "--name", "same", "--epochs", "1", "--resume", "auto"], check=False)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes(synthetic, tmp_path):
+    """What Slurm, Kubernetes, docker stop and systemd do: SIGTERM to every process of the group, loader workers
+    included. The workers ignore it, the main process saves last.pth and exits 143, and the run resumes."""
+    small = list(SMALL)
+    small[small.index("--workers") + 1] = "2"
+    args = ["--train", *small, "--data-location", str(synthetic["lmdb"]), "--save-dir", str(tmp_path), "--name",
+            "term", "--lr", "0.01"]
+    for trial in range(3):  # the signal lands at a different point each time: between and inside batches
+        (tmp_path / "term" / "last.pth").unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "opt_main.py", *args, "--epochs", "500"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 300
+        while not (tmp_path / "term" / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3 * trial)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 143, err[-3000:]
+        assert "Traceback" not in err and "interrupted: saved" in err, err[-3000:]
+        assert (tmp_path / "term" / "last.pth").is_file()
+    out = run(args + ["--epochs", "1", "--resume", "auto"])
+    assert "resumed train at epoch" in out.stdout

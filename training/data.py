@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -61,6 +63,14 @@ class EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """In each loader worker: SIGINT and SIGTERM, which a scheduler sends to the whole process group, are the main
+    process's to handle (it saves last.pth and stops the workers itself); a worker killed by them would make
+    PyTorch raise in the main process before it could save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool, seed: int, epoch: int,
                 rank: int = 0, world: int = 1, skip_batches: int = 0) -> DataLoader:
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, epoch=epoch, rank=rank, world=world,
@@ -68,4 +78,5 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool,
     g = torch.Generator().manual_seed(seed * 7919 + epoch)  # worker seeds: deterministic per epoch
     return DataLoader(FailuresAsRecords(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_with_failures, drop_last=False, generator=g,
+                      worker_init_fn=_ignore_stop_signals if workers > 0 else None,
                       persistent_workers=False, pin_memory=torch.cuda.is_available() and not is_distributed())
