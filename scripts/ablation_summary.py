@@ -63,6 +63,17 @@ def one_shot_top1(dense_checkpoint: Path, profile: str) -> float:
     return evaluate(model, val_set, args, torch.device("cpu"))["video_top1"]
 
 
+def machine() -> str:
+    """The CPU's model name and core count (Linux), or what platform knows."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    cpu = names[0] if names else (platform.processor() or platform.machine())
+    return f"{cpu}, {len(names) or '?'} cores"
+
+
 def read(path: Path) -> dict:
     if not path.is_file():
         sys.exit(f"error: {path} not found; run scripts/ablation.sh (and scripts/demo.sh for that seed) first")
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                       "after_prune_mean": statistics.mean(x["after_prune"] for x in runs), "runs": runs}
     num_classes = load_checkpoint(root / f"seed{args.seeds[0]}" / "dense" / "dense.pth")["args"]["num_classes"]
     chance = 1 / num_classes
-    out = {"made": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {platform.processor()}".strip(),
+    out = {"made": time.strftime("%Y-%m-%d"), "machine": machine(),
            "command": "bash scripts/ablation.sh", "seeds": args.seeds, "dense_video_top1": dense,
            "chance": chance, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
