@@ -20,6 +20,7 @@ empty and corrupt videos are left out of the lists (listed as skipped) and retri
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import multiprocessing
 import os
@@ -37,6 +38,12 @@ from datasets.splits import DEFAULT_DIRS, SPLIT_NAMES, VideoEntry, index_videos,
 from datasets.video_io import VideoReadError, encode_jpeg, iter_frames
 
 DONE = ".done"
+
+
+# errno -> what to do, for errors writing the output: fatal for the run, never reported as a corrupt video
+DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space or raise the quota",
+               errno.EROFS: "write --out on a writable file system", errno.EACCES: "fix the permissions of --out",
+               errno.EPERM: "fix the permissions of --out"}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -64,10 +71,18 @@ def _extract_one(args: tuple[str, str | None, str, int, int]) -> dict:
     report = DecodeReport()
     try:
         for i, rgb in enumerate(iter_frames(path, short_side, report), 1):
-            (folder / f"{i:05d}.jpg").write_bytes(encode_jpeg(rgb, quality))
+            try:
+                (folder / f"{i:05d}.jpg").write_bytes(encode_jpeg(rgb, quality))
+            except OSError as exc:  # the output disk's problem, not the video's: stop the run, and say so
+                shutil.rmtree(folder, ignore_errors=True)
+                todo = DISK_ERRORS.get(exc.errno, "check --out")
+                raise DataError(f"{out}: {exc.strerror or exc} while writing the frames of {video_id}; {todo}, "
+                                "then run the same command again (finished videos are kept)") from None
     except VideoReadError as exc:
         shutil.rmtree(folder, ignore_errors=True)
         return {"video_id": video_id, "status": exc.status, "message": str(exc), "frames": 0, "path": path}
+    except DataError:
+        raise
     except Exception as exc:  # never stop the whole run for one video
         shutil.rmtree(folder, ignore_errors=True)
         msg = f"{type(exc).__name__}: {exc}"

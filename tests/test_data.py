@@ -86,6 +86,35 @@ def test_corrupt_and_missing_videos_are_reported_and_the_rest_extracted(syntheti
     assert all((out / v.stem / ".done").is_file() for v in vids[2:])
 
 
+def test_a_full_disk_stops_extraction_with_one_line_not_corrupt_videos(synthetic, tmp_path, monkeypatch):
+    """ENOSPC while writing frames is the machine's problem: extraction stops, naming the error and the fix,
+    instead of listing every later video as corrupt and exiting 0; what was finished is kept for the rerun."""
+    import errno
+    from pathlib import Path as P
+
+    from datasets.errors import DataError
+
+    real = P.write_bytes
+    written = []
+
+    def full_after_40_frames(self, data):
+        if self.suffix == ".jpg" and len(written) >= 40:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(self)
+        return real(self, data)
+
+    monkeypatch.setattr(P, "write_bytes", full_after_40_frames)
+    out = tmp_path / "frames"
+    with pytest.raises(DataError, match="No space left on device while writing the frames of .*free some space"):
+        extract("ucf101", str(synthetic["videos"]), str(synthetic["splits"]), str(out), short_side=40,
+                progress=False, workers=1)
+    assert not (out / "failed.txt").exists()  # nothing reported as corrupt
+    monkeypatch.setattr(P, "write_bytes", real)
+    s = extract("ucf101", str(synthetic["videos"]), str(synthetic["splits"]), str(out), short_side=40,
+                progress=False, workers=1)
+    assert s["extracted"] + s["skipped"] == 12 and s["skipped"] >= 1  # the rerun keeps the finished videos
+
+
 def test_hmdb51_layout_end_to_end(tmp_path):
     info = make_synthetic(tmp_path / "raw", classes=3, videos_per_class=3, frames=16, layout="hmdb51", workers=1)
     from_videos("hmdb51", info["videos"], info["splits"], str(tmp_path / "lmdb"), short_side=40)
