@@ -108,6 +108,10 @@ def make_data(args: argparse.Namespace, eval_train: bool = False):
     root = data_root(args.data_location, args.dataset)
     train_set = datasets.build_dataset(root, "train", train=not eval_train, hflip=args.hflip, **common)
     val_set = datasets.build_dataset(root, "val", train=False, test_clips=args.test_clips, **common)
+    for split, ds in (("train", train_set), ("val", val_set)):
+        if len(ds) == 0:  # before any training: an empty split would train on nothing or fail at evaluation
+            raise UserError(f"{root}: the {split} split has no videos; rebuild it (datasets/extract_videos.py, then "
+                            "datasets/create_lmdb.py) and check failed.txt beside the frames")
     if args.num_classes not in (None, train_set.num_classes):
         raise UserError(f"--num-classes {args.num_classes} but {args.data_location} has {train_set.num_classes} "
                         "classes; drop --num-classes")

@@ -108,6 +108,9 @@ def from_frames(frames: str, out: str, splits=SPLITS, video_range: tuple[int, in
         items, names = read_frame_list(frames_dir, split)
         if video_range:
             items = items[video_range[0]: video_range[1]]
+        if not items:  # e.g. every video of the split failed to extract: never build an empty database
+            raise DataError(f"{frames_dir / (split + '.txt')}: lists no videos; see {frames_dir / 'failed.txt'} and "
+                            "run datasets/extract_videos.py again")
         metas.append(build(Path(out), split, items, names, lambda v: frame_jpegs(frames_dir, v),
                            {"source": str(frames_dir)}))
     return metas

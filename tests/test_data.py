@@ -236,3 +236,22 @@ def test_horizontal_flip_is_optional(synthetic):
     fixed = build_dataset(str(synthetic["lmdb"]), "train", hflip=False, **KW)
     assert any(type(t).__name__ == "RandomHorizontalFlip" for t in flips.transform.transforms)
     assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in fixed.transform.transforms)
+
+
+def test_an_empty_split_is_refused_before_any_work(synthetic, tmp_path):
+    """A split list with no videos (every video failed to extract) is never built into an empty LMDB, and a
+    data folder with an empty split is refused before training."""
+    from datasets.create_lmdb import from_frames
+    from datasets.errors import DataError
+    from opt_main import cli
+
+    frames = tmp_path / "frames"
+    shutil.copytree(synthetic["frames"], frames)
+    (frames / "val.txt").write_text("")
+    with pytest.raises(DataError, match="val.txt: lists no videos"):
+        from_frames(str(frames), str(tmp_path / "lmdb"))
+    assert not (tmp_path / "lmdb" / "val.lmdb").exists()
+    assert cli(["--train", "--arch", "c3d", "--width-mult", "0.25", "--clip-len", "8", "--crop-size", "32",
+                "--short-side", "40", "--dataset", "synthetic", "--data-location", str(frames), "--save-dir",
+                str(tmp_path / "runs"), "--epochs", "1", "--workers", "0"]) == 2
+    assert not (tmp_path / "runs").exists()

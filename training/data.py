@@ -63,12 +63,31 @@ class EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """In each loader worker: SIGINT and SIGTERM, which a scheduler sends to the whole process group, are the main
     process's to handle (it saves last.pth and stops the workers itself); a worker killed by them would make
-    PyTorch raise in the main process before it could save."""
+    PyTorch raise in the main process before it could save. The worker starts with them blocked (see
+    `StopSafeLoader`), so one that arrives before this runs stays pending and is discarded here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class StopSafeLoader(DataLoader):
+    """Starts its workers with SIGINT/SIGTERM blocked, closing the window between a worker's fork and its
+    `_ignore_stop_signals`; the main process gets a signal that arrived meanwhile as soon as they are started."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool, seed: int, epoch: int,
@@ -76,7 +95,7 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool,
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, epoch=epoch, rank=rank, world=world,
                            skip=skip_batches * batch_size, pad=train)
     g = torch.Generator().manual_seed(seed * 7919 + epoch)  # worker seeds: deterministic per epoch
-    return DataLoader(FailuresAsRecords(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
+    return StopSafeLoader(FailuresAsRecords(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_with_failures, drop_last=False, generator=g,
                       worker_init_fn=_ignore_stop_signals if workers > 0 else None,
                       persistent_workers=False, pin_memory=torch.cuda.is_available() and not is_distributed())
