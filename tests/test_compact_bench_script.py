@@ -3,26 +3,17 @@ onto a profile, or a checkpoint read safely with its masks."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
 from models import build_model
 from pruning import hard_prune, load_profile
+from tests.test_bench_channel import load_script  # the one loader of the script
 from training.checkpoint import save_checkpoint
 
 SMALL = ["--arch", "c3d", "--width-mult", "0.25", "--clip-len", "8", "--crop-size", "32", "--num-classes", "5",
          "--threads", "1", "--repeats", "1", "--warmup", "0"]
-
-
-def load_script():
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_compact.py"
-    spec = importlib.util.spec_from_file_location("bench_compact", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_profile_and_checkpoint(tmp_path, capsys):
