@@ -111,7 +111,7 @@ class ADMM:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Z = Proj(W + U); U = U + W - Z; then (schedule 'balance') rebalance rho per layer."""
+        """Z = Proj(W + U); U = U + W - Z; then rho per layer as the schedule says."""
         for name, p in self._params(model).items():
             w = p.detach()
             z_prev = self.Z[name]
@@ -122,13 +122,16 @@ class ADMM:
             dual = self.rho[name] * float((self.Z[name] - z_prev).norm()) / scale
             previous = self.primal.get(name)
             self.primal[name], self.dual[name] = primal, dual
-            if self.schedule == "balance":
-                if primal > self.mu * dual:
-                    self._set_rho(name, min(self.rho[name] * self.tau, self.rho_max))
-                elif dual > self.mu * primal:
-                    self._set_rho(name, self.rho[name] / self.tau)
-            elif self.schedule == "residual" and previous is not None and primal > max(self.tol,
-                                                                                        self.gamma * previous):
+            self._adapt_rho(name, primal, dual, previous)
+
+    def _adapt_rho(self, name: str, primal: float, dual: float, previous: float | None) -> None:
+        if self.schedule == "balance":
+            if primal > self.mu * dual:
+                self._set_rho(name, min(self.rho[name] * self.tau, self.rho_max))
+            elif dual > self.mu * primal:
+                self._set_rho(name, self.rho[name] / self.tau)
+        elif self.schedule == "residual" and previous is not None:
+            if primal > max(self.tol, self.gamma * previous):  # not met, and not shrinking fast enough
                 self._set_rho(name, min(self.rho[name] * self.tau, self.rho_max))
 
     def _set_rho(self, name: str, rho: float) -> None:
