@@ -34,6 +34,7 @@ from pruning.report import build_report, zero_masks
 from training import distributed as dist_utils
 from training.checkpoint import load_checkpoint, load_weights, lock_run_dir, save_checkpoint
 from training.penalties import ReweightedGroupLasso
+from training.runs import data_root, find_start, run_dir_for
 from training.trainer import PhaseHooks, Trainer, evaluate, seed_everything
 
 DATASET_CLASSES = {"ucf101": 101, "hmdb51": 51}
@@ -117,57 +118,6 @@ def make_data(args: argparse.Namespace, eval_train: bool = False):
                         "classes; drop --num-classes")
     args.num_classes = train_set.num_classes
     return train_set, val_set
-
-
-def data_root(location: str, dataset: str) -> str:
-    """This project's LMDB folder, or the original READMEs' layout: <root>/<dataset>_frame/{train,val}.lmdb or
-    frame folders with train.txt/val.txt."""
-    root = Path(location)
-    for cand in (root, root / f"{dataset}_frame", root / "datasets" / f"{dataset}_frame"):
-        if any((cand / n).exists() for n in ("train.lmdb", "train.lmdb.partial", "train.txt")):
-            return str(cand)
-    return str(root)
-
-
-def profile_stem(spec: str) -> str:
-    """'profiles/c3d_kgs_3.57x.yaml' -> 'c3d_kgs_3.57x' (Path.stem would cut at the '.57x')."""
-    name = Path(spec).name
-    return name.rsplit(".", 1)[0] if name.endswith((".yaml", ".yml")) else name
-
-
-def run_dir_for(args: argparse.Namespace) -> Path:
-    if args.name:
-        return Path(args.save_dir) / args.name
-    prof = "+".join(profile_stem(c) for c in args.config_file) if args.config_file else "dense"
-    return Path(args.save_dir) / f"{args.arch}_{args.dataset}_{prof}_{args.phase}"
-
-
-def find_start(args: argparse.Namespace) -> str | None:
-    """Without --load-path: the baseline in checkpoints/baseline/ for this arch and dataset (ADMM, rew), or the
-    ADMM/rew result of the same arch, dataset and profile (masked retraining), as the original scripts expect."""
-    if args.phase == "masked_retrain":
-        stem = run_dir_for(args).name.rsplit("_", 2)[0]
-        found = [p for ph, f in (("admm", "admm.pth"), ("rew", "rew.pth"))
-                 for p in [Path(args.save_dir) / f"{stem}_{ph}" / f] if p.is_file()]
-        where = f"{args.save_dir}/{stem}_admm/admm.pth or {stem}_rew/rew.pth"
-    else:
-        base = Path(args.save_dir) / "baseline"
-        names = {args.arch, args.arch.replace("+", "plus"), args.arch.replace("2+1d", "21d")}
-        found = sorted(p for p in base.glob("*.pth") if any(n in p.name.lower() for n in names)
-                       and args.dataset.lower() in p.name.lower())
-        have = ", ".join(sorted(x.name for x in base.glob("*.pth"))) or "none"
-        where = f"{base}/*{args.arch}*{args.dataset}*.pth (there: {have})"
-    if len(found) == 1:
-        print(f"--load-path not given: using {found[0]}")
-        return str(found[0])
-    if len(found) > 1:
-        raise UserError(f"--load-path not given and several candidates match: {', '.join(map(str, found))}; "
-                        "pass --load-path")
-    return None if args.phase == "train" else _missing(where)
-
-
-def _missing(where: str):
-    raise UserError(f"--load-path not given and nothing found at {where}; pass --load-path")
 
 
 def load_start(model: torch.nn.Module, args: argparse.Namespace, required: bool) -> dict:
@@ -457,23 +407,10 @@ def plots(args: argparse.Namespace, device: torch.device) -> dict:
     masks = ckpt.get("masks") or zero_masks(model)
     prof = ckpt.get("profile") or {}
     group = tuple(prof.get("group_size") or (args.group_size or (8, 8)))
-    out = Path(args.resume).parent / "figures"
-    written = [figures.kernel_group_map(m, n, group, out / f"groups_{n.removesuffix('.weight')}.png")
-               for n, m in masks.items() if m.dim() == 5]
     rep = build_report(model, masks, args.arch, (3, args.clip_len, args.crop_size, args.crop_size))
-    written.append(figures.macs_per_layer(rep, out / "macs_per_layer.png"))
-    history = list(ckpt.get("history") or [])
-    records = figures.read_metrics(Path(args.resume).parent / "metrics.jsonl")
-    series = {"ADMM primal residual ||W-Z||/||W||": "residual", "ADMM rho per layer": "rho_layer",
-              "rew: norm share the hard prune removes": "removed"}
-    per_layer = {title: [{"epoch": r["epoch"], **r[key]} for r in records if isinstance(r.get(key), dict)]
-                 for title, key in series.items()}
-    if history:
-        written.append(figures.training_curves(history, out / "training_curves.png", per_layer))
-    bench_json = Path(args.benchmark_json or Path(args.resume).parent / "benchmark.json")
-    if bench_json.exists():
-        written.append(figures.latency_per_layer(json.loads(bench_json.read_text()), out / "latency_per_layer.png"))
-    figures.to_tensorboard(written, Path(args.resume).parent / "tb")
+    bench_json = Path(args.benchmark_json) if args.benchmark_json else None
+    written = figures.for_run(Path(args.resume).parent, masks, group, rep, list(ckpt.get("history") or []),
+                              bench_json)
     for path in written:
         print(f"wrote {path}")
     return {"figures": [str(p) for p in written]}
@@ -483,7 +420,7 @@ def plots(args: argparse.Namespace, device: torch.device) -> dict:
 def search_profile(args: argparse.Namespace, device: torch.device) -> dict:
     """--target-reduction: write a profile YAML reaching a whole-model MAC reduction (uniform or sensitivity)."""
     from pruning.profile import PruneProfile
-    from pruning.search import sensitivity_profile, uniform_profile
+    from pruning.search import profile_header, sensitivity_profile, uniform_profile
 
     kind = canonical_or_error(args.sparsity_type or "kgrc", "--sparsity-type")
     shape = (3, args.clip_len, args.crop_size, args.crop_size)
@@ -507,14 +444,9 @@ def search_profile(args: argparse.Namespace, device: torch.device) -> dict:
     profile = PruneProfile(rules, kind, first.group_size, "search")
     out = Path(args.search_out or f"profiles/{args.arch}_{kind}_{args.search}_{args.target_reduction:g}x.yaml")
     rep = build_report(model.cpu(), hard_prune(copy.deepcopy(model).cpu(), rules), args.arch, shape, rules)
-    header = (f"# {args.search} search for {args.target_reduction:g}x on {args.arch} at {'x'.join(map(str, shape))}:"
-              f" the report gives {rep.reduction:.3f}x\n")
-    if table:
-        header += f"# measured on {len(subset)} {args.search_split} clips (clip top-1)\n"
-        header += "".join(f"# sensitivity {n}: " + ", ".join(f"{r:g}->{a:.3f}" for r, a in t.items()) + "\n"
-                          for n, t in table.items())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + yaml.safe_dump(profile.to_dict(), sort_keys=False))
+    measured_on = f"{len(subset)} {args.search_split} clips" if table else ""
+    profile.write(out, profile_header(args.search, args.target_reduction, args.arch, shape, rep.reduction, table,
+                                      measured_on))
     print(f"wrote {out}: {rep.reduction:.3f}x MAC reduction (target {args.target_reduction:g}x)")
     return {"path": str(out), "reduction": rep.reduction}
 

@@ -141,3 +141,29 @@ def ablation(rows: dict[str, dict], dense: list[float], chance: float, path: Pat
     ax.set_title(f"same MAC reduction, same epochs; mean +- std over {len(dense)} seeds", fontsize=10)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=7)
     return _save(fig, path)
+
+
+# the per-layer series training_curves draws from metrics.jsonl: panel title -> record key
+PER_LAYER_SERIES = {"ADMM primal residual ||W-Z||/||W||": "residual", "ADMM rho per layer": "rho_layer",
+                    "rew: norm share the hard prune removes": "removed"}
+
+
+def for_run(run_dir: Path, masks: dict[str, torch.Tensor], group_size: tuple[int, int], report: ModelReport,
+            history: list[dict], benchmark_json: Path | None = None) -> list[Path]:
+    """Every figure of a run folder into <run_dir>/figures/ and its TensorBoard log: the kernel-group map of
+    each pruned conv, MACs per layer, the training curves (with the per-layer ADMM/rew series of
+    metrics.jsonl) and, when a benchmark JSON exists, latency per layer."""
+    out = run_dir / "figures"
+    written = [kernel_group_map(m, n, group_size, out / f"groups_{n.removesuffix('.weight')}.png")
+               for n, m in masks.items() if m.dim() == 5]
+    written.append(macs_per_layer(report, out / "macs_per_layer.png"))
+    records = read_metrics(run_dir / "metrics.jsonl")
+    per_layer = {title: [{"epoch": r["epoch"], **r[key]} for r in records if isinstance(r.get(key), dict)]
+                 for title, key in PER_LAYER_SERIES.items()}
+    if history:
+        written.append(training_curves(history, out / "training_curves.png", per_layer))
+    bench_json = benchmark_json or run_dir / "benchmark.json"
+    if bench_json.exists():
+        written.append(latency_per_layer(json.loads(bench_json.read_text()), out / "latency_per_layer.png"))
+    to_tensorboard(written, run_dir / "tb")
+    return written

@@ -69,6 +69,13 @@ class PruneProfile:
         out["prune_ratios"] = {name: dict(rule.ratios) for name, rule in self.rules.items()}
         return out
 
+    def write(self, path: Path, header: str = "") -> Path:
+        """The profile as a YAML file the loader reads back, after `header` (comment lines)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
 
 def find_profile_file(name: str, profiles_dir: Path = PROFILES_DIR) -> Path:
     """A profile given as a path, or by name from `profiles/` (with or without `.yaml`, or an alias)."""

@@ -133,3 +133,16 @@ def sensitivity_profile(model: nn.Module, arch: str, input_shape, target: float,
             lo = mid
     rules[best] = _rule(kind, hi, gs)
     return rules, table
+
+
+def profile_header(method: str, target: float, arch: str, input_shape, reached: float,
+                   table: dict | None = None, measured_on: str = "") -> str:
+    """The comment lines a searched profile starts with: what was asked, what the report gives, and for the
+    sensitivity search the measured table (so the choice can be checked without rerunning it)."""
+    header = (f"# {method} search for {target:g}x on {arch} at {'x'.join(map(str, input_shape))}:"
+              f" the report gives {reached:.3f}x\n")
+    if table:
+        header += f"# measured on {measured_on} (clip top-1)\n"
+        header += "".join(f"# sensitivity {n}: " + ", ".join(f"{r:g}->{a:.3f}" for r, a in t.items()) + "\n"
+                          for n, t in table.items())
+    return header
