@@ -14,6 +14,16 @@ from .video_resnets import build_r2plus1d_18, build_s3d
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# --norm: the input statistics a model's weights were trained with
+NORMALIZATIONS = {"kinetics": (KINETICS_MEAN, KINETICS_STD),
+                  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def normalization(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of --norm `name`."""
+    if name not in NORMALIZATIONS:
+        raise UserError(f"unknown --norm {name!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    return NORMALIZATIONS[name]
 
 
 @dataclass(frozen=True)
