@@ -25,7 +25,7 @@ import yaml
 
 import options
 from admm import ADMM, Cadence, rho_bound
-from models import arch_info, build_model
+from models import arch_info, build_model, normalization
 from options import parse_args, phase_of
 from pruning import CheckpointError, UserError, apply_masks, hard_prune, intersect_masks, load_profile
 from pruning.profile import canonical_or_error
@@ -35,6 +35,7 @@ from training import distributed as dist_utils
 from training.checkpoint import load_checkpoint, load_weights, lock_run_dir, save_checkpoint
 from training.penalties import ReweightedGroupLasso
 from training.runs import data_root, find_start, run_dir_for
+from training.schedule import TCAD_REW_EPOCHS
 from training.trainer import PhaseHooks, Trainer, evaluate, seed_everything
 
 DATASET_CLASSES = {"ucf101": 101, "hmdb51": 51}
@@ -65,8 +66,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.crop_size = info.crop_size if args.crop_size is None else args.crop_size
     args.short_side = info.short_side if args.short_side is None else args.short_side
     args.phase = phase_of(args)
-    trains = args.phase in PHASES and PHASES[args.phase].result is not None  # the phases that train
-    if trains and args.short_side < args.crop_size:  # a random crop must fit in the resized frame
+    if trains_or_prunes(args) and args.short_side < args.crop_size:  # a random crop must fit in the resized frame
         raise UserError(f"--short-side {args.short_side} is smaller than --crop-size {args.crop_size}; "
                         f"allowed: --short-side >= {args.crop_size}")
     if args.batch_size is None:  # clips per step when training; latency is measured per clip
@@ -76,7 +76,46 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.admm_epochs = 10 if args.rho_schedule == "stages" else 1
     if args.hflip is None:
         args.hflip = args.dataset != "synthetic"
+    if args.weight_decay is None:  # as both papers' code: SGD decays, Adam does not
+        args.weight_decay = 0.0 if args.optimizer == "adam" else 5e-4
+    adopt_original_spellings(args)
     return args
+
+
+def adopt_original_spellings(args: argparse.Namespace) -> None:
+    """The RT3D / TCAD options that are switches or notes here rather than options of their own."""
+    if args.no_tricks:  # RT3D: "restore the classic training process"
+        args.warmup, args.mixup, args.smooth, args.smooth_eps, args.lr_scheduler = False, False, False, 0.0, "default"
+    if args.smooth and args.smooth_eps == 0.0:
+        args.smooth_eps = 0.1
+    if args.sparsity:  # TCAD: one type per --config-file; kgr with kgc is the kgrc pair
+        files = len(args.config_file or ())
+        if len(args.sparsity) != files or (files == 2 and args.sparsity != ["kgr", "kgc"]) or files > 2:
+            raise UserError(f"--sparsity {' '.join(args.sparsity)}: give one type per --config-file ({files} "
+                            "given), 'kgr kgc' for a KGR and a KGC file")
+        if files == 1:
+            args.sparsity_type = args.sparsity[0]
+    if args.teacharch is not None and arch_info(args.teacharch).name != args.arch:
+        raise UserError(f"--teacharch {args.teacharch}: the teacher is built like the student (--arch {args.arch}), "
+                        "as in both papers' code; drop --teacharch or make it equal to --arch")
+    if args.no_cuda:
+        if args.device not in (None, "cpu"):
+            raise UserError(f"--no-cuda contradicts --device {args.device}; drop one")
+        args.device = "cpu"
+    notes = []
+    if args.no_cuda:
+        notes.append("--no-cuda: running with --device cpu")
+    if args.multi_gpu:
+        notes.append("--multi-gpu: this process uses one device; for several GPUs launch with "
+                     "torchrun --nproc_per_node=N opt_main.py ... (DDP)")
+    if args.defaults not in ("prune3d", "auto") and trains_or_prunes(args):
+        notes.append(f"defaults: {args.defaults.upper()}'s (docs/recipes.md); --defaults prune3d for this tool's")
+    for note in notes if dist_utils.is_main() else ():
+        print(f"note: {note}", file=sys.stderr)
+
+
+def trains_or_prunes(args: argparse.Namespace) -> bool:
+    return args.phase in PHASES and PHASES[args.phase].result is not None
 
 
 def make_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -93,7 +132,8 @@ def make_profile(args: argparse.Namespace, required: bool = False):
         return None
     return load_profile(args.config_file, sparsity=args.sparsity_type,
                         group_size=tuple(args.group_size) if args.group_size else None,
-                        balanced=args.balanced, score=args.score, kgrc_method=args.kgrc_method)
+                        balanced=args.balanced, score=args.score, kgrc_method=args.kgrc_method,
+                        kgr_rounding=args.kgr_rounding)
 
 
 def make_data(args: argparse.Namespace, eval_train: bool = False):
@@ -103,9 +143,9 @@ def make_data(args: argparse.Namespace, eval_train: bool = False):
 
     if not args.data_location:
         raise UserError("pass --data-location: a folder with train.lmdb/val.lmdb (see datasets/create_lmdb.py)")
-    info = arch_info(args.arch)
+    mean, std = normalization(args.norm or "kinetics")
     common = dict(clip_len=args.clip_len, crop_size=args.crop_size, short_side=args.short_side,
-                  sampling=args.sampling, mean=info.mean, std=info.std)
+                  sampling=args.sampling, mean=mean, std=std)
     root = data_root(args.data_location, args.dataset)
     train_set = datasets.build_dataset(root, "train", train=not eval_train, hflip=args.hflip, **common)
     val_set = datasets.build_dataset(root, "val", train=False, test_clips=args.test_clips, **common)
@@ -120,15 +160,40 @@ def make_data(args: argparse.Namespace, eval_train: bool = False):
     return train_set, val_set
 
 
-def load_start(model: torch.nn.Module, args: argparse.Namespace, required: bool) -> dict:
-    """Load --load-path (or the checkpoint `find_start` locates) into the model; returns the checkpoint dict."""
-    if not args.load_path and required:
-        args.load_path = find_start(args)
-    if not args.load_path:
-        return {}
-    ckpt = load_checkpoint(args.load_path)
-    load_weights(model, ckpt, args.load_path, args.arch, allow_new_classifier=args.phase == "train")
-    return ckpt
+def read_start(args: argparse.Namespace, required: bool, path: str | None = None) -> dict:
+    """The checkpoint a phase starts from (`path`, --load-path, or what `find_start` locates; {} for none), read
+    before the data so that the input normalisation can follow the weights (`choose_norm`)."""
+    if path is None:
+        if not args.load_path and required:
+            args.load_path = find_start(args)
+        path = args.load_path
+    start = load_checkpoint(path) if path else {}
+    choose_norm(args, start, path)
+    return start
+
+
+def choose_norm(args: argparse.Namespace, start: dict, source: str | None) -> None:
+    """--norm, else the normalisation the starting weights were trained with: saved in this tool's checkpoints
+    (those from before the option used Kinetics'); ImageNet's for a checkpoint without saved options (the RT3D /
+    TCAD releases' baselines), said in one line; Kinetics' when training from scratch."""
+    if args.norm:
+        return
+    saved = start.get("args") if start else None
+    if isinstance(saved, dict):
+        args.norm = saved.get("norm") or "kinetics"
+    elif start:
+        args.norm = "imagenet"
+        if dist_utils.is_main():
+            print(f"note: {source} was not made by this tool: assuming the RT3D/TCAD releases' ImageNet input "
+                  "normalisation; pass --norm kinetics if its weights were trained with Kinetics statistics",
+                  file=sys.stderr)
+    else:
+        args.norm = "kinetics"
+
+
+def load_start(model: torch.nn.Module, args: argparse.Namespace, start: dict) -> None:
+    if start:
+        load_weights(model, start, args.load_path, args.arch, allow_new_classifier=args.phase == "train")
 
 
 def resume_point(args: argparse.Namespace, run_dir: Path, profile) -> dict | None:
@@ -175,11 +240,12 @@ def finish(trainer: Trainer, args: argparse.Namespace, masks: dict | None, extra
 
 def prune_setup(args: argparse.Namespace, device: torch.device):
     """What every pruning phase starts from: data, model, profile rules and the starting checkpoint."""
+    start = read_start(args, required=True)
     data = make_data(args)
     model = make_model(args).to(device)
     profile = make_profile(args, required=True)
     rules = profile.resolve(model)
-    start = load_start(model, args, required=True)
+    load_start(model, args, start)
     return data, model, profile, rules, start
 
 
@@ -209,9 +275,10 @@ def start_trainer(args, model, data, hooks, device, profile, run_dir) -> Trainer
 @phase("train", result="dense.pth", distributed=True)
 def train(args: argparse.Namespace, device: torch.device) -> dict:
     """Dense baseline."""
+    start = read_start(args, required=False)
     data = make_data(args)
     model = make_model(args).to(device)
-    load_start(model, args, required=False)
+    load_start(model, args, start)
     trainer = start_trainer(args, model, data, PhaseHooks("train"), device, None, run_dir_for(args))
     trainer.fit()
     return finish(trainer, args, None, {})
@@ -256,12 +323,14 @@ def reweighted_group_lasso(args: argparse.Namespace, device: torch.device) -> di
     """Reweighted group-lasso (docs/algorithms.md), then hard prune."""
     data, model, profile, rules, start = prune_setup(args, device)
     keep = progressive_masks(args, start, model)
+    tcad = args.rew_schedule == "tcad"
     penalty = ReweightedGroupLasso(rules, args.rew_lambda, args.rew_eps, target=args.rew_target,
-                                   units=args.rew_units)
+                                   units=args.rew_units, split=tcad)
     prox = args.rew_step == "prox"
+    refresh = (lambda e: e == 0 or e in TCAD_REW_EPOCHS) if tcad else (lambda e: e % args.rew_update_epochs == 0)
 
-    def epoch_start(epoch: int) -> None:
-        if epoch % args.rew_update_epochs == 0:
+    def epoch_start(epoch: int) -> None:  # the lr factors of the tcad schedule are its LambdaLR (training/schedule)
+        if refresh(epoch):
             penalty.update_alpha(model)
 
     def epoch_end(epoch: int) -> dict:  # how much of each layer's norm the hard prune would still remove
@@ -299,12 +368,13 @@ def masked_retrain(args: argparse.Namespace, device: torch.device) -> dict:
 
 @phase("evaluate", distributed=True)
 def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
-    _, val_set = make_data(args)
-    model = make_model(args).to(device)
     path = args.resume or args.load_path
     if not path:
         raise UserError("--evaluate needs a checkpoint: pass --load-path")
-    load_weights(model, load_checkpoint(path), path, args.arch)
+    start = read_start(args, required=True, path=path)
+    _, val_set = make_data(args)
+    model = make_model(args).to(device)
+    load_weights(model, start, path, args.arch)
     rank = dist_utils.rank()
     world = torch.distributed.get_world_size() if dist_utils.is_distributed() else 1
     metrics = evaluate(model, val_set, args, device, rank, world)
@@ -430,10 +500,11 @@ def search_profile(args: argparse.Namespace, device: torch.device) -> dict:
         model = make_model(args)
         rules = uniform_profile(model, args.arch, shape, args.target_reduction, kind, group)
     else:
+        start = read_start(args, required=True)
         train_set, val_set = make_data(args, eval_train=args.search_split == "train")
         measure_on = train_set if args.search_split == "train" else val_set
         model = make_model(args).to(device)
-        load_start(model, args, required=True)
+        load_start(model, args, start)
         # evenly spaced clips: the datasets are ordered by class, so the first N would miss classes
         count = min(args.search_subset, len(measure_on))
         picks = torch.linspace(0, len(measure_on) - 1, count).long().tolist()

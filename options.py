@@ -21,6 +21,7 @@ import yaml
 from pruning.safe_yaml import load_yaml
 
 DERIVED = ("phase", "total_epochs")  # in the args.yaml beside a checkpoint: opt_main.resolve_defaults' results
+RETIRED = ("split",)  # options older args.yaml files may hold that no longer exist (--split was never used)
 MIN_CROP = 16  # the smallest crop the models take (C3D's five 2x2 poolings)
 
 _short = reprlib.Repr()
@@ -87,6 +88,38 @@ above_one = finite_float(1, lo_open=True, name="above_one")  # a factor that mus
 pixels = int_range(MIN_CROP, why="too small for the models", name="pixels")
 
 
+def tcad_sparsity(text: str) -> str:
+    """`type=` of TCAD's --sparsity: kgr or kgc (its kgc_c3d.sh passes 'krc', which its own parser refuses)."""
+    if text == "krc":
+        raise argparse.ArgumentTypeError("'krc' is a typo in TCAD's kgc_c3d.sh (its own parser refuses it); "
+                                         "use --sparsity kgc")
+    if text not in ("kgr", "kgc"):
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not allowed; allowed: kgr, kgc")
+    return text
+
+
+# Each paper's training defaults, from its released code and scripts (docs/recipes.md); `--defaults auto` takes
+# them when --config-file names one of that paper's published profiles. The command line overrides them.
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prune3d": {},
+    "rt3d": dict(lr=5e-4, batch_size=32, rho_num=2, smooth_eps=0.1, lr_scheduler="cosine", warmup_lr=1e-5,
+                 rho_schedule="stages", admm_epochs=10, admm_lr="cycle", kd_loss="soft-ce", kd_off_epochs=5),
+    "tcad": dict(lr=2e-4, batch_size=32, accum_steps=4, lr_scheduler="default", warmup_lr=1e-4,
+                 rew_schedule="tcad", rew_lambda=1e-6, rew_eps=1e-6, rew_step="gradient", rew_units="all",
+                 rew_target=0.0, kgr_rounding="ceil", kd_loss="soft-ce", kd_off_epochs=5),
+}
+
+
+def paper_of(config_files: list[str] | None) -> str:
+    """The paper whose published profile alias --config-file names (profiles/aliases.yaml), else 'prune3d'."""
+    from pruning.profile import load_aliases
+
+    aliases = load_aliases()
+    papers = {aliases[c].get("paper") for c in config_files or () if c in aliases and not Path(c).exists()}
+    papers.discard(None)
+    return papers.pop() if len(papers) == 1 else "prune3d"
+
+
 def _cut(text: str, keep: int = 40) -> str:
     return text if len(text) <= keep else f"{text[:keep // 2]}...{text[-keep // 2:]}"
 
@@ -129,28 +162,39 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = OneLineParser("prune3d: kernel-group sparsity for 3D CNNs", add_help=add_help,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--args-file", default=None, help="YAML of option defaults; the command line overrides it")
+    p.add_argument("--defaults", choices=("auto",) + tuple(PAPER_DEFAULTS), default="auto",
+                   help="whose defaults the options take: a paper's (RT3D, TCAD) or this tool's; auto: the paper "
+                        "that published the --config-file alias given (e.g. c3d_2.53x_v2 is RT3D's), else prune3d")
 
     x = p.add_argument_group("phase (pick one)").add_mutually_exclusive_group()
     for flags, kwargs in PHASE_OPTIONS.values():
         x.add_argument(*flags, **kwargs)
 
     g = p.add_argument_group("model")
-    g.add_argument("--arch", "-a", default="c3d", help="c3d | r2+1d | s3d")
+    g.add_argument("--arch", "-a", default="c3d", help="c3d | r2+1d | s3d | s3d-rt3d | r2+1d-pretrained")
     g.add_argument("--num-classes", type=positive_int, default=None, help="default: from the dataset (101 for ucf101)")
     g.add_argument("--width-mult", type=positive_float, default=1.0, help="channel width multiplier (c3d)")
     g.add_argument("--dropout", type=fraction, default=None,
                    help="dropout before the classifier; default the published 0.5 (c3d) / 0.2 (s3d)")
     g.add_argument("--load-path", "--load_path", default=None,
                    help="starting weights: baseline or an earlier phase's checkpoint")
-    g.add_argument("--resume", default=None, help="checkpoint to continue (or 'auto'); with --report, count its zeros")
+    g.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="checkpoint to continue, or 'auto' (also the bare flag, RT3D's spelling): the run folder's "
+                        "last.pth if there is one; with --report, count its zeros")
 
     g = p.add_argument_group("pruning profile")
     g.add_argument("--config-file", "--config_file", nargs="+", default=None,
                    help="profile name or path; two files (KGR then KGC) combine into kgrc")
     g.add_argument("--sparsity-type", "--sparsity_type", default=None,
                    help="irregular|filter|channel|blk-vanilla|kgs|kgr|kgc|kgrc (for profiles that carry none)")
-    g.add_argument("--group-size", "--group_size", type=positive_int, nargs=2, default=None, metavar=("GM", "GN"),
-                   help="kernel group size (default per type: 8 4 for kgs/blk-vanilla, 8 8 for kgr/kgc/kgrc)")
+    g.add_argument("--sparsity", type=tcad_sparsity, nargs="+", default=None, metavar="KGR|KGC",
+                   help="TCAD's spelling: the type of each --config-file (kgr, kgc; 'kgr kgc' with two files: kgrc)")
+    g.add_argument("--group-size", "--group_size", "--connectivity-block-size", "-conn-blk", dest="group_size",
+                   type=positive_int, nargs=2, default=None, metavar=("GM", "GN"),
+                   help="kernel group size (default per type: 8 4 for kgs/blk-vanilla, 8 8 for kgr/kgc/kgrc); "
+                        "--connectivity-block-size is RT3D's spelling")
+    g.add_argument("--kgr-rounding", choices=("half-up", "ceil"), default=None,
+                   help="rows a KGR ratio removes per group: round half up (default), or TCAD's ceil(gM * ratio)")
     g.add_argument("--balanced", action="store_true", default=None, help="kgs: same count removed in every group")
     g.add_argument("--score", choices=("l2", "l2-per-weight"), default=None,
                    help="unit ranking; l2-per-weight is RT3D's L2/sqrt(nnz)")
@@ -158,13 +202,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="exact joint projection, or TCAD's product of two masks")
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="ucf101", help="ucf101 | hmdb51 | synthetic")
+    g.add_argument("--dataset", choices=("ucf101", "hmdb51", "synthetic"), default="ucf101",
+                   help="Kinetics is not supported: its lists and layout are not read here")
     g.add_argument("--data-location", "--data_location", dest="data_location", default=None,
                    help="folder with train.lmdb/val.lmdb (or frame folders with train.txt/val.txt)")
-    g.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
     g.add_argument("--clip-len", type=positive_int, default=16, help="frames per clip")
     g.add_argument("--crop-size", type=pixels, default=None, help="default: 112 (224 for s3d)")
     g.add_argument("--short-side", type=pixels, default=None, help="resize before crop; default 128 (256 for s3d)")
+    g.add_argument("--norm", choices=("kinetics", "imagenet"), default=None,
+                   help="input normalisation (mean/std); default: what the starting weights were trained with "
+                        "(saved in this tool's checkpoints; ImageNet's for the RT3D/TCAD releases' baselines, "
+                        "Kinetics' for torchvision's weights and models trained from scratch)")
     g.add_argument("--sampling", choices=("segment", "consecutive"), default="segment")
     g.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips in training; default on, off for --dataset synthetic, whose "
@@ -178,19 +226,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="epochs (per rho stage for --admm)")
     g.add_argument("--batch-size", "-b", "--batch_size", dest="batch_size", type=positive_int, default=None,
                    help="default 16 for training, 1 for --benchmark")
-    g.add_argument("--lr", type=finite_float(0, 10, lo_open=True, why="not a learning rate"), default=1e-3)
+    g.add_argument("--lr", "--learning-rate", dest="lr",
+                   type=finite_float(0, 10, lo_open=True, why="not a learning rate"), default=1e-3)
     g.add_argument("--momentum", type=fraction, default=0.9)
-    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=nonnegative_float, default=5e-4)
-    g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    g.add_argument("--lr-scheduler", "--lr_scheduler", dest="lr_scheduler", choices=("cosine", "step", "default"),
-                   default="cosine")
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=nonnegative_float, default=None,
+                   help="default 5e-4 with SGD, 0 with Adam (as both papers' code)")
+    g.add_argument("--optimizer", "--optmzr", dest="optimizer", choices=("sgd", "adam"), default="sgd")
+    g.add_argument("--lr-scheduler", "--lr_scheduler", dest="lr_scheduler",
+                   choices=("cosine", "step", "default", "multistep", "constant"), default="cosine",
+                   help="after warm-up: cosine to 0; step x0.1 at 1/3 and 2/3; default: x0.5 every 20%% of the "
+                        "epochs; multistep: x0.5 at epochs 45, 90, 120 (both as the papers' code); constant")
     g.add_argument("--warmup", action="store_true", help="linear warm-up before the schedule")
     g.add_argument("--warmup-lr", type=finite_float(0, 10, why="not a learning rate"), default=1e-5)
     g.add_argument("--warmup-epochs", type=nonnegative_int, default=5)
     g.add_argument("--smooth-eps", "--smooth_eps", dest="smooth_eps", type=fraction, default=0.0,
                    help="label smoothing")
+    g.add_argument("--smooth", action="store_true",
+                   help="RT3D's switch: label smoothing on, at --smooth-eps (0.1 when that is not given)")
+    g.add_argument("--mixup", action="store_true", help="mixup of clip pairs, lambda ~ Beta(--alpha, --alpha)")
+    g.add_argument("--alpha", type=positive_float, default=1.0, help="mixup's Beta parameter")
+    g.add_argument("--no-tricks", action="store_true",
+                   help="RT3D's switch: no warm-up, no smoothing, no mixup, --lr-scheduler default")
     g.add_argument("--accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
-    g.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision (CUDA only)")
+    g.add_argument("--amp", nargs="?", const="fp16", choices=("off", "bf16", "fp16"), default="off",
+                   help="mixed precision (CUDA only); the bare flag is fp16, as TCAD's --amp")
 
     g = p.add_argument_group("ADMM")
     g.add_argument("--rho", type=positive_float, default=1e-4, help="initial penalty")
@@ -224,9 +283,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    action="store_true", help="start from a pruned checkpoint and keep its zeros")
 
     g = p.add_argument_group("reweighted group-lasso")
-    g.add_argument("--rew-lambda", type=nonnegative_float, default=1e-4, help="penalty weight")
+    g.add_argument("--rew-lambda", "--penalty", dest="rew_lambda", type=nonnegative_float, default=1e-4,
+                   help="penalty weight (--penalty: TCAD's spelling)")
     g.add_argument("--rew-eps", type=positive_float, default=1e-3, help="alpha = 1 / (||W_g||^2 + eps)")
     g.add_argument("--rew-update-epochs", type=positive_int, default=2, help="epochs between alpha updates")
+    g.add_argument("--rew-schedule", choices=("every", "tcad"), default="every",
+                   help="every: alpha refreshed every --rew-update-epochs; tcad: TCAD's, alpha refreshed at epochs "
+                        "1, 11, 21, 31, 41, 51, 76, 101, 126, the lr x1.6 at those epochs and x0.98 at every other "
+                        "one from the second, the KGRC penalty split between its two profiles")
     g.add_argument("--rew-step", choices=("prox", "gradient"), default="prox",
                    help="prox: group soft-thresholding after each optimizer step (units reach exact zeros); "
                         "gradient: the penalty added to the loss (TCAD)")
@@ -240,8 +304,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("distillation")
     g.add_argument("--distill", action="store_true", help="knowledge distillation from the dense baseline")
     g.add_argument("--teacher-path", default=None, help="default: --load-path's dense baseline")
-    g.add_argument("--kd-temperature", type=positive_float, default=3.0)
-    g.add_argument("--kd-alpha", type=finite_float(0, 1), default=0.5)
+    g.add_argument("--teacharch", default=None,
+                   help="RT3D's spelling; the teacher is always built like the student (--arch), as the papers do")
+    g.add_argument("--kd-loss", choices=("kl-t2", "soft-ce"), default="kl-t2",
+                   help="kl-t2: T^2 * KL(teacher || student) (Hinton); soft-ce: the papers' soft cross-entropy "
+                        "without T^2")
+    g.add_argument("--kd-temperature", "--temperature", dest="kd_temperature", type=positive_float, default=3.0)
+    g.add_argument("--kd-alpha", "--kd-coefficient", dest="kd_alpha", type=finite_float(0, 1), default=0.5)
     g.add_argument("--kd-off-epochs", type=nonnegative_int, default=3,
                    help="switch distillation off for the last N epochs")
 
@@ -263,7 +332,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="minutes a DDP collective may wait for the other ranks before the job ends with an error")
     g.add_argument("--seed", type=int_range(-2**31, 2**32 - 1), default=0)
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    g.add_argument("--print-freq", type=positive_int, default=20)
+    g.add_argument("--no-cuda", action="store_true", help="the originals' spelling of --device cpu")
+    g.add_argument("--multi-gpu", action="store_true",
+                   help="the originals' DataParallel switch; here several GPUs train under torchrun (DDP)")
+    g.add_argument("--print-freq", "--log-interval", dest="print_freq", type=positive_int, default=20,
+                   help="iterations between training-loss points in TensorBoard (train/iter_loss)")
     g.add_argument("--max-iters", type=positive_int, default=None,
                    help="stop each epoch after N iterations (smoke runs)")
     return p
@@ -274,11 +347,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     command line or in the args file, ends the run with one line `error: ...` on stderr and exit code 2."""
     parser = get_args_parser()
     pre, _ = parser.parse_known_args(argv)
+    defaults: dict[str, Any] = {}
     if pre.args_file:
         defaults = read_args_file(parser, pre.args_file)
         if phase_of(pre) is not None:  # the command line's phase replaces the file's (args.yaml names its own)
             defaults = {k: v for k, v in defaults.items() if k not in PHASES}
-        parser.set_defaults(**defaults)
+    paper = pre.defaults if pre.defaults != "auto" else defaults.get("defaults") or paper_of(pre.config_file)
+    parser.set_defaults(**{**PAPER_DEFAULTS[paper], **defaults, "defaults": paper})
     args = parser.parse_args(argv)
     validate(args, parser)
     return args
@@ -346,14 +421,14 @@ def read_args_file(parser: argparse.ArgumentParser, name: str) -> dict[str, Any]
     if not isinstance(data, dict):
         parser.error(f"{where}: must be a YAML mapping of option: value, not a {type(data).__name__}")
     actions = _actions_by_dest(parser)
-    unknown = sorted(str(k) for k in data if k not in actions and k not in DERIVED)
+    unknown = sorted(str(k) for k in data if k not in actions and k not in DERIVED + RETIRED)
     if unknown:
         near = difflib.get_close_matches(unknown[0], list(actions), n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         parser.error(f"{where}: unknown option {shown(unknown[0])}{hint}")
     out = {}
     for key, value in data.items():
-        if key in DERIVED:
+        if key in DERIVED + RETIRED:
             continue
         try:
             out[key] = _value_from_file(actions[key], value)

@@ -20,6 +20,13 @@ def round_half_up(x: float | torch.Tensor) -> int | torch.Tensor:
     return math.floor(x + 0.5 + 1e-9)
 
 
+def ceil_count(x: float | torch.Tensor) -> int | torch.Tensor:
+    """Round up; the small epsilon keeps float error such as 0.5 * 8 = 4.0000001 from adding one."""
+    if isinstance(x, torch.Tensor):
+        return torch.ceil(x - 1e-9).long()
+    return math.ceil(x - 1e-9)
+
+
 def kernel_volume(weight: torch.Tensor) -> int:
     return int(math.prod(weight.shape[2:]))
 

@@ -24,13 +24,14 @@ import yaml
 from torch import nn
 
 from .errors import ProfileError
-from .groups import column_layout, round_half_up
-from .projections import KGRC_METHODS, SCORES, LayerRule
+from .groups import column_layout
+from .projections import KGR_ROUNDINGS, KGRC_METHODS, SCORES, LayerRule, keep_count
 from .safe_yaml import load_yaml
 from .sparsity_types import TYPES, canonical_type, default_group_size
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-TOP_KEYS = {"sparsity", "group_size", "prune_ratios", "balanced", "score", "kgrc_method", "description"}
+TOP_KEYS = {"sparsity", "group_size", "prune_ratios", "balanced", "score", "kgrc_method", "kgr_rounding",
+            "description"}
 
 
 @dataclass
@@ -143,7 +144,7 @@ def parse_profile(data: object, source: str, cli_type: str | None = None,
     default = file_type or cli_type
     if default is None:
         raise ProfileError(f"{source}: no 'sparsity:' in the file (a legacy profile): pass --sparsity-type")
-    opts = {k: data[k] for k in ("balanced", "score", "kgrc_method") if k in data}
+    opts = {k: data[k] for k in ("balanced", "score", "kgrc_method", "kgr_rounding") if k in data}
     opts.update({k: v for k, v in (options or {}).items() if v is not None})
     _check_options(opts, source)
     gsize = _group_size(group_size or data.get("group_size") or default_group_size(default), source)
@@ -231,7 +232,8 @@ def _check_not_empty(rule: LayerRule, shape: tuple[int, ...], where: str) -> Non
     ncol, _ = column_layout(shape[2:])
     counts = {"kgc": ncol, "kgr": min(rule.group_size[0], shape[0])}
     for kind, n in counts.items():
-        if kind in rule.ratios and n - round_half_up(rule.ratios[kind] * n) == 0:
+        rounding = rule.kgr_rounding if kind == "kgr" else "half-up"
+        if kind in rule.ratios and keep_count(n, rule.ratios[kind], rounding) == 0:
             unit = "column" if kind == "kgc" else "row"
             raise ProfileError(f"{where}: {kind} ratio {rule.ratios[kind]} removes every {unit} of each group "
                                f"of this {'x'.join(map(str, shape))} weight ({n} per group); lower the ratio")
@@ -251,5 +253,8 @@ def _check_options(opts: dict, source: str) -> None:
     if "kgrc_method" in opts and opts["kgrc_method"] not in KGRC_METHODS:
         raise ProfileError(f"{source}: key 'kgrc_method': {opts['kgrc_method']!r} is not one of "
                            f"{', '.join(KGRC_METHODS)}")
+    if "kgr_rounding" in opts and opts["kgr_rounding"] not in KGR_ROUNDINGS:
+        raise ProfileError(f"{source}: key 'kgr_rounding': {opts['kgr_rounding']!r} is not one of "
+                           f"{', '.join(KGR_ROUNDINGS)}")
     if "balanced" in opts and not isinstance(opts["balanced"], bool):
         raise ProfileError(f"{source}: key 'balanced': expected true or false, got {opts['balanced']!r}")

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .groups import GroupView, column_layout, group_view, round_half_up
+from .groups import GroupView, ceil_count, column_layout, group_view, round_half_up
 from .sparsity_types import TYPES
 
 SPARSITY_TYPES = tuple(TYPES)
 SCORES = ("l2", "l2-per-weight")
 KGRC_METHODS = ("exact", "product")
+KGR_ROUNDINGS = ("half-up", "ceil")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class LayerRule:
     balanced: bool = False  # kgs only: the same number of positions removed in every group
     score: str = "l2"  # "l2-per-weight" ranks by L2/sqrt(nnz) like RT3D (differs only on edge groups)
     kgrc_method: str = "exact"  # "product" multiplies independent KGR and KGC masks like TCAD
+    kgr_rounding: str = "half-up"  # rows removed per group: round(rows * ratio) half up, or TCAD's ceil
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -78,22 +80,22 @@ def projection_mask(weight: torch.Tensor, rule: LayerRule) -> torch.Tensor:
     if kind == "kgs":
         unit = energy.sum((2, 3))  # [nP, nQ, K]
         if rule.balanced:
-            keep = _keep_top(unit, _keep_count(unit.shape[-1], rule.ratio))
+            keep = _keep_top(unit, keep_count(unit.shape[-1], rule.ratio))
         else:
             size = (view.rows[:, None] * view.cols_in[None, :])[..., None].expand_as(unit)
             unit = _rescore(unit, size, rule.score)
             keep = _layerwide(unit.flatten(), rule.ratio).view_as(unit)
         return view.to_weight(keep[:, :, None, None, :].expand_as(view.blocks))
     if kind == "kgr":
-        return view.to_weight(_kgr_keep(view, energy, rule.ratios["kgr"]))
+        return view.to_weight(_kgr_keep(view, energy, rule.ratios["kgr"], rule.kgr_rounding))
     if kind == "kgc":
         return view.to_weight(_kgc_keep(view, energy, rule.ratios["kgc"]))
     if kind == "kgrc":
         rr, rc = rule.ratios["kgr"], rule.ratios["kgc"]
         if rule.kgrc_method == "product":
-            keep = _kgr_keep(view, energy, rr) & _kgc_keep(view, energy, rc)
+            keep = _kgr_keep(view, energy, rr, rule.kgr_rounding) & _kgc_keep(view, energy, rc)
         else:
-            keep = _kgrc_exact_keep(view, energy, rr, rc)
+            keep = _kgrc_exact_keep(view, energy, rr, rc, rule.kgr_rounding)
         return view.to_weight(keep)
     raise ValueError(f"unknown sparsity type {kind!r}")
 
@@ -106,8 +108,9 @@ def realized_ratio(mask: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _keep_count(n: int | torch.Tensor, ratio: float) -> int | torch.Tensor:
-    return n - round_half_up(ratio * n)
+def keep_count(n: int | torch.Tensor, ratio: float, rounding: str = "half-up") -> int | torch.Tensor:
+    """Units kept of `n` when `ratio` of them is removed (rounded half up, or up)."""
+    return n - (round_half_up(ratio * n) if rounding == "half-up" else ceil_count(ratio * n))
 
 
 def _keep_top(score: torch.Tensor, keep: int | torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,7 +128,7 @@ def _keep_top(score: torch.Tensor, keep: int | torch.Tensor, valid: torch.Tensor
 def _layerwide(score: torch.Tensor, ratio: float) -> torch.Tensor:
     """Layer-wide top-k by selection (O(n), no full sort); ties go to the lower index, as a stable sort would."""
     n = score.numel()
-    keep = int(_keep_count(n, ratio))
+    keep = int(keep_count(n, ratio))
     if keep <= 0 or keep >= n:
         return torch.full_like(score, keep > 0, dtype=torch.bool)
     threshold = torch.kthvalue(score, n - keep + 1).values  # the keep-th largest
@@ -169,33 +172,34 @@ def _row_valid(view: GroupView) -> torch.Tensor:
     return torch.arange(gM, device=view.rows.device)[None, :] < view.rows[:, None]  # [nP, gM]
 
 
-def _kgr_keep(view: GroupView, energy: torch.Tensor, ratio: float) -> torch.Tensor:
+def _kgr_keep(view: GroupView, energy: torch.Tensor, ratio: float, rounding: str = "half-up") -> torch.Tensor:
     nP, nQ = energy.shape[:2]
     valid = _row_valid(view)[:, None, :].expand(nP, nQ, -1)
-    keep_rows = _keep_count(view.rows, ratio)[:, None].expand(nP, nQ)
+    keep_rows = keep_count(view.rows, ratio, rounding)[:, None].expand(nP, nQ)
     rows = _keep_top(_row_energy(view, energy), keep_rows, valid)
     return rows[:, :, :, None, None].expand_as(view.blocks) & view.valid
 
 
 def _kgc_keep(view: GroupView, energy: torch.Tensor, ratio: float) -> torch.Tensor:
     idx, ncol = column_index(view.shape, energy.device)
-    cols = _keep_top(column_energy(view, energy), _keep_count(ncol, ratio))  # [nP, nQ, ncol]
+    cols = _keep_top(column_energy(view, energy), keep_count(ncol, ratio))  # [nP, nQ, ncol]
     return cols[:, :, None, None, :][..., idx].expand_as(view.blocks) & view.valid
 
 
-def _kgrc_exact_keep(view: GroupView, energy: torch.Tensor, rr: float, rc: float) -> torch.Tensor:
+def _kgrc_exact_keep(view: GroupView, energy: torch.Tensor, rr: float, rc: float,
+                     rounding: str = "half-up") -> torch.Tensor:
     """Exact KGRC projection: for a fixed set of kept rows the best columns are the top columns by energy over
     those rows, so trying every row set of a group and keeping the best is exact (C(8,4) = 70 at most)."""
     idx, ncol = column_index(view.shape, energy.device)
     E = column_energy(view, energy, over_rows=False)  # [nP, nQ, gM, ncol]
     nP, nQ, gM, _ = E.shape
-    keep_c = _keep_count(ncol, rc)
+    keep_c = keep_count(ncol, rc)
     row_mask = torch.zeros(nP, nQ, gM, dtype=torch.bool, device=E.device)
     col_mask = torch.zeros(nP, nQ, ncol, dtype=torch.bool, device=E.device)
     # Only the last band of groups can have fewer rows, so this loops at most twice.
     for rows in torch.unique(view.rows).tolist():
         bands = (view.rows == rows).nonzero().flatten()
-        keep_r = int(_keep_count(rows, rr))
+        keep_r = int(keep_count(rows, rr, rounding))
         subsets = torch.tensor(list(itertools.combinations(range(rows), keep_r)), dtype=torch.long)
         S = torch.zeros(len(subsets), rows, dtype=E.dtype, device=E.device)
         if keep_r:

@@ -182,11 +182,11 @@ def test_args_file_missing_or_a_folder(tmp_path, capfd):
 def test_args_file_values_are_typed_and_the_command_line_wins(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("lr: 1e-3\nepochs: 2\nconfig_file: c3d_kgrc_3.04x\ngroup_size: [8, 4]\nhflip: false\n"
-                    "device: null\namp: 'off'\nsplit: 2\nname: 2024\nmomentum: 0\n")
+                    "device: null\namp: 'off'\nsplit: 2\nname: 2024\nmomentum: 0\n")  # split: a retired option
     args = parse_args(["--args-file", str(path), "--report", "--epochs", "5"])
     assert (args.lr, args.epochs, args.config_file, args.group_size) == (1e-3, 5, ["c3d_kgrc_3.04x"], [8, 4])
-    assert (args.hflip, args.device, args.amp, args.split, args.name, args.momentum) == (False, None, "off", 2, "2024",
-                                                                                           0.0)
+    assert (args.hflip, args.device, args.amp, args.name, args.momentum) == (False, None, "off", "2024", 0.0)
+    assert not hasattr(args, "split")
 
 
 def test_args_yaml_beside_a_checkpoint_loads(tmp_path):

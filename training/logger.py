@@ -33,6 +33,11 @@ class RunLogger:
             self.tb.flush()
         print(format_record(record), flush=True)
 
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        """One TensorBoard point between the per-epoch records (e.g. the training loss every --print-freq)."""
+        if self.enabled and self.tb is not None:
+            self.tb.add_scalar(tag, value, step)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -82,10 +82,11 @@ class ReweightedGroupLasso:
     """
 
     def __init__(self, rules: dict[str, LayerRule], lam: float, eps: float, target: float = 0.0,
-                 tau: float = 2.0, units: str = "removed") -> None:
+                 tau: float = 2.0, units: str = "removed", split: bool = False) -> None:
         if units not in ("removed", "all"):
             raise ValueError(f"unknown reweighting units {units!r}: expected 'removed' or 'all'")
         self.rules, self.eps, self.target, self.tau, self.units = rules, eps, target, tau, units
+        self.split = split  # TCAD: a layer's lambda is shared by its unit families (KGRC: rows and columns, 1/2 each)
         self.lam: dict[str, float] = dict.fromkeys(rules, lam)
         self.alpha: dict[str, list[torch.Tensor]] = {}
 
@@ -112,9 +113,13 @@ class ReweightedGroupLasso:
         params = dict(model.named_parameters())
         total = torch.zeros((), device=next(model.parameters()).device)
         for name, rule in self.rules.items():
+            lam = self._family_lambda(name)
             for e, a in zip(unit_energies(params[name], rule), self.alpha[name]):
-                total = total + self.lam[name] * (a * torch.sqrt(e + 1e-12)).sum()
+                total = total + lam * (a * torch.sqrt(e + 1e-12)).sum()
         return total
+
+    def _family_lambda(self, name: str) -> float:
+        return self.lam[name] / len(self.alpha[name]) if self.split else self.lam[name]
 
     @torch.no_grad()
     def shrink(self, model: nn.Module, lr: float) -> None:
@@ -127,7 +132,7 @@ class ReweightedGroupLasso:
             for i, a in enumerate(self.alpha[name]):
                 family = unit_families(w.data, rule)[i]  # recomputed: the previous family changed w
                 norm = family.energy.sqrt()
-                factor = (1 - lr * self.lam[name] * a / norm.clamp(min=1e-12)).clamp(min=0)
+                factor = (1 - lr * self._family_lambda(name) * a / norm.clamp(min=1e-12)).clamp(min=0)
                 w.data.mul_(family.spread(factor.to(w.dtype)))
 
     def state_dict(self) -> dict:
@@ -141,8 +146,16 @@ class ReweightedGroupLasso:
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *, temperature: float,
-                      alpha: float, ce: nn.Module) -> torch.Tensor:
-    """(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)."""
-    kl = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
-                  reduction="batchmean", log_target=True)
-    return (1 - alpha) * ce(student, target) + alpha * temperature ** 2 * kl
+                      alpha: float, ce: Callable, kind: str = "kl-t2") -> torch.Tensor:
+    """(1 - alpha) * CE + alpha * soft term. kl-t2: T^2 * KL(teacher_T || student_T) (Hinton et al.: T^2 keeps
+    the soft gradients' scale as T changes); soft-ce: -sum p_teacher_T * log p_student_T, no T^2, as the papers'
+    code computes it (it differs from KL by the teacher's entropy, a constant, so only the T^2 scale differs)."""
+    log_student = F.log_softmax(student / temperature, 1)
+    if kind == "soft-ce":
+        soft = -(log_student * F.softmax(teacher / temperature, 1)).sum(1).mean()
+    elif kind == "kl-t2":
+        soft = temperature ** 2 * F.kl_div(log_student, F.log_softmax(teacher / temperature, 1),
+                                           reduction="batchmean", log_target=True)
+    else:
+        raise ValueError(f"unknown distillation loss {kind!r}")
+    return (1 - alpha) * ce(student, target) + alpha * soft

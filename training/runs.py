@@ -33,20 +33,22 @@ def run_dir_for(args: argparse.Namespace) -> Path:
 
 
 def find_start(args: argparse.Namespace) -> str | None:
-    """Without --load-path: the baseline in checkpoints/baseline/ for this arch and dataset (ADMM, rew), or the
-    ADMM/rew result of the same arch, dataset and profile (masked retraining), as the original scripts expect."""
+    """Without --load-path: the baseline in checkpoints/baseline/ or RT3D's checkpoint/ for this arch and dataset
+    (ADMM, rew), or the ADMM/rew result of the same arch, dataset and profile (masked retraining), as the original
+    scripts expect."""
     if args.phase == "masked_retrain":
         stem = run_dir_for(args).name.rsplit("_", 2)[0]
         found = [p for ph, f in (("admm", "admm.pth"), ("rew", "rew.pth"))
                  for p in [Path(args.save_dir) / f"{stem}_{ph}" / f] if p.is_file()]
         where = f"{args.save_dir}/{stem}_admm/admm.pth or {stem}_rew/rew.pth"
     else:
-        base = Path(args.save_dir) / "baseline"
+        # this tool's checkpoints/baseline/, and RT3D's checkpoint/ (its baselines are named *.pt)
+        folders = [Path(args.save_dir) / "baseline", Path("checkpoint")]
         names = {args.arch, args.arch.replace("+", "plus"), args.arch.replace("2+1d", "21d")}
-        found = sorted(p for p in base.glob("*.pth") if any(n in p.name.lower() for n in names)
-                       and args.dataset.lower() in p.name.lower())
-        have = ", ".join(sorted(x.name for x in base.glob("*.pth"))) or "none"
-        where = f"{base}/*{args.arch}*{args.dataset}*.pth (there: {have})"
+        files = sorted(p for base in folders for ext in ("*.pth", "*.pt") for p in base.glob(ext))
+        found = [p for p in files if any(n in p.name.lower() for n in names) and args.dataset.lower() in p.name.lower()]
+        have = ", ".join(p.name for p in files) or "none"
+        where = f"{folders[0]}/ or {folders[1]}/ *{args.arch}*{args.dataset}*.pth|.pt (there: {have})"
     if len(found) == 1:
         print(f"--load-path not given: using {found[0]}")
         return str(found[0])

@@ -253,6 +253,13 @@ class Trainer:
         clips, labels = clips.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         amp = a.amp != "off" and dev.type == "cuda"
         dtype = torch.bfloat16 if a.amp == "bf16" else torch.float16
+        mix = self._mixup(clips, labels, epoch) if a.mixup else None
+        criterion = self.criterion
+        if mix is not None:
+            clips, other, lam = mix
+
+            def criterion(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return lam * self.criterion(out, y) + (1 - lam) * self.criterion(out, other)
         with torch.autocast(dev.type, dtype=dtype, enabled=amp):
             logits = model(clips)
             if self.hooks.teacher is not None and epoch < self.hooks.distill_until:
@@ -261,9 +268,9 @@ class Trainer:
                 with torch.no_grad():
                     teacher_logits = self.hooks.teacher(clips)
                 loss = distillation_loss(logits, teacher_logits, labels, temperature=a.kd_temperature,
-                                         alpha=a.kd_alpha, ce=self.criterion)
+                                         alpha=a.kd_alpha, ce=criterion, kind=a.kd_loss)
             else:
-                loss = self.criterion(logits, labels)
+                loss = criterion(logits, labels)
         penalty = self.hooks.extra_loss(self.model) if self.hooks.extra_loss else None
         total = loss + penalty if penalty is not None else loss
         self.scaler.scale(total / a.accum_steps).backward()
@@ -271,6 +278,8 @@ class Trainer:
         sums["penalty"] += penalty.item() * len(labels) if penalty is not None else 0.0
         sums["correct"] += clip_metrics(logits, labels, (1,))["top1"] * len(labels)
         sums["n"] += len(labels)
+        if self.global_iter % a.print_freq == 0:
+            self.logger.scalar("train/iter_loss", loss.item(), self.global_iter)
         if (self.iteration + 1) % a.accum_steps and self.iteration + 1 < self.iters_per_epoch:
             return
         if self.hooks.masks:
@@ -283,6 +292,14 @@ class Trainer:
         if self.hooks.masks:  # weight decay and momentum must not revive pruned weights
             apply_masks(self.model, self.hooks.masks)
         self.scheduler.step()
+
+    def _mixup(self, clips: torch.Tensor, labels: torch.Tensor, epoch: int):
+        """(mixed clips, the partner labels, lambda): lambda ~ Beta(alpha, alpha) and the partner order drawn
+        from (seed, epoch, iteration, rank), so a resumed run mixes exactly as the uninterrupted one."""
+        rng = np.random.default_rng([self.args.seed & 0xFFFFFFFF, epoch, self.iteration, self.rank])
+        lam = float(rng.beta(self.args.alpha, self.args.alpha))
+        order = torch.from_numpy(rng.permutation(len(labels))).to(clips.device)
+        return lam * clips + (1 - lam) * clips[order], labels[order], lam
 
     def _record_failures(self, failed) -> None:
         for index, message in failed:
@@ -328,12 +345,17 @@ def evaluate(model: nn.Module, dataset, args: argparse.Namespace, device: torch.
 def hooks_scheduler(args, optimizer, iters_per_epoch: int, phase: str):
     from .schedule import build_scheduler
 
-    total = args.total_epochs * iters_per_epoch // max(1, args.accum_steps)
-    warm = args.warmup_epochs * iters_per_epoch // max(1, args.accum_steps) if args.warmup else 0
+    steps = -(-iters_per_epoch // max(1, args.accum_steps))  # optimizer steps per epoch: the last may be partial
+    total = args.total_epochs * steps
+    warm = args.warmup_epochs * steps if args.warmup else 0
     kind = args.admm_lr if phase == "admm" else args.lr_scheduler
+    if phase == "rew" and args.rew_schedule == "tcad":
+        from .schedule import tcad_rew_factor
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, tcad_rew_factor(steps))
     if kind == "cycle":
         from admm import rt3d_lr_cycle
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, rt3d_lr_cycle(args.admm_epochs * iters_per_epoch))
     return build_scheduler(optimizer, kind=kind, lr=args.lr, total_iters=total, warmup_iters=warm,
-                           warmup_lr=args.warmup_lr)
+                           warmup_lr=args.warmup_lr, steps_per_epoch=steps, epochs=args.total_epochs)
