@@ -337,7 +337,7 @@ def reweighted_group_lasso(args: argparse.Namespace, device: torch.device) -> di
         params = dict(model.named_parameters())
         removed = {n: removed_fraction(params[n], r) for n, r in rules.items()}
         return {"max_removed": max(removed.values()), "removed": removed, "lambda": dict(penalty.lam),
-                **({"rew_penalty": float(penalty.penalty(model))} if prox else {})}
+                **({"rew_penalty": float(penalty.penalty(model).detach())} if prox else {})}
 
     hooks = PhaseHooks("rew", extra_loss=None if prox else penalty.penalty,
                        after_step=(lambda lr: penalty.shrink(model, lr)) if prox else None, masks=keep or None,
