@@ -8,6 +8,8 @@ with a dense plan or one of PyTorch's dense paths, whichever is faster for the s
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import nn
@@ -15,9 +17,23 @@ from torch import nn
 from ._ext import load_kernels
 from .convert import CompileJob, register_engine, swap_pruned_convs
 from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, fastest_mode, onednn_conv, run_dense
-from .layout import SLACK, flat_layout, flat_positions, interior
-from .modules import SparseConv3d, _run
+from .layout import SLACK, OutputSpec, flat_layout, interior
+from .modules import SparseConv3d
 from .scratch import SCRATCH
+
+ONE = (1, 1, 1)  # every C3D conv: 3x3x3 taps, padding 1, the padding of the layout between convs
+
+
+class Activation(NamedTuple):
+    """An activation in the flat padded layout between convs: `n` samples of `c` channels of `s` floats on `grid`
+    (`flat_layout(dims, ONE)`), data of shape `dims`."""
+
+    buf: torch.Tensor
+    n: int
+    c: int
+    dims: tuple[int, int, int]
+    grid: tuple[int, int, int]
+    s: int
 
 
 @register_engine("models.c3d.C3D", passes=(swap_pruned_convs,))  # by name: compact does not import models
@@ -78,37 +94,39 @@ class CompactC3D(nn.Module):
             v = self._valid[key] = torch.from_numpy(ok.astype(np.float32))
         return v
 
-    def _conv_step(self, ext, name, mode, buf, n, c, cout, t, h, w, grid, s, q, hw) -> torch.Tensor:
-        """One conv + bias + ReLU from the padded layout into the next layout (pool grid or padded)."""
-        one = (1, 1, 1)
-        if mode != KERNEL:  # PyTorch's dense conv: leave and re-enter the layout
-            conv = self.dense_convs[name] if name in self.dense_convs else self.convs[name]
-            y = torch.relu_(run_dense(conv, interior(buf, n, c, grid, s, one, (t, h, w)), mode))
-            out = SCRATCH.take(n * cout * s + SLACK, buf, zero=True)
-            interior(out, n, cout, grid, s, (0, 0, 0) if name in self.pool_of else one, (t, h, w)).copy_(y)
-            return out
+    def _conv_step(self, ext, name: str, mode: str, act: Activation) -> torch.Tensor:
+        """One conv + bias + ReLU from the padded layout into the next layout: the flat grid the pool after it reads
+        (positions from the plane origin), else the next conv's padded input."""
         conv = self.convs[name]
-        off = conv.layout_ctx(n, (t, h, w), grid, s).off
-        out = SCRATCH.take(n * cout * s + SLACK, buf)
-        if name in self.pool_of:
-            _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, 0, s, False, n, q, conv.bias, True, None)
-        else:
-            valid = self._valid_mask(grid, (t, h, w), q)
-            _run(ext, conv.plan, off, buf, c * s, out, cout * s, s, hw + grid[2] + 1, s, True, n, q, conv.bias,
-                 True, valid)
+        n, c, dims, grid, s, cout = act.n, act.c, act.dims, act.grid, act.s, conv.out_channels
+        pooled = name in self.pool_of
+        if mode != KERNEL:  # PyTorch's dense conv: leave and re-enter the layout
+            dense = self.dense_convs[name] if name in self.dense_convs else conv
+            y = torch.relu_(run_dense(dense, interior(act.buf, n, c, grid, s, ONE, dims), mode))
+            out = SCRATCH.take(n * cout * s + SLACK, act.buf, zero=True)
+            interior(out, n, cout, grid, s, (0, 0, 0) if pooled else ONE, dims).copy_(y)
+            return out
+        ctx = conv.layout_ctx(n, dims, grid, s)
+        out = SCRATCH.take(n * cout * s + SLACK, act.buf)
+        if pooled:
+            write = OutputSpec(sample_stride=cout * s, chan_stride=s, chan_len=s, relu=True)
+        else:  # shifted by one plane, row and column into the padding; separators and borders zeroed
+            write = OutputSpec(sample_stride=cout * s, chan_stride=s, shift=grid[1] * grid[2] + grid[2] + 1,
+                               chan_len=s, zero_rest=True, relu=True, valid=self._valid_mask(grid, dims, ctx.q))
+        ext.sparse_conv(input=act.buf, ctx=ctx, bias=conv.bias, out=out, write=write)
         return out
 
     def chosen_mode(self, name: str, batch_size: int) -> str | None:
         """The path an unpruned conv runs at this batch size (forced, or timed on an earlier call), else None."""
         if name not in self.dense_convs:
             return None
-        chosen = [m for key, m in self._choice.items() if key[0] == name and key[1][0] == batch_size]
+        chosen = [m for key, m in self._choice.items() if key[0] == name and key[1] == batch_size]
         return self.dense_mode or (chosen[0] if chosen else None)
 
-    def _choose(self, ext, name, args) -> str:
+    def _choose(self, ext, name: str, act: Activation) -> str:
         if self.dense_mode:
             return self.dense_mode
-        key = (name, args[1:3] + args[4:7], torch.get_num_threads())
+        key = (name, act.n, act.c, act.dims, torch.get_num_threads())
         mode = self._choice.get(key)
         if mode is None:
             if not self.autotune:
@@ -117,7 +135,7 @@ class CompactC3D(nn.Module):
                 modes = (KERNEL, CONTIGUOUS, CHANNELS_LAST)
                 if onednn_conv(self.dense_convs[name]) is not None:
                     modes += (ONEDNN,)
-                mode = fastest_mode(lambda m: SCRATCH.give(self._conv_step(ext, name, m, *args)), modes)
+                mode = fastest_mode(lambda m: SCRATCH.give(self._conv_step(ext, name, m, act)), modes)
             self._choice[key] = mode
         return mode
 
@@ -126,44 +144,44 @@ class CompactC3D(nn.Module):
         if ext is None or x.dtype != torch.float32:
             return self._torch_features(x)
         x = x.contiguous()
-        n, c, t, h, w = x.shape
-        one = (1, 1, 1)
-        grid, s = flat_layout((t, h, w), one)
+        n, c = x.shape[:2]
+        dims = tuple(x.shape[2:])
+        grid, s = flat_layout(dims, ONE)
         buf = SCRATCH.take(n * c * s + SLACK, x, zero=True)
-        interior(buf, n, c, grid, s, one, (t, h, w)).copy_(x)
+        interior(buf, n, c, grid, s, ONE, dims).copy_(x)
+        act = Activation(buf, n, c, dims, grid, s)
         for name in self.conv_names:
             conv = self.convs[name]
-            hw = grid[1] * grid[2]
-            q = flat_positions((t, h, w), grid)
-            cout = conv.out_channels
             mode = KERNEL if isinstance(conv, SparseConv3d) else CONTIGUOUS
             if name in self.dense_convs:  # unpruned layer: the kernel or oneDNN, whichever ran faster here
-                mode = self._choose(ext, name, (buf, n, c, cout, t, h, w, grid, s, q, hw))
-            out = self._conv_step(ext, name, mode, buf, n, c, cout, t, h, w, grid, s, q, hw)
-            SCRATCH.give(buf)
-            c = cout
-            if name in self.pool_of:
-                pool = self.pools[self.pool_of[name]]
-                kt, kh, kw = pool.kernel_size
-                _, ph, pw = pool.padding
-                to, ho, wo = (t - kt) // kt + 1, (h + 2 * ph - kh) // kh + 1, (w + 2 * pw - kw) // kw + 1
-                last = name == self.conv_names[-1]
-                if last:
-                    dest = x.new_empty(n * c * to * ho * wo)
-                    ocs, oh, ow, ooff = to * ho * wo, ho, wo, 0
-                else:
-                    g2, s2 = flat_layout((to, ho, wo), one)
-                    dest = SCRATCH.take(n * c * s2 + SLACK, x, zero=True)
-                    ocs, oh, ow, ooff = s2, g2[1], g2[2], g2[1] * g2[2] + g2[2] + 1
-                ext.maxpool(out, dest, n * c, s, grid[1], grid[2], t, h, w, kt, kh, kw, ph, pw, to, ho, wo, ocs,
-                            oh, ow, ooff)
-                SCRATCH.give(out)
-                if last:
-                    return dest.view(n, c, to, ho, wo)
-                t, h, w, grid, s, buf = to, ho, wo, g2, s2, dest
-            else:
-                buf = out
-        return interior(buf, n, c, grid, s, one, (t, h, w)).contiguous()  # never hand out a scratch buffer
+                mode = self._choose(ext, name, act)
+            out = self._conv_step(ext, name, mode, act)
+            SCRATCH.give(act.buf)
+            c = conv.out_channels
+            if name not in self.pool_of:
+                act = act._replace(buf=out, c=c)
+                continue
+            pool = self.pools[self.pool_of[name]]
+            kt, kh, kw = pool.kernel_size
+            _, ph, pw = pool.padding
+            t, h, w = act.dims
+            pdims = ((t - kt) // kt + 1, (h + 2 * ph - kh) // kh + 1, (w + 2 * pw - kw) // kw + 1)
+            last = name == self.conv_names[-1]
+            if last:  # dense output, the fc layers' input
+                dest = x.new_empty(n * c * pdims[0] * pdims[1] * pdims[2])
+                g2, s2, chan_stride, shift = pdims, 0, pdims[0] * pdims[1] * pdims[2], 0
+            else:  # the next conv's padded input
+                g2, s2 = flat_layout(pdims, ONE)
+                dest = SCRATCH.take(n * c * s2 + SLACK, x, zero=True)
+                chan_stride, shift = s2, g2[1] * g2[2] + g2[2] + 1
+            ext.maxpool(input=out, out=dest, planes=n * c, in_chan_stride=act.s, Hg=act.grid[1], Wg=act.grid[2],
+                        T=t, H=h, W=w, kt=kt, kh=kh, kw=kw, ph=ph, pw=pw, To=pdims[0], Ho=pdims[1], Wo=pdims[2],
+                        out_chan_stride=chan_stride, oH=g2[1], oW=g2[2], out_off=shift)
+            SCRATCH.give(out)
+            if last:
+                return dest.view(n, c, *pdims)
+            act = Activation(dest, n, c, pdims, g2, s2)
+        return interior(act.buf, n, c, act.grid, act.s, ONE, act.dims).contiguous()  # never hand out scratch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x).flatten(1)

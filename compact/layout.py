@@ -4,17 +4,19 @@ A stride-1 conv reads its input as one flat row per channel in which every tap o
 data or on a zero (`flat_layout`); the kernel computes a position for every flat index up to the last output,
 separators included (`flat_positions`), and writes the ones that are outputs through runs of consecutive
 destinations (`scatter_index`, `output_runs`). Strided convs read stride-phase planes instead (`copy_phases`).
-`LayoutCtx` is what a prepared input carries to the kernel call. Everyone in `compact/` imports these from here.
+A kernel call (`ext.sparse_conv`) takes a `LayoutCtx` (the prepared input and the plan that reads it) and an
+`OutputSpec` (where and how to write). Everyone in `compact/` imports these from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .plan import TILE, PairOffsets
+from .plan import TILE, KernelPlan
 
 SLACK = TILE + 64
 """Extra zero floats after a layout buffer: the last tile's vector loads may read past the last position."""
@@ -73,9 +75,15 @@ def scatter_index(q: int, grid, outd, dest_grid=None, offset=(0, 0, 0)) -> torch
     return torch.from_numpy(np.where(ok, idx, -1).astype(np.int32))
 
 
-def output_runs(oidx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`scatter_index` as the kernel takes it: (runs int32 [nruns, 3] of (first position, length, destination of
-    the first), tile_runs int32 [ntiles + 1]), runs of consecutive positions going to consecutive destinations,
+class OutputRuns(NamedTuple):
+    """Where each computed position goes (`output_runs`)."""
+
+    runs: torch.Tensor  # int32 [nruns, 3]: (first position, length, destination of the first)
+    tile_runs: torch.Tensor  # int32 [ntiles + 1] into runs: the runs of each tile
+
+
+def output_runs(oidx: torch.Tensor) -> OutputRuns:
+    """`scatter_index` as the kernel takes it: runs of consecutive positions going to consecutive destinations,
     cut at tile boundaries, so that the kernel writes each with a vectorized loop."""
     idx = oidx.numpy().astype(np.int64)
     q = len(idx)
@@ -88,7 +96,7 @@ def output_runs(oidx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ends = np.flatnonzero(ends_mask) + 1
     runs = np.stack([starts, ends - starts, idx[starts]], 1).astype(np.int32)
     tile_runs = np.searchsorted(starts, np.arange(0, -(-q // TILE) + 1) * TILE).astype(np.int32)
-    return torch.from_numpy(np.ascontiguousarray(runs)), torch.from_numpy(tile_runs)
+    return OutputRuns(torch.from_numpy(np.ascontiguousarray(runs)), torch.from_numpy(tile_runs))
 
 
 def copy_phases(x: torch.Tensor, phases: torch.Tensor, pad, stride) -> None:
@@ -114,12 +122,32 @@ def copy_phases(x: torch.Tensor, phases: torch.Tensor, pad, stride) -> None:
 @dataclass(frozen=True)
 class LayoutCtx:
     """A conv's input as the kernel reads it: `n` samples of `per_sample` floats each on `grid` (flat layout or
-    stride-phase planes), where each kept (channel, tap) pair reads (`off`), and the `q` flat positions computed
-    for outputs of shape `outd`."""
+    stride-phase planes), the conv's `plan` for that geometry, and the `q` flat positions computed for outputs of
+    shape `outd`. The kernel reads `n`, `per_sample`, `q` and `plan` by name."""
 
     n: int
-    off: PairOffsets
+    plan: KernelPlan
     per_sample: int
     q: int
     outd: tuple[int, int, int]
     grid: tuple[int, int, int]
+
+
+class OutputSpec(NamedTuple):
+    """Where and how a kernel call writes its output; the kernel reads every field by name.
+
+    Output position q of filter f, sample i goes to `i * sample_stride + f * chan_stride + shift + q` of the output
+    tensor, or with `runs` to the destinations those give within the channel. `zero_rest` also zeroes the rest of
+    each channel's `chan_len` floats; `valid` (float [q], 0/1) multiplies each position (zeros at separators);
+    `accumulate` (with `runs`) adds the value already there before the ReLU (a fused residual).
+    """
+
+    sample_stride: int
+    chan_stride: int
+    shift: int = 0
+    chan_len: int = 0
+    zero_rest: bool = False
+    relu: bool = False
+    valid: torch.Tensor | None = None
+    runs: OutputRuns | None = None
+    accumulate: bool = False

@@ -12,27 +12,24 @@ from torch import nn
 
 from ._ext import load_kernels
 from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, canonical_path, fastest_mode, onednn_conv, run_dense
-from .layout import SLACK, LayoutCtx, copy_phases, flat_layout, flat_positions, output_runs, scatter_index
-from .plan import ConvPlan, PairOffsets, build_plan, pair_offsets
+from .layout import (
+    SLACK,
+    LayoutCtx,
+    OutputRuns,
+    OutputSpec,
+    copy_phases,
+    flat_layout,
+    flat_positions,
+    output_runs,
+    scatter_index,
+)
+from .plan import KernelPlan, build_plan, kernel_plan
 from .scratch import SCRATCH
 from .surgery import kept_mask
 
 
 def _triple(v) -> tuple[int, int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
-
-
-def _run(ext, plan: ConvPlan, off: PairOffsets, inp: torch.Tensor, in_sample_stride: int, out: torch.Tensor,
-         out_sample_stride: int, out_chan_stride: int, shift: int, chan_len: int, zero_rest: bool, n: int, q: int,
-         bias: torch.Tensor | None, relu: bool, valid: torch.Tensor | None,
-         out_runs: tuple[torch.Tensor, torch.Tensor] | None = None, accumulate: bool = False) -> None:
-    t = plan.torch_tensors()
-    runs, tile_runs = out_runs if out_runs is not None else (None, None)
-    ext.sparse_conv(inp, out, t["chunk_fstart"], t["chunk_filters"], off.chunk_pcstart, off.piece_task,
-                    off.piece_range, off.piece_last, t["task_G"], t["task_rows"], t["task_pstart"],
-                    t["task_wstart"], off.off, t["weights"], bias, valid, runs, tile_runs,
-                    in_sample_stride, out_sample_stride, out_chan_stride, shift, chan_len, zero_rest, n, q, relu,
-                    off.prefetch, accumulate)
 
 
 class SparseConv3d(nn.Module):
@@ -66,8 +63,8 @@ class SparseConv3d(nn.Module):
         self.register_buffer("bias", b)
         self._chan_index = np.full(self.in_channels, -1, np.int64)
         self._chan_index[kc.numpy()] = np.arange(len(kc))
-        self._offsets: dict = {}
-        self._runs: dict = {}
+        self._kernel_plans: dict = {}
+        self._runs: dict[tuple, OutputRuns] = {}
         self.relu = False  # set by compile_sparse when a ReLU directly follows (fused into the output write)
 
     def extra_repr(self) -> str:
@@ -81,19 +78,22 @@ class SparseConv3d(nn.Module):
         w[self.kept_filters[:, None], self.kept_channels[None, :]] = self.weight_compact
         return w
 
-    def offsets(self, key, channel_index, stride, grid, chan_stride) -> PairOffsets:
-        off = self._offsets.get(key)
-        if off is None:
-            off = self._offsets[key] = pair_offsets(self.plan, channel_index, stride, grid, chan_stride)
-        return off
+    def kernel_plan(self, key: tuple, channel_index: np.ndarray, stride: tuple[int, int, int],
+                    grid: tuple[int, int, int], chan_stride: int) -> KernelPlan:
+        """`plan.kernel_plan` for one input geometry, cached under `key`."""
+        kp = self._kernel_plans.get(key)
+        if kp is None:
+            kp = self._kernel_plans[key] = kernel_plan(self.plan, channel_index, stride, grid, chan_stride)
+        return kp
 
     def layout_ctx(self, n: int, dims, grid, s_chan: int) -> LayoutCtx:
         """Kernel context for an input of `n` samples already in the flat layout `flat_layout(dims, padding)`
         (every input channel, in order): what a conv writing straight into this one's input hands over."""
         assert self.stride == (1, 1, 1), "the flat layout without stride phases is for stride-1 convs"
         outd = tuple(d + 2 * p - k + 1 for d, p, k in zip(dims, self.padding, self.kernel_size))
-        off = self.offsets(("flat", tuple(grid), s_chan), np.arange(self.in_channels), (1, 1, 1), tuple(grid), s_chan)
-        return LayoutCtx(n, off, self.in_channels * s_chan, flat_positions(outd, grid), outd, tuple(grid))
+        kp = self.kernel_plan(("flat", tuple(grid), s_chan), np.arange(self.in_channels), (1, 1, 1), tuple(grid),
+                              s_chan)
+        return LayoutCtx(n, kp, self.in_channels * s_chan, flat_positions(outd, grid), outd, tuple(grid))
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         """Pure-PyTorch path: the compact dense weight on the kept channels, bias for the dropped filters."""
@@ -154,8 +154,8 @@ class SparseConv3d(nn.Module):
             phases = buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid)
             copy_phases(x, phases, pad, stride)
         key = ("plain", tuple(grid), tuple(stride), s_chan)
-        off = self.offsets(key, self._chan_index, tuple(stride), tuple(grid), s_chan)
-        return buf, LayoutCtx(n, off, per_sample, flat_positions(outd, grid), outd, tuple(grid))
+        kp = self.kernel_plan(key, self._chan_index, tuple(stride), tuple(grid), s_chan)
+        return buf, LayoutCtx(n, kp, per_sample, flat_positions(outd, grid), outd, tuple(grid))
 
     def compute(self, ext, buf: torch.Tensor, ctx: LayoutCtx) -> torch.Tensor:
         """The kernel call alone, writing the final [N, Cout, T, H, W] output (what the per-layer benchmark times)."""
@@ -169,14 +169,15 @@ class SparseConv3d(nn.Module):
         """Run on a prepared input, writing output (t, h, w) of every channel at (t, h, w) + `offset` of `dest`:
         dense [N, Cout, *dest_grid] planes, or with `chan_len` the flat layout of `dest_grid` (`flat_layout`).
         `accumulate` adds the value already there (a residual) before the ReLU."""
-        n, q, outd = ctx.n, ctx.q, ctx.outd
+        q, outd = ctx.q, ctx.outd
         per = chan_len if chan_len is not None else dest_grid[0] * dest_grid[1] * dest_grid[2]
         key = (q, outd, ctx.grid, tuple(dest_grid), tuple(offset))
         runs = self._runs.get(key)
         if runs is None:
             runs = self._runs[key] = output_runs(scatter_index(q, ctx.grid, outd, dest_grid, offset))
-        _run(ext, self.plan, ctx.off, buf, ctx.per_sample, dest, self.out_channels * per, per, 0, per, False, n,
-             q, self.bias, self.relu if relu is None else relu, None, runs, accumulate)
+        spec = OutputSpec(sample_stride=self.out_channels * per, chan_stride=per, chan_len=per,
+                          relu=self.relu if relu is None else relu, runs=runs, accumulate=accumulate)
+        ext.sparse_conv(input=buf, ctx=ctx, bias=self.bias, out=dest, write=spec)
 
 
 class AutoConv3d(nn.Module):

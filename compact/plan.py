@@ -6,13 +6,14 @@ shares one pair list (KGC, KGRC, KGS and blk-vanilla groups share exactly; KGR r
 block whose filters all differ (irregular) is run as the union of their pairs instead when that is cheaper. Tasks
 of a group with the same filters are merged across input blocks. Up to CHMAX filters (several groups) form a chunk,
 one accumulator tile of the kernel. All-zero filters are never computed (their output is the bias) and all-zero
-input channels never appear in any pair list. `pair_offsets` adds what depends on the input geometry: where each
-pair reads, and the cache-blocked order the kernel runs a chunk's pairs in.
+input channels never appear in any pair list. `kernel_plan` adds what depends on the input geometry (where each
+pair reads, and the cache-blocked order the kernel runs a chunk's pairs in) and gives the `KernelPlan` the C++
+kernel reads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -48,25 +49,12 @@ class ConvPlan:
     pair_c: np.ndarray  # int64 input channel of each pair
     pair_tap: np.ndarray  # int64 kernel tap (dt*kh*kw + dh*kw + dw) of each pair
     weights: np.ndarray  # float32, per task [npairs, G]
-    tensors: dict = field(default_factory=dict, repr=False)
 
     @property
     def computed_macs_per_position(self) -> int:
         """Multiply-adds per output position the kernel runs (pairs x filters sharing them)."""
         n = np.diff(self.task_pstart)
         return int((n * self.task_G).sum())
-
-    def torch_tensors(self) -> dict[str, torch.Tensor]:
-        if not self.tensors:
-            t = self.tensors
-            t["chunk_fstart"] = torch.from_numpy(self.chunk_fstart)
-            t["chunk_filters"] = torch.from_numpy(self.chunk_filters)
-            t["task_G"] = torch.from_numpy(self.task_G)
-            t["task_rows"] = torch.from_numpy(self.task_rows)
-            t["task_pstart"] = torch.from_numpy(self.task_pstart)
-            t["task_wstart"] = torch.from_numpy(self.task_wstart)
-            t["weights"] = torch.from_numpy(self.weights)
-        return self.tensors
 
 
 def _cost(npairs: int, g: int) -> float:
@@ -149,7 +137,7 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
     task_g, task_rows, pstart, wstart = [], [], [0], []
     pair_flat, wparts = [], []
     wpos = 0
-    per_chunk = max(1, CHMAX // chunk)  # sharing groups run together on one accumulator tile (see pair_offsets)
+    per_chunk = max(1, CHMAX // chunk)  # sharing groups run together on one accumulator tile (see kernel_plan)
     for c0 in range(0, len(chunks), per_chunk):
         base = len(filters)
         for fl, tasks in chunks[c0:c0 + per_chunk]:
@@ -184,19 +172,28 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
         weights=np.concatenate(wparts) if wparts else np.zeros(1, np.float32))
 
 
-class PairOffsets(NamedTuple):
-    """Where the kernel reads each pair for one input geometry, and the order it runs them in.
+class KernelPlan(NamedTuple):
+    """What the C++ kernel runs for one conv on one input geometry: the conv's work lists (from its `ConvPlan`),
+    where each pair reads, and the order it runs them in.
 
-    A chunk's work is cut into pieces (a task's pairs on a few input channels) and run superblock by superblock
-    of input channels: each piece's rows of the tile stay in L1 while every filter pass and position vector goes
-    over them, and each superblock's rows stay in L2 while every task of the chunk reads them.
+    The kernel reads these fields by name (`P3D_PLAN_ARRAYS` and `P3D_PLAN_SCALARS` in csrc/plan.h list them, with
+    their dtypes). A chunk's work is cut into pieces (a task's pairs on a few input channels) and run superblock by
+    superblock of input channels: each piece's rows of the tile stay in L1 while every filter pass and position
+    vector goes over them, and each superblock's rows stay in L2 while every task of the chunk reads them.
     """
 
-    off: torch.Tensor  # int64 [npairs]: input offset relative to the sample base
+    chunk_fstart: torch.Tensor  # int32 [nchunks+1] into chunk_filters
+    chunk_filters: torch.Tensor  # int32: output channel of each chunk row
     chunk_pcstart: torch.Tensor  # int32 [nchunks+1] into the pieces
     piece_task: torch.Tensor  # int32 [npieces]
     piece_range: torch.Tensor  # int64 [npieces, 2]: pairs [begin, end) of the piece
     piece_last: torch.Tensor  # int32 [npieces]: bit g set if the piece is the last of its chunk to add to task row g
+    task_G: torch.Tensor  # int32 [ntasks]
+    task_rows: torch.Tensor  # int32 [ntasks*8]
+    task_pstart: torch.Tensor  # int64 [ntasks+1] into pair_off
+    task_wstart: torch.Tensor  # int64 [ntasks] into weights
+    pair_off: torch.Tensor  # int64 [npairs]: input offset relative to the sample base
+    weights: torch.Tensor  # float32, shares memory with ConvPlan.weights
     prefetch: int  # floats ahead the kernel prefetches each pair's row (the thread's next tile), or 0
 
 
@@ -247,9 +244,10 @@ def piece_schedule(plan: ConvPlan, buffer_channel: np.ndarray, seg_channels: int
             torch.from_numpy(last))
 
 
-def pair_offsets(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, int, int], grid: tuple[int, int, int],
-                 chan_stride: int) -> PairOffsets:
-    """Input offsets of every pair for a virtual input laid out as [channel][phase][grid] flat planes.
+def kernel_plan(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, int, int], grid: tuple[int, int, int],
+                chan_stride: int) -> KernelPlan:
+    """`plan` for a virtual input laid out as [channel][phase][grid] flat planes: where every pair reads, the piece
+    schedule, and the plan's own arrays as tensors.
 
     `channel_index` maps original input channels to their position in the buffer; `stride` phases: input
     (padded) position s*i + r lives in phase r at i, so tap d reads phase d % s at offset d // s.
@@ -271,4 +269,10 @@ def pair_offsets(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, i
     # kernel prefetches every line of each row for the thread's next tile (a gain where the input outgrows L3,
     # none on 3x3 taps, which it leaves alone: docs/bench/history.md)
     prefetch = TILE if kh * kw == 1 else 0
-    return PairOffsets(torch.from_numpy(np.ascontiguousarray(off, dtype=np.int64)), *sched, prefetch)
+    pcstart, ptask, prange, plast = sched
+    t = torch.from_numpy
+    return KernelPlan(
+        chunk_fstart=t(plan.chunk_fstart), chunk_filters=t(plan.chunk_filters), chunk_pcstart=pcstart,
+        piece_task=ptask, piece_range=prange, piece_last=plast, task_G=t(plan.task_G), task_rows=t(plan.task_rows),
+        task_pstart=t(plan.task_pstart), task_wstart=t(plan.task_wstart),
+        pair_off=t(np.ascontiguousarray(off, dtype=np.int64)), weights=t(plan.weights), prefetch=prefetch)

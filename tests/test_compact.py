@@ -197,7 +197,7 @@ def test_tiny_cache_budgets_split_work_into_many_pieces(monkeypatch, kind, geom)
     conv, mask = make_conv(40, 40, k, s, p, True, kind, seed=7)
     sc = check_conv(conv, mask, kind)
     _, ctx = sc.prepare(torch.randn(1, 40, *SPATIAL))
-    order = ctx.off.piece_task.tolist()
+    order = ctx.plan.piece_task.tolist()
     # merged tasks (kgs, irregular) are cut; single-block tasks (kgr, kgrc) are interleaved across superblocks
     assert len(order) > len(sc.plan.task_G) or order != sorted(order)
 

@@ -34,8 +34,6 @@ void check(const torch::Tensor& t, c10::ScalarType dt, const char* name) {
               ": expected a contiguous CPU tensor of the right dtype");
 }
 
-}  // namespace
-
 std::string isa_name() {
   switch (isa_level()) {
     case 2: return "avx512";
@@ -51,68 +49,73 @@ void set_isa(const std::string& name) {
   g_isa = want;
 }
 
-void sparse_conv(const torch::Tensor& in, torch::Tensor& out, const torch::Tensor& chunk_fstart,
-                 const torch::Tensor& chunk_filters, const torch::Tensor& chunk_pcstart, const torch::Tensor& piece_task,
-                 const torch::Tensor& piece_range, const torch::Tensor& piece_last, const torch::Tensor& task_G,
-                 const torch::Tensor& task_rows, const torch::Tensor& task_pstart, const torch::Tensor& task_wstart,
-                 const torch::Tensor& pair_off, const torch::Tensor& weights, const c10::optional<torch::Tensor>& bias,
-                 const c10::optional<torch::Tensor>& valid, const c10::optional<torch::Tensor>& runs,
-                 const c10::optional<torch::Tensor>& tile_runs,
-                 int64_t in_sample_stride, int64_t out_sample_stride,
-                 int64_t out_chan_stride, int64_t out_shift, int64_t out_chan_len, bool zero_rest, int64_t N,
-                 int64_t Q, bool relu, int64_t prefetch, bool accumulate) {
-  check(in, torch::kFloat, "in");
+template <typename T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr c10::ScalarType value = torch::kFloat; };
+template <> struct dtype_of<int32_t> { static constexpr c10::ScalarType value = torch::kInt; };
+template <> struct dtype_of<int64_t> { static constexpr c10::ScalarType value = torch::kLong; };
+
+// obj.name as a checked tensor of T; `optional`: None gives an undefined tensor (a NULL pointer in the plan)
+template <typename T>
+torch::Tensor array_field(const py::handle& obj, const char* name, bool optional = false) {
+  const py::object v = obj.attr(name);
+  if (optional && v.is_none()) return torch::Tensor();
+  torch::Tensor t = v.cast<torch::Tensor>();
+  check(t, dtype_of<T>::value, name);
+  return t;
+}
+
+template <typename T>
+T* data_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+}  // namespace
+
+// One sparse conv. `input` is laid out as `ctx` says (compact.layout.LayoutCtx: n, per_sample, q and the kernel
+// plan), the output goes into `out` as `write` says (compact.layout.OutputSpec); both are read by field name.
+void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::optional<torch::Tensor>& bias,
+                 torch::Tensor& out, const py::object& write) {
+  check(input, torch::kFloat, "input");
   check(out, torch::kFloat, "out");
-  for (auto* t : {&chunk_fstart, &chunk_filters, &chunk_pcstart, &piece_task, &piece_last, &task_G, &task_rows})
-    check(*t, torch::kInt, "int32");
-  for (auto* t : {&piece_range, &task_pstart, &task_wstart, &pair_off}) check(*t, torch::kLong, "int64");
-  check(weights, torch::kFloat, "weights");
-  P3DPlan p;
-  p.in = ptr<float>(in);
-  p.in_sample_stride = in_sample_stride;
-  p.out = out.data_ptr<float>();
-  p.out_sample_stride = out_sample_stride;
-  p.out_chan_stride = out_chan_stride;
-  p.out_shift = out_shift;
-  p.out_chan_len = out_chan_len;
-  p.zero_rest = zero_rest ? 1 : 0;
-  p.N = N;
-  p.Q = Q;
-  p.nchunks = static_cast<int>(chunk_fstart.numel() - 1);
-  p.chunk_fstart = ptr<int32_t>(chunk_fstart);
-  p.chunk_filters = ptr<int32_t>(chunk_filters);
+  P3DPlan p{};
+  const py::object plan = ctx.attr("plan");
+  // the locals keep the tensors (and so the pointers) alive for the call
+#define P3D_READ(name, type) const torch::Tensor name = array_field<type>(plan, #name); p.name = name.data_ptr<type>();
+  P3D_PLAN_ARRAYS(P3D_READ)
+#undef P3D_READ
+#define P3D_READ(name, type) p.name = plan.attr(#name).cast<type>();
+  P3D_PLAN_SCALARS(P3D_READ)
+#undef P3D_READ
   TORCH_CHECK(chunk_pcstart.numel() == chunk_fstart.numel(), "chunk_pcstart: one entry per chunk + 1");
   TORCH_CHECK(piece_range.numel() == 2 * piece_task.numel(), "piece_range: [npieces, 2]");
-  p.chunk_pcstart = ptr<int32_t>(chunk_pcstart);
-  p.piece_task = ptr<int32_t>(piece_task);
-  p.piece_range = ptr<int64_t>(piece_range);
   TORCH_CHECK(piece_last.numel() == piece_task.numel(), "piece_last: one entry per piece");
-  p.piece_last = ptr<int32_t>(piece_last);
-  p.task_G = ptr<int32_t>(task_G);
-  p.task_rows = ptr<int32_t>(task_rows);
-  p.task_pstart = ptr<int64_t>(task_pstart);
-  p.task_wstart = ptr<int64_t>(task_wstart);
-  p.pair_off = ptr<int64_t>(pair_off);
-  p.weights = ptr<float>(weights);
+  p.nchunks = static_cast<int>(chunk_fstart.numel() - 1);
+  p.in = input.data_ptr<float>();
+  p.in_sample_stride = ctx.attr("per_sample").cast<int64_t>();
+  p.N = ctx.attr("n").cast<int64_t>();
+  p.Q = ctx.attr("q").cast<int64_t>();
   p.bias = nullptr;
   if (bias.has_value() && bias->defined()) { check(*bias, torch::kFloat, "bias"); p.bias = ptr<float>(*bias); }
-  p.valid = nullptr;
-  if (valid.has_value() && valid->defined()) { check(*valid, torch::kFloat, "valid"); p.valid = ptr<float>(*valid); }
-  p.runs = nullptr;
-  p.tile_runs = nullptr;
-  if (runs.has_value() && runs->defined()) {
-    TORCH_CHECK(tile_runs.has_value() && tile_runs->defined(), "runs need tile_runs");
-    check(*runs, torch::kInt, "runs");
-    check(*tile_runs, torch::kInt, "tile_runs");
-    TORCH_CHECK(tile_runs->numel() == (Q + P3D_TILE - 1) / P3D_TILE + 1, "tile_runs: one entry per tile + 1");
-    p.runs = ptr<int32_t>(*runs);
-    p.tile_runs = ptr<int32_t>(*tile_runs);
+
+  p.out = out.data_ptr<float>();
+  p.out_sample_stride = write.attr("sample_stride").cast<int64_t>();
+  p.out_chan_stride = write.attr("chan_stride").cast<int64_t>();
+  p.out_shift = write.attr("shift").cast<int64_t>();
+  p.out_chan_len = write.attr("chan_len").cast<int64_t>();
+  p.zero_rest = write.attr("zero_rest").cast<bool>() ? 1 : 0;
+  p.relu = write.attr("relu").cast<bool>() ? 1 : 0;
+  p.accumulate = write.attr("accumulate").cast<bool>() ? 1 : 0;
+  const torch::Tensor valid = array_field<float>(write, "valid", true);
+  p.valid = data_or_null<float>(valid);
+  const py::object out_runs = write.attr("runs");
+  torch::Tensor runs, tile_runs;
+  if (!out_runs.is_none()) {
+    runs = array_field<int32_t>(out_runs, "runs");
+    tile_runs = array_field<int32_t>(out_runs, "tile_runs");
+    TORCH_CHECK(tile_runs.numel() == (p.Q + P3D_TILE - 1) / P3D_TILE + 1, "tile_runs: one entry per tile + 1");
   }
-  p.relu = relu ? 1 : 0;
-  p.prefetch = prefetch;
-  TORCH_CHECK(!accumulate || p.runs, "accumulate needs output runs");
-  p.accumulate = accumulate ? 1 : 0;
-  if (p.nchunks <= 0 || N <= 0 || Q <= 0) return;
+  p.runs = data_or_null<int32_t>(runs);
+  p.tile_runs = data_or_null<int32_t>(tile_runs);
+  TORCH_CHECK(!p.accumulate || p.runs, "accumulate needs output runs");
+  if (p.nchunks <= 0 || p.N <= 0 || p.Q <= 0) return;
   switch (isa_level()) {
     case 2: p3d_run_avx512(&p); break;
     case 1: p3d_run_avx2(&p); break;
@@ -189,10 +192,15 @@ void set_num_threads(int64_t n) { omp_set_num_threads(static_cast<int>(n)); }
 int64_t get_max_threads() { return omp_get_max_threads(); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("set_num_threads", &set_num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_max_threads", &get_max_threads);
   m.def("isa", &isa_name);
-  m.def("set_isa", &set_isa);
-  m.def("sparse_conv", &sparse_conv);
-  m.def("maxpool", &maxpool);
+  m.def("set_isa", &set_isa, py::arg("name"));
+  // keyword-only: call sites name what they pass
+  m.def("sparse_conv", &sparse_conv, py::kw_only(), py::arg("input"), py::arg("ctx"), py::arg("bias") = py::none(),
+        py::arg("out"), py::arg("write"));
+  m.def("maxpool", &maxpool, py::kw_only(), py::arg("input"), py::arg("out"), py::arg("planes"),
+        py::arg("in_chan_stride"), py::arg("Hg"), py::arg("Wg"), py::arg("T"), py::arg("H"), py::arg("W"),
+        py::arg("kt"), py::arg("kh"), py::arg("kw"), py::arg("ph"), py::arg("pw"), py::arg("To"), py::arg("Ho"),
+        py::arg("Wo"), py::arg("out_chan_stride"), py::arg("oH"), py::arg("oW"), py::arg("out_off"));
 }

@@ -11,6 +11,25 @@
 #define P3D_CHMAX 64   // max filters per chunk (accumulator tile rows)
 #endif
 
+// The work lists of one conv for one input geometry: each line X(name, element type) declares the P3DPlan member
+// below and has ext.cpp read it, checked, from the field of the same name of compact.plan.KernelPlan. Adding a
+// field to the plan is one line here and one field of KernelPlan.
+#define P3D_PLAN_ARRAYS(X)                                                                                     \
+  X(chunk_fstart, int32_t)   /* [nchunks+1] into chunk_filters */                                               \
+  X(chunk_filters, int32_t)  /* output channel of each chunk row */                                             \
+  X(chunk_pcstart, int32_t)  /* [nchunks+1] into pieces (the chunk's work, in the order it runs) */             \
+  X(piece_task, int32_t)     /* task of each piece */                                                           \
+  X(piece_range, int64_t)    /* [npieces][2]: the piece's pairs [begin, end), a sub-range of its task's pairs */ \
+  X(piece_last, int32_t)     /* [npieces]: bit g set if the piece completes its task's row g (written then) */  \
+  X(task_G, int32_t)         /* filters per task (1..8) */                                                      \
+  X(task_rows, int32_t)      /* [ntasks*8] chunk-local row of each task filter */                               \
+  X(task_pstart, int64_t)    /* [ntasks+1] into pair_off */                                                     \
+  X(task_wstart, int64_t)    /* [ntasks] into weights (npairs * G floats, pair-major) */                        \
+  X(pair_off, int64_t)       /* input offset of each (channel, tap) pair, relative to the sample base */        \
+  X(weights, float)
+#define P3D_PLAN_SCALARS(X) \
+  X(prefetch, int64_t)       /* prefetch each pair's row this many floats ahead (the thread's next tile), or 0 */
+
 typedef struct P3DPlan {
   const float* in;             // virtual input: [N][Cv][S] flat padded planes (+ slack at the end)
   int64_t in_sample_stride;    // floats between samples
@@ -21,21 +40,14 @@ typedef struct P3DPlan {
   int zero_rest;               // write zeros to [0, shift) and [shift + Q, out_chan_len)
   int64_t N, Q;                // samples, output positions computed per sample
   int nchunks;
-  const int32_t* chunk_fstart;  // [nchunks+1] into chunk_filters
-  const int32_t* chunk_filters; // output channel of each chunk row
-  const int32_t* chunk_pcstart; // [nchunks+1] into pieces (the chunk's work, in the order it runs)
-  const int32_t* piece_task;    // task of each piece
-  const int64_t* piece_range;   // [npieces][2]: the piece's pairs [begin, end), a sub-range of its task's pairs
-  const int32_t* piece_last;    // [npieces]: bit g set if the piece completes its task's row g (written out then)
-  const int32_t* task_G;        // filters per task (1..8)
-  const int32_t* task_rows;     // [ntasks*8] chunk-local row of each task filter
-  const int64_t* task_pstart;   // [ntasks+1] into pair_off
-  const int64_t* task_wstart;   // [ntasks] into weights (npairs * G floats, pair-major)
-  const int64_t* pair_off;      // input offset of each (channel, tap) pair, relative to the sample base
-  const float* weights;
+#define P3D_MEMBER(name, type) const type* name;
+  P3D_PLAN_ARRAYS(P3D_MEMBER)
+#undef P3D_MEMBER
+#define P3D_MEMBER(name, type) type name;
+  P3D_PLAN_SCALARS(P3D_MEMBER)
+#undef P3D_MEMBER
   const float* bias;            // [Cout] or NULL
   int relu;
-  int64_t prefetch;             // prefetch each pair's row this many floats ahead (the thread's next tile), or 0
   const float* valid;           // [Q] 0/1 multipliers or NULL
   const int32_t* runs;          // [nruns][3] (q, length, destination index within the channel) or NULL: the
                                 // outputs as runs of consecutive positions, none crossing a tile boundary
