@@ -16,6 +16,7 @@ file and the key, raised before any training starts.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,19 +79,37 @@ class PruneProfile:
         return path
 
 
-def find_profile_file(name: str, profiles_dir: Path = PROFILES_DIR) -> Path:
-    """A profile given as a path, or by name from `profiles/` (with or without `.yaml`, or an alias)."""
+def find_profile_file(name: str, profiles_dir: Path = PROFILES_DIR, arch: str | None = None) -> Path:
+    """A profile given as a path, or by name from `profiles/` (with or without `.yaml`, or an alias; an alias
+    resolves for `arch`, see alias_file)."""
     candidates = [Path(name), profiles_dir / name, profiles_dir / f"{name}.yaml", profiles_dir / f"{name}.yml"]
     for path in candidates:
         if path.is_file():
             return path
     aliases = load_aliases(profiles_dir)
     if name in aliases:
-        return profiles_dir / aliases[name]["file"]
+        return profiles_dir / alias_file(name, aliases[name], arch)
     known = sorted(p.stem for p in profiles_dir.glob("*.yaml") if p.name != "aliases.yaml")
     near = difflib.get_close_matches(name, known + sorted(aliases), n=3, cutoff=0.4)
     hint = f"; did you mean {', '.join(near)}?" if near else f"; shipped: {', '.join(known)}"
     raise ProfileError(f"profile '{name}' not found (looked for {candidates[0]} and {profiles_dir}/{name}.yaml){hint}")
+
+
+def alias_file(name: str, entry: dict, arch: str | None) -> str:
+    """The file a published alias names for `arch` (canonical --arch name; None: the alias's own model).
+
+    `arch:` lists the models the file is for; `for_arch:` maps other models to a file pruning the same layers
+    there, used with a one-line note; any other arch is a ProfileError."""
+    archs = entry.get("arch")
+    archs = [archs] if isinstance(archs, str) else list(archs or [])
+    if arch is None or not archs or arch in archs:
+        return entry["file"]
+    other = (entry.get("for_arch") or {}).get(arch)
+    if other:
+        print(f"note: {name} is the profile for --arch {'/'.join(archs)}; --arch {arch} uses {other} (the same "
+              "layers on that model)", file=sys.stderr)
+        return other
+    raise ProfileError(f"profile '{name}' is for --arch {'/'.join(archs)}, not --arch {arch}")
 
 
 def load_aliases(profiles_dir: Path = PROFILES_DIR) -> dict[str, dict]:
@@ -103,24 +122,41 @@ def load_aliases(profiles_dir: Path = PROFILES_DIR) -> dict[str, dict]:
 
 def load_profile(spec: str | Iterable[str], *, sparsity: str | None = None,
                  group_size: tuple[int, int] | None = None, profiles_dir: Path = PROFILES_DIR,
-                 **options) -> PruneProfile:
+                 arch: str | None = None, **options) -> PruneProfile:
     """Load one profile, or TCAD's pair (KGR file, KGC file) as one KGRC profile.
 
-    `sparsity` is the command line's type (required by legacy files that carry none); `group_size` and
-    `options` (balanced, score, kgrc_method) override the file's.
+    `sparsity` is the command line's type (required by legacy files that carry none; with a published alias it
+    replaces the shipped file's, as the original files carried no type); `group_size` and `options` (balanced,
+    score, kgrc_method) override the file's; `arch` (canonical --arch) picks an alias's file for that model.
     """
     names = [spec] if isinstance(spec, (str, Path)) else list(spec)
     if len(names) == 2:
-        return _load_pair(names, sparsity, group_size, profiles_dir, options)
+        return _load_pair(names, sparsity, group_size, profiles_dir, options, arch)
     if len(names) != 1:
         raise ProfileError(f"--config-file takes one profile, or two (KGR then KGC) for kgrc; got {len(names)}")
     name = str(names[0])
     cli_type = canonical_or_error(sparsity, "--sparsity-type") if sparsity else None
     aliases = load_aliases(profiles_dir)
-    if cli_type is None and name in aliases and not Path(name).exists():
+    is_alias = name in aliases and not Path(name).exists()
+    if cli_type is None and is_alias:
         cli_type = aliases[name].get("sparsity")
-    path = find_profile_file(name, profiles_dir)
-    return parse_profile(_read_yaml(path), str(path), cli_type, group_size, options)
+    path = find_profile_file(name, profiles_dir, arch)
+    data = _read_yaml(path)
+    if is_alias and cli_type and isinstance(data, dict):
+        data = _retype_published(data, cli_type)
+    return parse_profile(data, str(path), cli_type, group_size, options)
+
+
+def _retype_published(data: dict, cli_type: str) -> dict:
+    """A published profile named by its alias takes the command line's type (RT3D's `--sparsity-type
+    blk-vanilla --config-file c3d_3.57x`): the original file held only ratios. The shipped file's group size
+    belongs to its own type, so the new type's default (or --group-size) applies."""
+    file_type = data.get("sparsity")
+    ratios = data.get("prune_ratios")
+    plain = isinstance(ratios, dict) and all(isinstance(v, (int, float)) for v in ratios.values())
+    if not file_type or not plain or canonical_or_error(file_type, "sparsity") == cli_type:
+        return data
+    return {k: v for k, v in data.items() if k != "group_size"} | {"sparsity": cli_type}
 
 
 def canonical_or_error(name: str, where: str) -> str:
@@ -161,11 +197,13 @@ def parse_profile(data: object, source: str, cli_type: str | None = None,
     return PruneProfile(rules, default, gsize, source, opts)
 
 
-def _load_pair(names, sparsity, group_size, profiles_dir, options) -> PruneProfile:
+def _load_pair(names, sparsity, group_size, profiles_dir, options, arch=None) -> PruneProfile:
     if sparsity and canonical_or_error(sparsity, "--sparsity-type") != "kgrc":
         raise ProfileError(f"two --config-file profiles combine into kgrc, but --sparsity-type is '{sparsity}'")
-    kgr = load_profile(names[0], sparsity="kgr", group_size=group_size, profiles_dir=profiles_dir, **options)
-    kgc = load_profile(names[1], sparsity="kgc", group_size=group_size, profiles_dir=profiles_dir, **options)
+    kgr = load_profile(names[0], sparsity="kgr", group_size=group_size, profiles_dir=profiles_dir, arch=arch,
+                       **options)
+    kgc = load_profile(names[1], sparsity="kgc", group_size=group_size, profiles_dir=profiles_dir, arch=arch,
+                       **options)
     for prof, want in ((kgr, "kgr"), (kgc, "kgc")):
         other = {r.sparsity for r in prof.rules.values()} - {want}
         if other:
