@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# RT3D: S3D KGS (published as s3d_2.09x)
-ARCH=${ARCH:-s3d}
-PROFILE=${PROFILE:-s3d_kgs_1.84x}
-ADMM_EPOCHS=${ADMM_EPOCHS:-10}        # per rho stage
-ADMM_LR=${ADMM_LR:-5e-4}
-RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-50}
+# RT3D: its own S3D, KGS published as 2.09x (its scripts/blk-kgs_s3d.sh ran 1 epoch; the paper's schedule here)
+PAPER=rt3d
+ARCH=${ARCH:-s3d-rt3d}
+PROFILE=${PROFILE:-s3d_2.09x}
+PRUNE_EPOCHS=${PRUNE_EPOCHS:-50}        # per rho stage (x RHO_NUM=4)
+PRUNE_LR=${PRUNE_LR:-5e-4}
+RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-130}
 RETRAIN_LR=${RETRAIN_LR:-5e-4}
 source "$(dirname "$0")/recipe.sh"
 run_recipe

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# TCAD: C3D KGR 1.76x
+# TCAD: C3D KGR 1.76x (its scripts/kgr_c3d.sh)
+PAPER=tcad
 ARCH=${ARCH:-c3d}
-PROFILE=${PROFILE:-c3d_kgr_1.76x}
-ADMM_EPOCHS=${ADMM_EPOCHS:-10}        # per rho stage
-ADMM_LR=${ADMM_LR:-5e-4}
-RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-50}
+PROFILE=${PROFILE:-c3d_1.76x_uniform}
+PRUNE_EPOCHS=${PRUNE_EPOCHS:-150}
+PRUNE_LR=${PRUNE_LR:-2e-4}
+RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-90}
 RETRAIN_LR=${RETRAIN_LR:-5e-4}
 source "$(dirname "$0")/recipe.sh"
 run_recipe

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# TCAD: R(2+1)D-18 KGRC (published 3.02x)
+# TCAD: R(2+1)D-18 KGRC, its KGR and KGC profiles together (its scripts/kgrc_r2+1d.sh)
+PAPER=tcad
 ARCH=${ARCH:-r2+1d}
-PROFILE=${PROFILE:-r2+1d_kgrc_3.05x}
-ADMM_EPOCHS=${ADMM_EPOCHS:-10}        # per rho stage
-ADMM_LR=${ADMM_LR:-5e-4}
-RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-50}
+PROFILE=${PROFILE:-"r2+1d_1.84x_uniform r2+1d_1.75x"}
+PRUNE_EPOCHS=${PRUNE_EPOCHS:-150}
+PRUNE_LR=${PRUNE_LR:-2e-4}
+RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-90}
 RETRAIN_LR=${RETRAIN_LR:-5e-4}
 source "$(dirname "$0")/recipe.sh"
 run_recipe

@@ -1,15 +1,16 @@
-# Shared by the per-profile scripts: ADMM from a dense baseline, then masked retraining, then report.
-# ADMM takes a Z/U step every epoch (ADMM_EVERY=1): rho starts at 1e-4 and doubles at each step while the primal
-# residual dominates (residual balancing), so it needs tens of Z/U steps, not the 4 that every 10 epochs gives
-# over 40 epochs (docs/algorithms.md). RHO_SCHEDULE=stages ADMM_EVERY=10 is the published schedule.
-# Each script sets ARCH, PROFILE and the epochs/learning rates, then calls run_recipe. Override any variable from
-# the environment, e.g.  DATA=/data/ucf101_lmdb BASELINE=checkpoints/baseline/c3d_ucf101.pth bash scripts/kgrc_c3d.sh
+# Shared by the per-profile recipes: the paper's pruning phase (RT3D: ADMM; TCAD: reweighted group-lasso) from a
+# dense baseline, then masked retraining, then the MAC report. Each recipe sets PAPER, ARCH, PROFILE and the
+# paper's epochs and learning rates; `--defaults $PAPER` supplies the rest of that paper's settings (batch 32,
+# smoothing, rho stages, TCAD's x4 accumulation and reweighting schedule, soft-CE distillation; docs/recipes.md).
+# Override any variable from the environment, e.g.
+#   DATA=/data/ucf101_lmdb BASELINE=checkpoints/baseline/c3d_ucf101.pth bash scripts/kgrc_c3d.sh
+#   RHO_SCHEDULE=residual bash scripts/blk-kgs_c3d.sh   # this tool's rho adaptation instead of the x10 stages
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DATASET=${DATASET:-ucf101}
 DATA=${DATA:-datasets}                       # train.lmdb/val.lmdb here or in <DATA>/ucf101_frame/ (original layout)
-BASELINE=${BASELINE:-}                       # empty: found in checkpoints/baseline/ by arch and dataset
+BASELINE=${BASELINE:-}                       # empty: found in checkpoints/baseline/ (or checkpoint/) by arch, dataset
 SAVE=${SAVE:-checkpoints}
 NPROC=${NPROC:-1}                            # >1: DDP with torchrun on this machine
 EXTRA=${EXTRA:-}                             # e.g. "--clip-len 8 --crop-size 56 --width-mult 0.25" for a smoke run
@@ -20,17 +21,26 @@ launch() {
 }
 
 run_recipe() {
-  local name="${ARCH}_${DATASET}_${PROFILE}"
-  local base_args=(--arch "$ARCH" --dataset "$DATASET" --data-location "$DATA" --config-file $PROFILE
-                   --save-dir "$SAVE" --batch-size "${BATCH:-16}" --accum-steps "${ACCUM:-1}" $EXTRA)
+  local name="${ARCH}_${DATASET}_${PAPER}_${PROFILE// /+}"
+  local base_args=(--defaults "$PAPER" --arch "$ARCH" --dataset "$DATASET" --data-location "$DATA"
+                   --config-file $PROFILE --save-dir "$SAVE" $EXTRA)
   local load=()
   [ -n "$BASELINE" ] && load=(--load-path "$BASELINE")
-  launch --admm "${base_args[@]}" "${load[@]}" --name "${name}_admm" --resume auto \
-    --epochs "$ADMM_EPOCHS" --rho "${RHO:-1e-4}" --rho-num "${RHO_NUM:-4}" --admm-epochs "${ADMM_EVERY:-1}" \
-    --optimizer sgd --lr "$ADMM_LR" --rho-schedule "${RHO_SCHEDULE:-balance}"
-  launch --masked-retrain "${base_args[@]}" --load-path "$SAVE/${name}_admm/admm.pth" \
+  if [ "$PAPER" = rt3d ]; then
+    launch --admm "${base_args[@]}" "${load[@]}" --name "${name}_admm" --resume auto --epochs "$PRUNE_EPOCHS" \
+      --rho "${RHO:-1e-4}" --rho-num "${RHO_NUM:-4}" ${RHO_SCHEDULE:+--rho-schedule "$RHO_SCHEDULE"} \
+      --lr "$PRUNE_LR" --smooth
+    retrain_from="$SAVE/${name}_admm/admm.pth"
+    progressive=(--combine-progressive)
+  else
+    launch --rew "${base_args[@]}" "${load[@]}" --name "${name}_rew" --resume auto --epochs "$PRUNE_EPOCHS" \
+      --lr "$PRUNE_LR" --smooth-eps 0.1
+    retrain_from="$SAVE/${name}_rew/rew.pth"
+    progressive=()
+  fi
+  launch --masked-retrain "${base_args[@]}" --load-path "$retrain_from" "${progressive[@]}" \
     --name "${name}_retrain" --resume auto --epochs "$RETRAIN_EPOCHS" --lr "$RETRAIN_LR" \
-    --warmup --smooth-eps "${SMOOTH:-0.1}" ${DISTILL:+--distill}
+    --warmup --warmup-lr 1e-5 --lr-scheduler cosine --distill ${BASELINE:+--teacher-path "$BASELINE"}
   python opt_main.py --report --arch "$ARCH" --config-file $PROFILE $EXTRA \
     --resume "$SAVE/${name}_retrain/retrained.pth" --report-json "$SAVE/${name}_retrain/report.json"
 }

@@ -5,6 +5,7 @@ and one TCAD script run end to end on the generated dataset."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -340,3 +341,18 @@ def test_tcad_reweighting_schedule_on_a_tiny_run(synthetic, tmp_path, monkeypatc
     history = torch.load(tmp_path / "rew" / "rew.pth", weights_only=True)["history"]
     f = tcad_rew_factor(1)
     assert [h["lr"] for h in history] == pytest.approx([1e-3 * f(e + 1) for e in range(12)], rel=1e-9)
+
+
+@pytest.mark.parametrize("script", ["kgrc_c3d.sh", "blk-kgs_c3d.sh"])
+def test_our_recipe_scripts_run_shrunk(script, synthetic, tmp_path):
+    foreign_baseline(tmp_path / "base.pt", 3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DATA": str(synthetic["lmdb"]), "SAVE": str(tmp_path / "runs"),
+           "BASELINE": str(tmp_path / "base.pt"), "PRUNE_EPOCHS": "1", "RETRAIN_EPOCHS": "1", "RHO_NUM": "1",
+           "EXTRA": " ".join(SHRINK[4:])}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / script)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = next((tmp_path / "runs").glob("*_retrain/report.json"))
+    assert json.loads(report.read_text())["reduction"] > 1.5
+    done = torch.load(next((tmp_path / "runs").glob("*_retrain/retrained.pth")), weights_only=True)
+    paper = "tcad" if script.startswith("kg") else "rt3d"
+    assert done["args"]["defaults"] == paper and done["args"]["distill"] and done["args"]["epochs"] == 1
