@@ -7,9 +7,13 @@ from torch import nn
 from torchvision.models.video import r2plus1d_18, s3d
 
 
-def build_r2plus1d_18(num_classes: int) -> nn.Module:
+def build_r2plus1d_18(num_classes: int, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """`state`: torchvision's Kinetics-400 weights, loaded before the classifier is replaced (if needed)."""
     model = r2plus1d_18(weights=None)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if state is not None:
+        model.load_state_dict(state)
+    if state is None or num_classes != model.fc.out_features:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
 
@@ -22,8 +26,13 @@ class S3DHeadPool(nn.Module):
         return nn.functional.avg_pool3d(x, kernel_size=(min(2, t), h, w), stride=1)
 
 
-def build_s3d(num_classes: int) -> nn.Module:
+def build_s3d(num_classes: int, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """`state`: torchvision's Kinetics-400 weights, loaded before the classifier is replaced (if needed)."""
     model = s3d(weights=None)
     model.avgpool = S3DHeadPool()
-    model.classifier[1] = nn.Conv3d(model.classifier[1].in_channels, num_classes, kernel_size=1, bias=True)
+    if state is not None:
+        model.load_state_dict(state)
+    head = model.classifier[1]
+    if state is None or num_classes != head.out_channels:
+        model.classifier[1] = nn.Conv3d(head.in_channels, num_classes, kernel_size=1, bias=True)
     return model
