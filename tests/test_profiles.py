@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import build_model
+from models import arch_info, build_model
 from opt_main import cli
 from pruning import ProfileError, hard_prune, load_profile
 from pruning.profile import PROFILES_DIR, load_aliases
@@ -28,7 +28,7 @@ def arch_of(path: Path) -> str:
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_profile_matches_its_name(path):
     arch = arch_of(path)
-    crop = 224 if arch == "s3d" else 112
+    crop = arch_info(arch).crop_size
     model = build_model(arch, 101)
     torch.manual_seed(0)
     profile = load_profile(str(path))
