@@ -45,7 +45,7 @@ ARCHS: dict[str, ArchInfo] = {
     # RT3D's own S3D (network/s3d.py): only RT3D's checkpoints exist for it, trained with ImageNet statistics.
     "s3d-rt3d": ArchInfo("s3d-rt3d", build_s3d_rt3d, *NORMALIZATIONS["imagenet"], crop_size=224, short_side=256,
                          norm="imagenet"),
-    # The same weights with the original class's temporal striding (16 frames -> 1 at the head).
+    # The same weights with the original class's temporal striding (16 frames -> 2 at the head).
     "s3d-rt3d-ts": ArchInfo("s3d-rt3d-ts", build_s3d_rt3d_ts, *NORMALIZATIONS["imagenet"], crop_size=224,
                             short_side=256, norm="imagenet"),
 }
