@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,8 +123,37 @@ def trains_or_prunes(args: argparse.Namespace) -> bool:
 def make_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.num_classes is None:
         args.num_classes = DATASET_CLASSES.get(args.dataset, 101)
-    return build_model(args.arch, args.num_classes, width_mult=args.width_mult, clip_len=args.clip_len,
-                       crop_size=args.crop_size, dropout=args.dropout)
+    build = functools.partial(build_model, args.arch, args.num_classes, width_mult=args.width_mult,
+                              clip_len=args.clip_len, crop_size=args.crop_size, dropout=args.dropout)
+    check_memory(args, build)
+    return build()
+
+
+def check_memory(args: argparse.Namespace, build: Callable[[], torch.nn.Module]) -> None:
+    """Refuse, before allocating anything, a model and clip that cannot fit in this machine's memory (a
+    --clip-len 100000 C3D has a 10^11-weight fc6): the model built on the meta device gives its weights and, for
+    the phases that run it, its activations at --batch-size (kept for backward when training)."""
+    with torch.device("meta"):
+        meta = build()
+    weights = sum(p.numel() for p in meta.parameters()) * 4
+    need = weights * (4 if trains_or_prunes(args) else 1)  # weights, gradients, optimizer state, a mask or copy
+    runs = args.phase not in ("report", "target_reduction", "plots")  # the phases that run the model on data
+    if runs:
+        sizes = []
+        hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.append(out.numel()))
+                 for m in meta.modules() if not list(m.children())]
+        with torch.no_grad():
+            meta(torch.empty(1, 3, args.clip_len, args.crop_size, args.crop_size, device="meta"))
+        for h in hooks:
+            h.remove()
+        per_clip = (sum(sizes) if trains_or_prunes(args) else 2 * max(sizes, default=0)) * 4
+        need += per_clip * (args.batch_size or 1)
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    if available and need > available:
+        batch = f" --batch-size {args.batch_size or 1}" if runs else ""
+        raise UserError(f"--arch {args.arch} at --clip-len {args.clip_len} --crop-size {args.crop_size}{batch}: needs "
+                        f"about {need / 2**30:.1f} GiB, this machine has {available / 2**30:.1f} GiB available; use a "
+                        "shorter clip or a smaller crop" + (" or batch" if batch else ""))
 
 
 def make_profile(args: argparse.Namespace, required: bool = False):

@@ -220,6 +220,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--test-clips", type=positive_int, default=1,
                    help="clips per video at evaluation (video-level accuracy)")
     g.add_argument("--workers", "-j", type=nonnegative_int, default=4)
+    g.add_argument("--max-failed", type=finite_float(0, 1), default=0.01,
+                   help="share of clips per epoch (or evaluation) allowed to fail to load before the run stops "
+                        "with the list of videos")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", "--epoch", dest="epochs", type=positive_int, default=50,

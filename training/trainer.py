@@ -187,6 +187,8 @@ class Trainer:
                     print(f"interrupted: saved {path or 'checkpoint'} at epoch {epoch} iteration {self.iteration}; "
                           "continue with --resume auto", file=sys.stderr)
                     sys.exit(143)
+                self._check_failures(f"epoch {epoch + 1}: training", train_stats["failed_clips"],
+                                     train_stats["failed_clips"] + train_stats["loaded_clips"])
                 self._check_finite(epoch, train_stats)
                 extra = self.hooks.on_epoch_end(epoch) if self.hooks.on_epoch_end else {}
                 self.epoch, self.iteration = epoch + 1, 0
@@ -202,6 +204,15 @@ class Trainer:
                 dist_utils.barrier()
         self.logger.close()
         return self.history[-1] if self.history else {}
+
+    def _check_failures(self, what: str, failed: int, tried: int) -> None:
+        """More clips failing to load than --max-failed allows is a data problem to fix, not noise to train
+        through (a run where every clip fails would otherwise 'train' on nothing)."""
+        if tried and failed / tried > self.args.max_failed:
+            first = self.load_errors[-failed:][:3] if failed else []
+            raise UserError(f"{what}: {failed} of {tried} clips failed to load ({failed / tried:.1%}, above "
+                            f"--max-failed {self.args.max_failed:g}); first: {'; '.join(first)}; fix or re-extract "
+                            "those videos, or raise --max-failed")
 
     def _check_finite(self, epoch: int, stats: dict) -> None:
         """A diverged run stops before it saves anything of this epoch: last.pth and best.pth keep the last finite
@@ -225,6 +236,7 @@ class Trainer:
                              epoch=epoch, rank=self.rank, world=self.world, skip_batches=self.iteration)
         total = self.iters_per_epoch - self.iteration
         sums = {"loss": 0.0, "penalty": 0.0, "n": 0, "correct": 0}
+        failed_before = len(self.load_errors)
         bar = tqdm(loader, total=total, desc=f"{self.hooks.name} {epoch + 1}/{self.total_epochs}", leave=False,
                    disable=not dist_utils.is_main(), dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -244,9 +256,12 @@ class Trainer:
             if self._stop:
                 break
         n = max(sums["n"], 1)
-        loss, pen, acc, cnt = dist_utils.all_reduce_sum([sums["loss"], sums["penalty"], sums["correct"], n])
+        failed = len(self.load_errors) - failed_before
+        loss, pen, acc, cnt, bad, used = dist_utils.all_reduce_sum([sums["loss"], sums["penalty"], sums["correct"], n,
+                                                                    failed, sums["n"]])
         return {"loss": loss / cnt, "penalty": pen / cnt, "train_top1": acc / cnt,
-                "lr": self.optimizer.param_groups[0]["lr"], "load_errors": len(self.load_errors)}
+                "lr": self.optimizer.param_groups[0]["lr"], "load_errors": len(self.load_errors),
+                "failed_clips": int(bad), "loaded_clips": int(used)}
 
     def _step(self, model, clips, labels, epoch, sums) -> None:
         a, dev = self.args, self.device
@@ -308,7 +323,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        return evaluate(self.model, self.val_set, self.args, self.device, self.rank, self.world, self.load_errors)
+        metrics = evaluate(self.model, self.val_set, self.args, self.device, self.rank, self.world, self.load_errors)
+        failed = metrics["val_load_errors"]
+        self._check_failures("evaluation", failed, failed + metrics["val_clips"])
+        return metrics
 
 
 def evaluate(model: nn.Module, dataset, args: argparse.Namespace, device: torch.device, rank: int = 0,
