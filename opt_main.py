@@ -27,14 +27,22 @@ import yaml
 
 import options
 from admm import ADMM, Cadence, rho_bound
-from models import arch_info, build_model, normalization
+from models import (
+    arch_info,
+    build_model,
+    convert_state_dict,
+    default_norm,
+    implies_pretrained,
+    normalization,
+    state_layout,
+)
 from options import parse_args, phase_of
 from pruning import CheckpointError, UserError, apply_masks, hard_prune, intersect_masks, load_profile
 from pruning.profile import canonical_or_error
 from pruning.projections import removed_fraction
 from pruning.report import build_report, zero_masks
 from training import distributed as dist_utils
-from training.checkpoint import load_checkpoint, load_weights, lock_run_dir, save_checkpoint
+from training.checkpoint import load_checkpoint, load_weights, lock_run_dir, model_state, save_checkpoint
 from training.penalties import ReweightedGroupLasso
 from training.runs import data_root, find_start, run_dir_for
 from training.schedule import TCAD_REW_EPOCHS
@@ -64,6 +72,7 @@ def phase(name: str, result: str | None = None, distributed: bool = False):
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options whose default depends on the arch or dataset."""
     info = arch_info(args.arch)
+    args.pretrained = args.pretrained or implies_pretrained(args.arch)
     args.arch = info.name
     args.crop_size = info.crop_size if args.crop_size is None else args.crop_size
     args.short_side = info.short_side if args.short_side is None else args.short_side
@@ -120,13 +129,15 @@ def trains_or_prunes(args: argparse.Namespace) -> bool:
     return args.phase in PHASES and PHASES[args.phase].result is not None
 
 
-def make_model(args: argparse.Namespace) -> torch.nn.Module:
+def make_model(args: argparse.Namespace, pretrained: bool = False) -> torch.nn.Module:
+    """The model of --arch; `pretrained`: with torchvision's Kinetics-400 weights (a phase that starts from no
+    checkpoint, with --pretrained)."""
     if args.num_classes is None:
         args.num_classes = DATASET_CLASSES.get(args.dataset, 101)
     build = functools.partial(build_model, args.arch, args.num_classes, width_mult=args.width_mult,
                               clip_len=args.clip_len, crop_size=args.crop_size, dropout=args.dropout)
     check_memory(args, build)
-    return build()
+    return build(pretrained=pretrained)
 
 
 def check_memory(args: argparse.Namespace, build: Callable[[], torch.nn.Module]) -> None:
@@ -164,7 +175,7 @@ def make_profile(args: argparse.Namespace, required: bool = False):
     return load_profile(args.config_file, sparsity=args.sparsity_type,
                         group_size=tuple(args.group_size) if args.group_size else None,
                         balanced=args.balanced, score=args.score, kgrc_method=args.kgrc_method,
-                        kgr_rounding=args.kgr_rounding)
+                        kgr_rounding=args.kgr_rounding, arch=args.arch)
 
 
 def make_data(args: argparse.Namespace, eval_train: bool = False):
@@ -219,12 +230,20 @@ def choose_norm(args: argparse.Namespace, start: dict, source: str | None) -> No
                   "normalisation; pass --norm kinetics if its weights were trained with Kinetics statistics",
                   file=sys.stderr)
     else:
-        args.norm = "kinetics"
+        args.norm = default_norm(args.arch, args.pretrained)
 
 
 def load_start(model: torch.nn.Module, args: argparse.Namespace, start: dict) -> None:
     if start:
-        load_weights(model, start, args.load_path, args.arch, allow_new_classifier=args.phase == "train")
+        load_into(model, start, args.load_path, args.arch, allow_new_classifier=args.phase == "train")
+
+
+def load_into(model: torch.nn.Module, ckpt: dict, source: str, arch: str, allow_new_classifier: bool = False) -> None:
+    """Load a checkpoint's weights, mapping a foreign key layout (the Sports-1M C3D release) onto ours first."""
+    state = model_state(ckpt)
+    if state_layout(state, arch) != "ours":
+        ckpt = {"model": convert_state_dict(state, arch, model)}
+    load_weights(model, ckpt, source, arch, allow_new_classifier=allow_new_classifier)
 
 
 def resume_point(args: argparse.Namespace, run_dir: Path, profile) -> dict | None:
@@ -308,7 +327,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
     """Dense baseline."""
     start = read_start(args, required=False)
     data = make_data(args)
-    model = make_model(args).to(device)
+    model = make_model(args, pretrained=args.pretrained and not start).to(device)
     load_start(model, args, start)
     trainer = start_trainer(args, model, data, PhaseHooks("train"), device, None, run_dir_for(args))
     trainer.fit()
@@ -405,7 +424,7 @@ def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
     start = read_start(args, required=True, path=path)
     _, val_set = make_data(args)
     model = make_model(args).to(device)
-    load_weights(model, start, path, args.arch)
+    load_into(model, start, path, args.arch)
     rank = dist_utils.rank()
     world = torch.distributed.get_world_size() if dist_utils.is_distributed() else 1
     metrics = evaluate(model, val_set, args, device, rank, world)
@@ -489,7 +508,7 @@ def make_teacher(args: argparse.Namespace, start: dict, device: torch.device) ->
     if not path:
         raise UserError("--distill needs the dense baseline: pass --teacher-path")
     teacher = make_model(args).to(device)
-    load_weights(teacher, load_checkpoint(path), path, args.arch)
+    load_into(teacher, load_checkpoint(path), path, args.arch)
     teacher.eval().requires_grad_(False)
     return teacher
 

@@ -103,7 +103,8 @@ def tcad_sparsity(text: str) -> str:
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
     "prune3d": {},
     "rt3d": dict(lr=5e-4, batch_size=32, rho_num=2, smooth_eps=0.1, lr_scheduler="cosine", warmup_lr=1e-5,
-                 rho_schedule="stages", admm_epochs=10, admm_lr="cycle", kd_loss="soft-ce", kd_off_epochs=5),
+                 rho_schedule="stages", admm_epochs=10, admm_lr="cycle", kd_loss="soft-ce", kd_off_epochs=5,
+                 score="l2-per-weight"),
     "tcad": dict(lr=2e-4, batch_size=32, accum_steps=4, lr_scheduler="default", warmup_lr=1e-4,
                  rew_schedule="tcad", rew_lambda=1e-6, rew_eps=1e-6, rew_step="gradient", rew_units="all",
                  rew_target=0.0, kgr_rounding="ceil", kd_loss="soft-ce", kd_off_epochs=5),
@@ -172,6 +173,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", "-a", default="c3d", help="c3d | r2+1d | s3d | s3d-rt3d | r2+1d-pretrained")
+    g.add_argument("--pretrained", action="store_true",
+                   help="r2+1d, s3d: start from torchvision's Kinetics-400 weights (read from the torch hub cache "
+                        "under TORCH_HOME; RT3D's --arch r2+1d-pretrained means the same); C3D: pass Sports-1M "
+                        "weights with --load-path")
     g.add_argument("--num-classes", type=positive_int, default=None, help="default: from the dataset (101 for ucf101)")
     g.add_argument("--width-mult", type=positive_float, default=1.0, help="channel width multiplier (c3d)")
     g.add_argument("--dropout", type=fraction, default=None,

@@ -235,14 +235,16 @@ def test_mixup_is_drawn_from_seed_epoch_and_iteration():
 
 # ----------------------------------------------------------------------------------------------- normalisation
 def test_norm_follows_the_starting_weights(capsys):
-    def chosen(start, norm=None):
-        args = argparse.Namespace(norm=norm)
+    def chosen(start, norm=None, arch="c3d", pretrained=False):
+        args = argparse.Namespace(norm=norm, arch=arch, pretrained=pretrained)
         choose_norm(args, start, "x.pt")
         return args.norm
 
     assert chosen({"model": {}, "args": {"norm": "imagenet"}}) == "imagenet"
     assert chosen({"model": {}, "args": {"lr": 0.1}}) == "kinetics"  # this tool's, from before --norm
     assert chosen({}) == "kinetics"
+    assert chosen({}, arch="r2+1d", pretrained=True) == "kinetics"  # torchvision's weights
+    assert chosen({}, arch="s3d-rt3d") == "imagenet"  # RT3D's own S3D: only its releases' weights exist
     assert chosen({"state_dict": {}}) == "imagenet" and "not made by this tool" in capsys.readouterr().err
     assert chosen({"state_dict": {}}, norm="kinetics") == "kinetics"
 
@@ -356,3 +358,29 @@ def test_our_recipe_scripts_run_shrunk(script, synthetic, tmp_path):
     done = torch.load(next((tmp_path / "runs").glob("*_retrain/retrained.pth")), weights_only=True)
     paper = "tcad" if script.startswith("kg") else "rt3d"
     assert done["args"]["defaults"] == paper and done["args"]["distill"] and done["args"]["epochs"] == 1
+
+
+def test_pretrained_offline_and_not_cached_is_one_line(synthetic, tmp_path, monkeypatch, capfd):
+    from opt_main import cli
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert cli(["--train", "--arch", "r2+1d-pretrained", "--data-location", str(synthetic["lmdb"]), "--workers", "0",
+                "--save-dir", str(tmp_path)]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "r2plus1d_18" in err[0] and str(tmp_path / "torch") in err[0], err
+
+
+def test_sports1m_c3d_weights_evaluate_through_load_path(synthetic, tmp_path):
+    from opt_main import cli
+
+    torch.manual_seed(0)
+    ours = build_model("c3d", 3, width_mult=0.25, clip_len=8, crop_size=32).state_dict()
+    names = {"conv1": 0, "conv2": 3, "conv3a": 6, "conv3b": 8, "conv4a": 11, "conv4b": 13, "conv5a": 16, "conv5b": 18}
+    sports = {f"features.{names[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in ours.items()
+              if k.split(".")[0] in names}
+    sports.update({k.replace("fc6", "classifier.0").replace("fc7", "classifier.3"): v for k, v in ours.items()
+                   if k.startswith(("fc6", "fc7"))})
+    torch.save(sports, tmp_path / "c3d-pretrained.pth")
+    assert cli(["--evaluate", "--arch", "c3d", "--width-mult", "0.25", "--clip-len", "8", "--crop-size", "32",
+                "--short-side", "40", "--workers", "0", "--batch-size", "4", "--data-location", str(synthetic["lmdb"]),
+                "--load-path", str(tmp_path / "c3d-pretrained.pth")]) == 0
