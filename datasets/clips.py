@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from .errors import DataError
-from .lmdb_format import META_KEY, check_meta, decode_header, frame_bytes, open_readonly, video_key
+from .lmdb_format import REBUILD, Record, decode_header, frame_bytes, open_readonly, read_meta, video_key
 
 
 def segment_indices(n: int, t: int, clip: int = 0, clips: int = 1) -> list[int]:
@@ -108,10 +108,7 @@ class LmdbClips(ClipDataset):
 
     def __init__(self, path: str | Path, **kw) -> None:
         self.path = Path(path)
-        env = open_readonly(self.path)
-        with env.begin() as txn:
-            meta = check_meta(txn.get(META_KEY), self.path)
-        env.close()
+        meta = read_meta(self.path)
         self.meta = meta
         self._env = None
         super().__init__(labels=meta["labels"], video_ids=meta["video_ids"], class_names=meta["class_names"],
@@ -122,21 +119,30 @@ class LmdbClips(ClipDataset):
         state["_env"] = None
         return state
 
-    def record(self, video: int) -> tuple[bytes, list[int], int]:
+    def record(self, video: int) -> tuple[bytes, Record]:
+        """Video `video`'s record, checked: its header CRC, and its id and label against the metadata."""
+        import lmdb
+
         if self._env is None:
             self._env = open_readonly(self.path)
         where = f"{self.path} video {self.video_ids[video]} (key {video_key(video).decode()})"
-        with self._env.begin(buffers=False) as txn:
-            buf = txn.get(video_key(video))
+        try:
+            with self._env.begin(buffers=False) as txn:
+                buf = txn.get(video_key(video))
+        except lmdb.Error as e:  # a damaged B-tree page: a failed sample naming the database, not a traceback
+            raise DataError(f"{where}: the database is damaged ({e}); {REBUILD}") from None
         if buf is None:
-            raise DataError(f"{where}: record missing; rebuild the LMDB with create_lmdb.py")
-        label, offsets, start = decode_header(buf, where)
-        return buf, offsets, start
+            raise DataError(f"{where}: record missing; {REBUILD}")
+        rec = decode_header(buf, where)
+        if rec.video_id != self.video_ids[video] or rec.label != self.labels[video]:
+            raise DataError(f"{where}: record holds {rec.video_id} label {rec.label}, the metadata says "
+                            f"{self.video_ids[video]} label {self.labels[video]}; {REBUILD}")
+        return buf, rec
 
     def frames(self, video: int, indices: list[int]) -> np.ndarray:
-        buf, offsets, start = self.record(video)
+        buf, rec = self.record(video)
         where = f"{self.path} video {self.video_ids[video]}"
-        return np.stack([_decode(frame_bytes(buf, offsets, start, i), where) for i in indices])
+        return np.stack([_decode(frame_bytes(buf, rec, i, where), where) for i in indices])
 
 
 class FrameFolderClips(ClipDataset):

@@ -5,24 +5,44 @@
         --out data/ucf101_lmdb
     cd datasets && python create_lmdb.py -d ucf101_frame -s train -vr 0 9537             # the original spelling
 
-An interrupted build resumes: records go to ``<split>.lmdb.partial`` and videos already there are skipped; the
-metadata record is written and the folder renamed to ``<split>.lmdb`` only when every video is in.
+An interrupted build resumes: records go to ``<split>.lmdb.partial``; on a rerun every record already there is
+checked against the list (each record names its video and label, and the frame count and bytes must match the
+frame folder) and the ones that disagree are redone, so a list that changed meanwhile (a video recovered by
+extract_videos.py) never shifts records onto the wrong videos. The metadata record is written and the folder
+renamed to ``<split>.lmdb`` only when every video is in. A finished ``<split>.lmdb`` whose source changed since
+(the list, the class names, a video's frames) is rebuilt, the old one kept until the new one is complete. A lock
+(``<split>.lmdb.lock``) keeps two builds of one output apart; an OS error writing (disk full, read-only, ...)
+stops with one line and keeps the ``.partial`` for the rerun.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.errors import DataError, run_cli  # noqa: E402
-from datasets.lmdb_format import FORMAT, FORMAT_VERSION, MAP_SIZE, META_KEY, encode_record, video_key  # noqa: E402
+from datasets.errors import DISK_ERRORS, DataError, disk_errno, run_cli  # noqa: E402
+from datasets.lmdb_format import (  # noqa: E402
+    FORMAT,
+    FORMAT_VERSION,
+    MAP_SIZE,
+    META_KEY,
+    decode_header,
+    encode_record,
+    meta_digest,
+    read_meta,
+    video_key,
+)
 from datasets.splits import locate as locate_videos  # noqa: E402
 from datasets.splits import read_splits  # noqa: E402
 from datasets.video_io import VideoReadError, video_to_jpegs  # noqa: E402
@@ -49,53 +69,183 @@ def read_frame_list(frames: Path, split: str) -> tuple[list[tuple[str, int]], li
     return videos, names
 
 
+def frame_files(frames: Path, video_id: str) -> list[Path]:
+    return sorted((frames / video_id).glob("*.jpg"))
+
+
 def frame_jpegs(frames: Path, video_id: str) -> list[bytes]:
-    folder = frames / video_id
-    files = sorted(folder.glob("*.jpg"))
+    files = frame_files(frames, video_id)
     if not files:
-        raise DataError(f"{folder}: no frames; re-run extract_videos.py (see failed.txt there)")
+        raise DataError(f"{frames / video_id}: no frames; re-run extract_videos.py (see failed.txt there)")
     return [f.read_bytes() for f in files]
 
 
+def frame_stamp(frames: Path, video_id: str) -> tuple[int, int]:
+    """(frame count, bytes) of a frame folder: what its record must hold, from a stat per frame, no reading."""
+    files = frame_files(frames, video_id)
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def source_digest(items: list[tuple[str, int]], class_names: list[str], stamps: list | None,
+                  source: dict | None) -> str:
+    """Fingerprint of what a database is built from: list order, labels, class names, per-video stamps, options."""
+    body = {"items": [list(x) for x in items], "class_names": class_names,
+            "stamps": [list(x) for x in stamps] if stamps is not None else None, "source": source or {}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@contextmanager
+def build_lock(out: Path, split: str) -> Iterator[None]:
+    """An exclusive flock on ``<out>/<split>.lmdb.lock`` for the build: a second build of the same database stops
+    with one line instead of racing the first one to the final rename. The OS drops it with the process."""
+    path = out / f"{split}.lmdb.lock"
+    f = open(path, "a+")  # noqa: SIM115 (held open for the build: closing it releases the lock)
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DataError(f"{out / (split + '.lmdb')}: another build holds it ({holder}, lock {path.name}); "
+                            "wait for it to end (run again afterwards if it fails)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def _reason(err: DataError, path: Path) -> str:
+    """The cause in a reader's DataError, without the path and the advice (the builder acts on it)."""
+    return str(err).removeprefix(f"{path}: ").split(";")[0]
+
+
+def _stale(final: Path, digest: str) -> tuple[dict | None, str]:
+    """(metadata, "") when `final` is finished and built from this source, else (None, why it must be rebuilt)."""
+    try:
+        meta = read_meta(final)
+    except DataError as e:
+        return None, _reason(e, final)
+    if meta.get("source_digest") != digest:
+        return None, "built from another list, other class names or other frames than now"
+    return meta, ""
+
+
+def _verify_partial(env, partial: Path, items: list[tuple[str, int]], stamps: list | None
+                    ) -> tuple[dict[int, int], list[bytes], list[str]]:
+    """Which records of an interrupted build are the videos the list now puts at their positions.
+
+    Returns (position -> frame count of the good ones, keys to delete, what was wrong with each other record)."""
+    good, drop, bad = {}, [], []
+    with env.begin(buffers=True) as txn:
+        for raw_key, buf in txn.cursor():
+            key = bytes(raw_key)
+            if key == META_KEY:  # written just before the rename: rewritten at the end
+                drop.append(key)
+                continue
+            if len(key) != 8 or not key.isdigit() or int(key) >= len(items):
+                drop.append(key)
+                bad.append(f"key {key.decode(errors='replace')} is not a position of the list")
+                continue
+            i = int(key)
+            vid, label = items[i]
+            try:
+                rec = decode_header(buf, f"position {i}")
+            except DataError as e:
+                bad.append(str(e).split(";")[0])
+                continue
+            if (rec.video_id, rec.label) != (vid, label):
+                bad.append(f"position {i} holds {rec.video_id} label {rec.label}, the list has {vid} label {label}")
+            elif stamps is not None and (rec.frames, rec.payload_bytes) != tuple(stamps[i]):
+                bad.append(f"position {i} ({vid}) holds {rec.frames} frames, {rec.payload_bytes} bytes; its frame "
+                           f"folder has {stamps[i][0]}, {stamps[i][1]}")
+            else:
+                good[i] = rec.frames
+    return good, drop, bad
+
+
 def build(out: Path, split: str, items: list[tuple[str, int]], class_names: list[str],
-          load: Callable[[str], list[bytes]], meta_extra: dict | None = None, progress: bool = True) -> dict:
-    """Write ``<out>/<split>.lmdb``; `load(video_id)` gives a video's JPEG frames. Returns the metadata."""
+          load: Callable[[str], list[bytes]], meta_extra: dict | None = None, progress: bool = True,
+          stamps: list[tuple[int, int]] | None = None, source: dict | None = None) -> dict:
+    """Write ``<out>/<split>.lmdb``; `load(video_id)` gives a video's JPEG frames. Returns the metadata.
+
+    `stamps` (frame count, bytes per video, when known before loading) must match a record for a resumed build to
+    keep it; `source` is anything else the database depends on (e.g. the decoder's short side)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with build_lock(out, split):
+            return _build(out, split, items, class_names, load, meta_extra, progress, stamps, source)
+    except (OSError, _lmdb_error()) as e:
+        code = disk_errno(e)
+        partial = out / f"{split}.lmdb.partial"
+        if code is None:
+            if isinstance(e, OSError):
+                raise
+            raise DataError(f"{partial}: the partial database is damaged ({e}); delete it and run again") from None
+        kept = " (finished videos are kept in it)" if partial.exists() else ""
+        raise DataError(f"{out}: {os.strerror(code)} while writing {partial.name}; {DISK_ERRORS[code]}, then run "
+                        f"the same command again{kept}") from None
+
+
+def _lmdb_error() -> type[Exception]:
+    import lmdb
+
+    return lmdb.Error
+
+
+def _build(out: Path, split: str, items: list[tuple[str, int]], class_names: list[str],
+           load: Callable[[str], list[bytes]], meta_extra: dict | None, progress: bool,
+           stamps: list[tuple[int, int]] | None, source: dict | None) -> dict:
     import lmdb
     from tqdm import tqdm
 
-    final = out / f"{split}.lmdb"
+    final, partial, old = (out / f"{split}.lmdb{s}" for s in ("", ".partial", ".old"))
+    digest = source_digest(items, class_names, stamps, source)
+    if old.exists():  # a rebuild stopped between its two renames: the old database is stale either way
+        shutil.rmtree(old)
     if final.exists():
-        print(f"{final} exists: nothing to do (delete it to rebuild)")
-        return json.loads(lmdb.open(str(final), readonly=True, lock=False).begin().get(META_KEY))
-    partial = out / f"{split}.lmdb.partial"
-    out.mkdir(parents=True, exist_ok=True)
+        meta, why = _stale(final, digest)
+        if meta is not None:
+            print(f"{final} exists and matches its source: nothing to do")
+            return meta
+        print(f"{final}: {why}; rebuilding it (the old one stays until the new one is complete)", file=sys.stderr)
     env = lmdb.open(str(partial), map_size=MAP_SIZE, subdir=True, sync=True)
-    frames_per_video, failed = [], []
     with env:
-        with env.begin() as txn:
-            done = {bytes(k) for k in txn.cursor().iternext(keys=True, values=False)}
+        good, drop, bad = _verify_partial(env, partial, items, stamps)
+        if bad:
+            print(f"{partial}: {len(bad)} of {len(bad) + len(good)} finished records disagree with the list now "
+                  f"(first: {bad[0]}); redoing them", file=sys.stderr)
+        if drop:
+            with env.begin(write=True) as txn:
+                for key in drop:
+                    txn.delete(key)
+        frames_per_video = []
         for i, (vid, label) in enumerate(tqdm(items, desc=f"{split}.lmdb", unit="video", disable=not progress)):
-            key = video_key(i)
-            if key in done:
-                with env.begin() as txn:
-                    frames_per_video.append(int.from_bytes(txn.get(key)[12:16], "little"))
+            if i in good:
+                frames_per_video.append(good[i])
                 continue
             try:
                 jpegs = load(vid)
             except (DataError, VideoReadError) as e:
-                failed.append(f"{vid}: {e}")
                 raise DataError(f"video {vid} ({split}): {e}; fix or drop it from the list, then run again "
                                 "(finished videos are kept)") from None
             with env.begin(write=True) as txn:
-                txn.put(key, encode_record(label, jpegs))
+                txn.put(video_key(i), encode_record(vid, label, jpegs))
             frames_per_video.append(len(jpegs))
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "split": split, "class_names": class_names,
                 "num_videos": len(items), "video_ids": [v for v, _ in items], "labels": [lbl for _, lbl in items],
-                "num_frames": frames_per_video, **(meta_extra or {})}
+                "num_frames": frames_per_video, **(meta_extra or {}), "source_digest": digest}
+        meta["digest"] = meta_digest(meta)
         with env.begin(write=True) as txn:
             txn.put(META_KEY, json.dumps(meta).encode())
         env.sync(True)
+    if final.exists():
+        os.replace(final, old)
     os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
     return meta
 
 
@@ -111,8 +261,9 @@ def from_frames(frames: str, out: str, splits=SPLITS, video_range: tuple[int, in
         if not items:  # e.g. every video of the split failed to extract: never build an empty database
             raise DataError(f"{frames_dir / (split + '.txt')}: lists no videos; see {frames_dir / 'failed.txt'} and "
                             "run datasets/extract_videos.py again")
+        stamps = [frame_stamp(frames_dir, v) for v, _ in items]
         metas.append(build(Path(out), split, items, names, lambda v: frame_jpegs(frames_dir, v),
-                           {"source": str(frames_dir)}))
+                           {"source": str(frames_dir)}, stamps=stamps))
     return metas
 
 
@@ -129,7 +280,9 @@ def from_videos(dataset: str, videos: str, splits_dir: str, out: str, split: int
                             "unpack the dataset there or use extract_videos.py, which skips and reports them")
         metas.append(build(Path(out), name, [(e.video_id, e.label) for e in entries], lists.class_names,
                            lambda v, paths=paths: video_to_jpegs(paths[v], short_side)[0],
-                           {"dataset": dataset, "split_index": split}))
+                           {"dataset": dataset, "split_index": split},
+                           source={"short_side": short_side,
+                                   "video_bytes": [Path(e.path).stat().st_size for e in entries]}))
     return metas
 
 

@@ -20,7 +20,6 @@ empty and corrupt videos are left out of the lists (listed as skipped) and retri
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import multiprocessing
 import os
@@ -33,17 +32,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (python datasets/extract_videos.py, or from inside datasets/)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.errors import DataError, run_cli
+from datasets.errors import DISK_ERRORS, DataError, run_cli
 from datasets.splits import DEFAULT_DIRS, SPLIT_NAMES, VideoEntry, index_videos, locate, read_splits
 from datasets.video_io import VideoReadError, encode_jpeg, iter_frames
 
 DONE = ".done"
-
-
-# errno -> what to do, for errors writing the output: fatal for the run, never reported as a corrupt video
-DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space or raise the quota",
-               errno.EROFS: "write --out on a writable file system", errno.EACCES: "fix the permissions of --out",
-               errno.EPERM: "fix the permissions of --out"}
 
 
 def write_atomic(path: Path, text: str) -> None:
