@@ -42,8 +42,11 @@ def save_compact(compact: nn.Module, path: str | Path, meta: dict | None = None)
 
 
 def load_compact(path: str | Path) -> nn.Module:
-    """Load a model written by `save_compact` (a pickled module: only load files you trust)."""
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    """Load a model written by `save_compact` (a pickled module: only load files you trust); its zip CRCs are
+    checked first, like every checkpoint's."""
+    from training.checkpoint import load_checkpoint
+
+    data = load_checkpoint(path, trusted_pickle=True)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a prune3d compact model")
     return data["model"].eval()

@@ -51,9 +51,11 @@ def load_torchvision_weights(member: str) -> dict[str, torch.Tensor]:
             raise UserError(f"--pretrained: {path} is not cached and downloading {weights.url} failed ({reason}); "
                             "download that file on a machine with internet and place it at that path "
                             "(or set TORCH_HOME to the folder holding hub/checkpoints/)") from None
+    from training.checkpoint import load_checkpoint  # its zip CRCs checked, then weights_only=True
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: name it rather than show a pickle traceback
+        return load_checkpoint(path)
+    except Exception as e:  # a truncated, damaged or foreign file: name it rather than show a pickle traceback
         raise UserError(f"--pretrained: cannot read {path} ({type(e).__name__}); delete it and place a complete "
                         f"copy of {weights.url} there") from None
 

@@ -1,42 +1,90 @@
-"""Checkpoints (docs/algorithms.md): one plain dict per file, written atomically, read with weights_only=True."""
+"""Checkpoints (docs/algorithms.md): one plain dict per file, written atomically, verified and read with
+weights_only=True."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from datasets.errors import DISK_ERRORS, disk_errno
 from pruning.errors import CheckpointError
 
 
+def _disk_error(exc: BaseException) -> int | None:
+    """The disk errno behind `exc` or its chain: torch.save turns a failed write into a RuntimeError("unexpected
+    pos ...") whose context is the OSError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = disk_errno(exc)
+        if code is not None:
+            return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a torn file.
+
+    A full disk, a quota, a read-only or forbidden folder is one CheckpointError naming the file; the previous
+    checkpoint of that name is untouched (the rename never happened)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        code = _disk_error(e) if isinstance(e, Exception) else None
+        if code is None:
+            raise
+        kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
+        raise CheckpointError(f"{path}: {os.strerror(code)} while writing the checkpoint; {DISK_ERRORS[code]}, "
+                              f"then run again (--resume picks up the last checkpoint){kept}") from None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely; a bare state_dict becomes {"model": state_dict}."""
+def verify_zip(path: Path) -> None:
+    """Check every member of a torch.save zip against its CRC-32 (torch.load itself does not): a flipped byte in
+    the tensor data is one CheckpointError naming the file, not weights silently off. Files of the pre-1.6
+    non-zip format carry no checksum and are read unverified."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # zlib/struct errors surface as these
+        raise CheckpointError(f"{path}: damaged checkpoint ({e}); use another copy, or the run's previous "
+                              "checkpoint") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint ({bad} fails its CRC check); use another copy, or the "
+                              "run's previous checkpoint") from None
+
+
+def load_checkpoint(path: str | Path, *, trusted_pickle: bool = False) -> dict[str, Any]:
+    """Load a checkpoint safely: its zip CRCs verified, then torch.load with weights_only=True; a bare state_dict
+    becomes {"model": state_dict}. Every checkpoint read of the project goes through here.
+
+    `trusted_pickle` (only for files this project wrote, e.g. compact models holding a module) unpickles
+    arbitrary objects: weights_only=False."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    verify_zip(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted_pickle)
     except Exception as e:  # torch raises several types for truncated or foreign files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({first[:160]}); "
