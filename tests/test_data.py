@@ -191,7 +191,9 @@ def test_bad_input_is_one_clear_line(synthetic, tmp_path):
     with pytest.raises(DataError, match="newer prune3d"):
         build_dataset(str(db), "val", **KW)
     # the driver prints the same one line
-    err = _cli_error(["opt_main.py", "--evaluate", "--arch", "c3d", "--data-location", str(db), "--load-path", "x"])
+    torch.save({"model": {}, "args": {}}, tmp_path / "x.pth")  # readable: the driver reads it before the data
+    err = _cli_error(["opt_main.py", "--evaluate", "--arch", "c3d", "--data-location", str(db), "--load-path",
+                      str(tmp_path / "x.pth")])
     assert "newer prune3d" in err
 
 
