@@ -67,6 +67,12 @@ class SparseConv3d(nn.Module):
         self._runs: dict[tuple, OutputRuns] = {}
         self.relu = False  # set by compile_sparse when a ReLU directly follows (fused into the output write)
 
+    def __setstate__(self, state: dict) -> None:
+        if "_offsets" in state:  # pickled before the typed kernel call: its caches hold the old types, rebuild them
+            del state["_offsets"]
+            state["_kernel_plans"], state["_runs"] = {}, {}
+        super().__setstate__(state)
+
     def extra_repr(self) -> str:
         return (f"{self.in_channels}->{self.out_channels}, kernel={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, kept filters={len(self.kept_filters)}, kept channels="
