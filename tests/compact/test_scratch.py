@@ -1,0 +1,103 @@
+"""compact/scratch.py: buffers reused best-fit, padded layouts keep their zeros, outputs never alias them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compact.convert import compile_sparse
+from models import build_model
+from pruning import hard_prune
+from pruning.profile import load_profile
+from tests.compact.conftest import (
+    TOL,
+    rel_err,
+    small_c3d,
+)
+
+
+def test_scratch_pool_reuses_best_fit_and_keeps_only_the_largest():
+    from compact.scratch import ScratchPool
+
+    pool = ScratchPool(max_buffers=2)
+    like = torch.zeros(1)
+    a, b = pool.take(1000, like), pool.take(5000, like)
+    pa, pb = a.data_ptr(), b.data_ptr()
+    pool.give(a)
+    pool.give(b)
+    assert pool.take(900, like).data_ptr() == pa  # best fit: the 1000, not the 5000
+    assert pool.take(3000, like).data_ptr() == pb
+    assert pool.take(6000, like, zero=True).abs().sum() == 0  # nothing fits: a new one
+    c = pool.take(10, like)
+    pool.give(c)
+    pool.give(pool.take(7000, like))
+    pool.give(pool.take(8000, like))
+    assert sorted(t.numel() for t in pool._free) == [7000, 8000]
+
+
+def test_scratch_pool_padded_buffers_keep_their_zero_padding_per_layout():
+    from compact.layout import flat_layout
+    from compact.scratch import ScratchPool
+
+    pool = ScratchPool(max_buffers=4)
+    like = torch.zeros(1)
+    dims, pad = (3, 4, 5), (1, 1, 1)
+    grid, s = flat_layout(dims, pad)
+
+    def padding_sum(buf, data):
+        data.fill_(0)
+        return float(buf.abs().sum())
+
+    buf, data = pool.take_padded(2, 3, grid, s, pad, dims, like, 7)
+    assert buf.numel() == 2 * 3 * s + 7 and data.shape == (2, 3, *dims)
+    assert padding_sum(buf, data) == 0  # a fresh buffer: zeroed everywhere but the data
+    data.fill_(1.0)
+    assert float(buf.sum()) == data.numel()
+    buf[-1] = 5.0  # breaks the holder's contract on purpose, to see whether the next take zeroes again
+    ptr = buf.data_ptr()
+    pool.give(buf)
+    again, data2 = pool.take_padded(2, 3, grid, s, pad, dims, like, 7)
+    assert again.data_ptr() == ptr and float(again[-1]) == 5.0  # same layout: reused as it was, no zeroing
+    pool.give(again)
+    other_dims = (3, 5, 4)  # another layout that would fit: it gets a buffer of its own, zeroed for it
+    g2, s2 = flat_layout(other_dims, pad)
+    b2, d2 = pool.take_padded(2, 3, g2, s2, pad, other_dims, like, 7)
+    assert b2.data_ptr() != ptr and padding_sum(b2, d2) == 0
+    plain = pool.take(2 * 3 * s2 + 7, like)  # a plain take leaves a kept layout alone while it can
+    assert plain.data_ptr() not in (ptr, b2.data_ptr())
+    pool.give(b2)
+    pool.give(plain)
+    b3, d3 = pool.take_padded(2, 3, g2, s2, pad, other_dims, like, 7)
+    assert b3.data_ptr() == b2.data_ptr()
+    pool.give(b3)
+    pool.give(again)
+    pool.max_buffers = 1  # only the largest kept: the other layouts' buffers are dropped
+    pool.give(pool.take(10, like))
+    assert [b.data_ptr() for b in pool._free] == [ptr]
+    assert pool.take(2 * 3 * s + 7, like).data_ptr() != ptr  # the only fit keeps a layout: not for a plain take
+
+
+@pytest.mark.parametrize("arch", ["c3d", "r2+1d"])
+def test_outputs_never_alias_scratch_buffers(arch):
+    """A second call reuses the scratch buffers: the first call's output must be untouched by it."""
+    torch.manual_seed(0)
+    if arch == "c3d":
+        model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+        shape = (2, 3, 8, 32, 32)
+    else:
+        model = build_model(arch, 10).eval()
+        rules = load_profile("r2+1d_kgrc_3.05x").resolve(model)
+        masks = hard_prune(model, rules)
+        shape = (1, 3, 4, 24, 24)
+    cm = compile_sparse(model, masks, rules=rules)
+    x1, x2 = torch.randn(shape), torch.randn(shape)
+    with torch.no_grad():
+        y1 = cm(x1)
+        feats = cm.features(x1) if arch == "c3d" else None
+        keep, keep_f = y1.clone(), feats.clone() if feats is not None else None
+        cm(x2)
+        cm(x2)
+        assert torch.equal(y1, keep)
+        if feats is not None:
+            assert torch.equal(feats, keep_f)
+        assert rel_err(cm(x1), model(x1)) < TOL
