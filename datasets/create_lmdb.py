@@ -133,7 +133,7 @@ def _stale(final: Path, digest: str) -> tuple[dict | None, str]:
     return meta, ""
 
 
-def _verify_partial(env, partial: Path, items: list[tuple[str, int]], stamps: list | None
+def _verify_partial(env, items: list[tuple[str, int]], stamps: list | None
                     ) -> tuple[dict[int, int], list[bytes], list[str]]:
     """Which records of an interrupted build are the videos the list now puts at their positions.
 
@@ -214,7 +214,7 @@ def _build(out: Path, split: str, items: list[tuple[str, int]], class_names: lis
         print(f"{final}: {why}; rebuilding it (the old one stays until the new one is complete)", file=sys.stderr)
     env = lmdb.open(str(partial), map_size=MAP_SIZE, subdir=True, sync=True)
     with env:
-        good, drop, bad = _verify_partial(env, partial, items, stamps)
+        good, drop, bad = _verify_partial(env, items, stamps)
         if bad:
             print(f"{partial}: {len(bad)} of {len(bad) + len(good)} finished records disagree with the list now "
                   f"(first: {bad[0]}); redoing them", file=sys.stderr)
