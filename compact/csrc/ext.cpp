@@ -59,7 +59,8 @@ template <typename T>
 torch::Tensor array_field(const py::handle& obj, const char* name, bool optional = false) {
   const py::object v = obj.attr(name);
   if (optional && v.is_none()) return torch::Tensor();
-  torch::Tensor t = v.cast<torch::Tensor>();
+  TORCH_CHECK(THPVariable_Check(v.ptr()), name, ": expected a tensor");
+  torch::Tensor t = THPVariable_Unpack(v.ptr());
   check(t, dtype_of<T>::value, name);
   return t;
 }

@@ -83,6 +83,9 @@ def test_kernel_call_is_typed():
     bad = dataclasses.replace(ctx, plan=ctx.plan._replace(pair_off=ctx.plan.pair_off.int()))
     with pytest.raises(RuntimeError, match="pair_off"):
         ext.sparse_conv(input=buf, ctx=bad, bias=sc.bias, out=out, write=write)
+    bad = dataclasses.replace(ctx, plan=ctx.plan._replace(weights=ctx.plan.weights.numpy()))
+    with pytest.raises(RuntimeError, match="weights: expected a tensor"):
+        ext.sparse_conv(input=buf, ctx=bad, bias=sc.bias, out=out, write=write)
     half = write._replace(runs=SimpleNamespace(runs=write.runs.runs))  # no tile_runs
     with pytest.raises(AttributeError, match="tile_runs"):
         ext.sparse_conv(input=buf, ctx=ctx, bias=sc.bias, out=out, write=half)
