@@ -63,7 +63,7 @@ class SparseConv3d(nn.Module):
         self.register_buffer("bias", b)
         self._chan_index = np.full(self.in_channels, -1, np.int64)
         self._chan_index[kc.numpy()] = np.arange(len(kc))
-        self._kernel_plans: dict = {}
+        self._kernel_plans: dict[tuple, KernelPlan] = {}
         self._runs: dict[tuple, OutputRuns] = {}
         self.relu = False  # set by compile_sparse when a ReLU directly follows (fused into the output write)
 
