@@ -202,40 +202,48 @@ def make_data(args: argparse.Namespace, eval_train: bool = False):
     return train_set, val_set
 
 
-def read_start(args: argparse.Namespace, required: bool, path: str | None = None) -> dict:
-    """The checkpoint a phase starts from (`path`, --load-path, or what `find_start` locates; {} for none), read
-    before the data so that the input normalisation can follow the weights (`choose_norm`)."""
+@dataclass
+class Start:
+    """The checkpoint a phase starts from, read before the data so that the input normalisation can follow it."""
+    ckpt: dict
+    path: str | None
+    note: str | None = None  # said once its weights have loaded (a refusal stays one line)
+
+
+def read_start(args: argparse.Namespace, required: bool, path: str | None = None) -> Start:
+    """`path`, --load-path, or what `find_start` locates (an empty checkpoint for none); sets --norm from it."""
     if path is None:
         if not args.load_path and required:
             args.load_path = find_start(args)
         path = args.load_path
-    start = load_checkpoint(path) if path else {}
-    choose_norm(args, start, path)
+    start = Start(load_checkpoint(path) if path else {}, path)
+    start.note = choose_norm(args, start.ckpt, path)
     return start
 
 
-def choose_norm(args: argparse.Namespace, start: dict, source: str | None) -> None:
+def choose_norm(args: argparse.Namespace, start: dict, source: str | None) -> str | None:
     """--norm, else the normalisation the starting weights were trained with: saved in this tool's checkpoints
     (those from before the option used Kinetics'); ImageNet's for a checkpoint without saved options (the RT3D /
-    TCAD releases' baselines), said in one line; Kinetics' when training from scratch."""
+    TCAD releases' baselines), with a note to say; the arch's usual one when starting from no checkpoint."""
     if args.norm:
-        return
+        return None
     saved = start.get("args") if start else None
     if isinstance(saved, dict):
         args.norm = saved.get("norm") or "kinetics"
     elif start:
         args.norm = "imagenet"
-        if dist_utils.is_main():
-            print(f"note: {source} was not made by this tool: assuming the RT3D/TCAD releases' ImageNet input "
-                  "normalisation; pass --norm kinetics if its weights were trained with Kinetics statistics",
-                  file=sys.stderr)
+        return (f"{source} was not made by this tool: assuming the RT3D/TCAD releases' ImageNet input "
+                "normalisation; pass --norm kinetics if its weights were trained with Kinetics statistics")
     else:
         args.norm = default_norm(args.arch, args.pretrained)
+    return None
 
 
-def load_start(model: torch.nn.Module, args: argparse.Namespace, start: dict) -> None:
-    if start:
-        load_into(model, start, args.load_path, args.arch, allow_new_classifier=args.phase == "train")
+def load_start(model: torch.nn.Module, args: argparse.Namespace, start: Start) -> None:
+    if start.ckpt:
+        load_into(model, start.ckpt, start.path, args.arch, allow_new_classifier=args.phase == "train")
+    if start.note and dist_utils.is_main():
+        print(f"note: {start.note}", file=sys.stderr)
 
 
 def load_into(model: torch.nn.Module, ckpt: dict, source: str, arch: str, allow_new_classifier: bool = False) -> None:
@@ -296,7 +304,7 @@ def prune_setup(args: argparse.Namespace, device: torch.device):
     profile = make_profile(args, required=True)
     rules = profile.resolve(model)
     load_start(model, args, start)
-    return data, model, profile, rules, start
+    return data, model, profile, rules, start.ckpt
 
 
 def fit_then_prune(args, model, data, hooks, device, profile, rules, keep) -> dict:
@@ -327,7 +335,7 @@ def train(args: argparse.Namespace, device: torch.device) -> dict:
     """Dense baseline."""
     start = read_start(args, required=False)
     data = make_data(args)
-    model = make_model(args, pretrained=args.pretrained and not start).to(device)
+    model = make_model(args, pretrained=args.pretrained and not start.ckpt).to(device)
     load_start(model, args, start)
     trainer = start_trainer(args, model, data, PhaseHooks("train"), device, None, run_dir_for(args))
     trainer.fit()
@@ -424,7 +432,7 @@ def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
     start = read_start(args, required=True, path=path)
     _, val_set = make_data(args)
     model = make_model(args).to(device)
-    load_into(model, start, path, args.arch)
+    load_start(model, args, start)
     rank = dist_utils.rank()
     world = torch.distributed.get_world_size() if dist_utils.is_distributed() else 1
     metrics = evaluate(model, val_set, args, device, rank, world)
