@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,3 +309,33 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes(synt
         assert (tmp_path / "term" / "last.pth").is_file()
     out = run(args + ["--epochs", "1", "--resume", "auto"])
     assert "resumed train at epoch" in out.stdout
+
+
+def test_sigterm_mid_epoch_with_workers_resumes_bit_identically(synthetic, tmp_path):
+    """Each clip's augmentation comes from (seed, epoch, index), so after a stop inside an epoch the resumed run
+    loads the same clips as the uninterrupted one whichever worker loads them."""
+    small = list(SMALL)
+    small[small.index("--workers") + 1] = "2"
+    small[small.index("--batch-size") + 1] = "1"  # many iterations per epoch: room to stop inside one
+    args = ["--train", *small, "--data-location", str(synthetic["lmdb"]), "--save-dir", str(tmp_path), "--epochs",
+            "2", "--lr", "0.01", "--mixup", "--hflip"]
+    run(args + ["--name", "whole"])
+    for delay in (0.0, 0.4, 0.8, 1.5, 2.5):
+        shutil.rmtree(tmp_path / "cut", ignore_errors=True)
+        proc = subprocess.Popen([sys.executable, "opt_main.py", *args, "--name", "cut"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 300
+        while not (tmp_path / "cut" / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 143 and torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["iteration"] > 0:
+            break
+    else:
+        pytest.fail("never stopped inside the second epoch")
+    run(args + ["--name", "cut", "--resume", "auto"])
+    a = torch.load(tmp_path / "whole" / "dense.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "dense.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -261,3 +261,30 @@ def test_rew_lambda_doubles_only_where_the_removed_share_is_above_target():
         model.conv.weight.copy_(project(model.conv.weight, rule)[0])
     pen.update_alpha(model)
     assert pen.lam["conv.weight"] == 2e-3
+
+
+def test_each_clip_is_augmented_from_seed_epoch_and_index_alone():
+    from torch.utils.data import Dataset
+
+    from training.data import FailuresAsRecords
+
+    class Draws(Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            import random
+
+            return torch.rand(3), random.random()
+
+    items = FailuresAsRecords(Draws(), (7, 2))
+    a = [items[i] for i in range(10)]
+    b = [items[i] for i in reversed(range(10))][::-1]  # another order, as other workers would load them
+    assert all(torch.equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
+    assert not torch.equal(FailuresAsRecords(Draws(), (7, 3))[4][0], a[4][0])  # another epoch, other draws
+    assert not torch.equal(a[3][0], a[4][0])
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    items[5]
+    assert torch.equal(torch.rand(1), before)  # the caller's stream (dropout in the main process) is untouched

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import signal
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -12,19 +14,37 @@ from .distributed import is_distributed
 
 class FailuresAsRecords(Dataset):
     """Turns a sample that fails to load into a marker, so the batch carries the failure to the log instead of
-    crashing a worker or being silently dropped."""
+    crashing a worker or being silently dropped.
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    With `augment_seed` = (seed, epoch), each sample's random draws (crop, flip, frame offsets) come from a
+    generator seeded by (seed, epoch, index) alone: whichever worker loads it, and whatever was loaded before, it
+    is augmented the same way, so a run resumed inside an epoch with any --workers sees the same clips."""
+
+    def __init__(self, dataset: Dataset, augment_seed: tuple[int, int] | None = None) -> None:
+        self.dataset, self.augment_seed = dataset, augment_seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
         try:
-            return self.dataset[i]
+            if self.augment_seed is None:
+                return self.dataset[i]
+            return self._seeded(i)
         except Exception as e:  # any decode error: reported by collate, counted by the trainer
             return ("__failed__", i, f"{type(e).__name__}: {e}")
+
+    def _seeded(self, i: int):
+        seed = np.random.SeedSequence([self.augment_seed[0] & 0xFFFFFFFF, self.augment_seed[1], i])
+        torch_seed, py_seed = (int(v) for v in seed.generate_state(2, np.uint64))
+        state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):  # the caller's stream (dropout, in workers=0) is untouched
+                torch.manual_seed(torch_seed)
+                random.seed(py_seed)
+                return self.dataset[i]
+        finally:
+            random.setstate(state)
 
 
 def collate_with_failures(batch):
@@ -95,7 +115,8 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool,
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, epoch=epoch, rank=rank, world=world,
                            skip=skip_batches * batch_size, pad=train)
     g = torch.Generator().manual_seed(seed * 7919 + epoch)  # worker seeds: deterministic per epoch
-    return StopSafeLoader(FailuresAsRecords(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_with_failures, drop_last=False, generator=g,
-                      worker_init_fn=_ignore_stop_signals if workers > 0 else None,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available() and not is_distributed())
+    items = FailuresAsRecords(dataset, (seed, epoch) if train else None)
+    return StopSafeLoader(items, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          collate_fn=collate_with_failures, drop_last=False, generator=g,
+                          worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+                          persistent_workers=False, pin_memory=torch.cuda.is_available() and not is_distributed())
