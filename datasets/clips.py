@@ -146,25 +146,35 @@ class LmdbClips(ClipDataset):
 
 
 class FrameFolderClips(ClipDataset):
-    """Clips from ``<root>/<video_id>/00001.jpg...`` with ``<split>.txt`` lists, for users who skip LMDB."""
+    """Clips from ``<root>/<video_id>/00001.jpg...`` with ``<split>.txt`` lists, for users who skip LMDB.
 
-    def __init__(self, root: str | Path, split: str, **kw) -> None:
-        from .create_lmdb import read_frame_list
+    Lists in our format or the originals' (``vid start end label``: frames start..end), see frame_lists.py."""
+
+    def __init__(self, root: str | Path, split: str, sep: str | None = None, **kw) -> None:
+        from .create_lmdb import read_frame_entries
 
         self.root = Path(root)
-        items, names = read_frame_list(self.root, split)
-        counts = []
-        for vid, _ in items:
-            n = len(list((self.root / vid).glob("*.jpg")))
+        entries, names = read_frame_entries(self.root, split, sep)
+        counts, self._first = [], []
+        for e in entries:
+            folder = self.root / e.video
+            if e.start is None:
+                n = len(list(folder.glob("*.jpg")))
+            else:  # the originals' range: its first and last frames must be there
+                n = e.end - e.start + 1
+                if not all((folder / f"{i:05d}.jpg").is_file() for i in (e.start, e.end)):
+                    raise DataError(f"{folder}: frames {e.start:05d}.jpg..{e.end:05d}.jpg of {self.root / split}"
+                                    ".txt are not all there; re-extract the video or fix its line")
             if n == 0:
-                raise DataError(f"{self.root / vid}: no frames; re-run extract_videos.py")
+                raise DataError(f"{folder}: no frames; re-run extract_videos.py")
             counts.append(n)
-        super().__init__(labels=[lbl for _, lbl in items], video_ids=[v for v, _ in items], class_names=names,
+            self._first.append(e.start or 1)
+        super().__init__(labels=[e.label for e in entries], video_ids=[e.video for e in entries], class_names=names,
                          num_frames=counts, **kw)
 
     def frames(self, video: int, indices: list[int]) -> np.ndarray:
-        folder = self.root / self.video_ids[video]
-        return np.stack([_decode((folder / f"{i + 1:05d}.jpg").read_bytes(), str(folder)) for i in indices])
+        folder, first = self.root / self.video_ids[video], self._first[video]
+        return np.stack([_decode((folder / f"{first + i:05d}.jpg").read_bytes(), str(folder)) for i in indices])
 
 
 def build_dataset(root: str, split: str, *, clip_len: int = 16, crop_size: int = 112, short_side: int = 128,
