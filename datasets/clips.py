@@ -179,8 +179,9 @@ class FrameFolderClips(ClipDataset):
 
 def build_dataset(root: str, split: str, *, clip_len: int = 16, crop_size: int = 112, short_side: int = 128,
                   sampling: str = "segment", test_clips: int = 1, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                  train: bool | None = None, hflip: bool = True) -> ClipDataset:
-    """The clips of one split under `root`: ``<root>/<split>.lmdb`` if present, else frame folders."""
+                  train: bool | None = None, hflip: bool = True, sep: str | None = None) -> ClipDataset:
+    """The clips of one split under `root`: ``<root>/<split>.lmdb`` if present, else frame folders (`sep`: their
+    lists' field separator, see frame_lists.py)."""
     root_p = Path(root)
     if not root_p.is_dir():
         raise DataError(f"{root}: no such data folder; pass --data-location (a folder with train.lmdb/val.lmdb)")
@@ -190,6 +191,6 @@ def build_dataset(root: str, split: str, *, clip_len: int = 16, crop_size: int =
     if (root_p / f"{split}.lmdb").exists() or (root_p / f"{split}.lmdb.partial").exists():
         return LmdbClips(root_p / f"{split}.lmdb", **kw)
     if (root_p / f"{split}.txt").is_file():
-        return FrameFolderClips(root_p, split, **kw)
+        return FrameFolderClips(root_p, split, sep=sep, **kw)
     raise DataError(f"{root}: neither {split}.lmdb nor {split}.txt with frame folders; build them with "
                     "datasets/extract_videos.py and datasets/create_lmdb.py")
