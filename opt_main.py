@@ -601,14 +601,17 @@ def pruned_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]
 
 @phase("benchmark")
 def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
-    """Dense (fastest PyTorch path per layer) vs compact latency, interleaved, in one run."""
+    """Dense (fastest PyTorch path per layer, and --against's runtimes) vs compact latency, interleaved, in one
+    run."""
     import compact
 
     model, masks, rules = pruned_model(args)
     shape = (3, args.clip_len, args.crop_size, args.crop_size)
     threads = args.threads or torch.get_num_threads()
+    against = args.against.split(",") if args.against else ()
     result = compact.benchmark(model, masks, shape, batch_size=args.batch_size or 1, threads=threads,
-                               repeats=args.repeats, rules=rules)
+                               repeats=args.repeats, rules=rules, against=against,
+                               peer_options={"deepsparse_python": args.deepsparse_python})
     title = (f"{args.arch} {' '.join(args.config_file or [args.resume or ''])} batch {args.batch_size or 1}, "
              f"{threads} threads, kernels: {compact.kernel_isa()}")
     print(compact.format_table(result, title=title))

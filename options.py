@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
 import re
 import reprlib
 from collections.abc import Callable
@@ -86,6 +87,27 @@ fraction = finite_float(0, 1, hi_open=True, name="fraction")  # [0, 1): a share 
 open_fraction = finite_float(0, 1, lo_open=True, hi_open=True, name="open_fraction")
 above_one = finite_float(1, lo_open=True, name="above_one")  # a factor that must grow
 pixels = int_range(MIN_CROP, why="too small for the models", name="pixels")
+
+
+def runtimes(text: str) -> str:
+    """`type=` of --against: comma-separated runtimes of compact.peers' registry (onnxruntime,openvino,deepsparse),
+    returned normalised as a string (so an args.yaml holding it reads back through this type)."""
+    from compact.peers import peer_names
+
+    try:
+        return ",".join(peer_names(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def executable_file(text: str) -> str:
+    """`type=` for a program to run (an interpreter): an existing executable file."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {'not a file' if path.exists() else 'no such file'}")
+    if not os.access(path, os.X_OK):
+        raise argparse.ArgumentTypeError(f"{shown(text)}: not executable")
+    return str(path)
 
 
 def tcad_sparsity(text: str) -> str:
@@ -329,6 +351,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--benchmark-json", default=None, help="write the benchmark as JSON")
     g.add_argument("--threads", type=positive_int, default=None, help="torch threads for --benchmark")
     g.add_argument("--repeats", type=positive_int, default=20, help="timed repeats for --benchmark")
+    g.add_argument("--against", type=runtimes, default=None, metavar="RUNTIMES",
+                   help="--benchmark: also time these runtimes on the model exported to ONNX (pruned and dense "
+                        "weights), e.g. onnxruntime,openvino,deepsparse; a missing one is skipped with one line")
+    g.add_argument("--deepsparse-python", type=executable_file, default=None, metavar="PYTHON",
+                   help="--against deepsparse: the Python of a venv with deepsparse 1.8 (it needs numpy<2), when it "
+                        "cannot be imported here (default: $PRUNE3D_DEEPSPARSE_PYTHON)")
     g.add_argument("--search", choices=("uniform", "sensitivity"), default="uniform",
                    help="--target-reduction: uniform ratios, or allocation by measured sensitivity (needs data)")
     g.add_argument("--search-out", default=None, help="where --target-reduction writes the profile YAML")

@@ -10,7 +10,9 @@ A model type gets its compile passes (and, optionally, an engine of its own) fro
 `compact/convert.py`. Modules: `layout` (the kernels' flat padded layout), `plan` (work lists of a pruned conv),
 `scratch` (reused buffers), `dense_paths` (PyTorch's dense conv paths and the timed choice), `modules`
 (SparseConv3d, AutoConv3d), `chain` and `residual` (convs and residual stages run in the kernels' layout),
-`c3d_engine` (C3D end to end), `convert` (passes, registry, compile_sparse), `surgery`, `bench`, `export`.
+`c3d_engine` (C3D end to end), `convert` (passes, registry, compile_sparse), `surgery`, `bench`, `export`,
+`peers` (other runtimes the benchmark runs beside the compact model: ONNX Runtime, OpenVINO, DeepSparse through
+`deepsparse_worker`; a new one is a small `Peer` class under `@register_peer`).
 
 The kernel call is typed: `ext.sparse_conv(input=, ctx=, bias=, out=, write=)` takes a `layout.LayoutCtx` (the
 prepared input and its `plan.KernelPlan`) and a `layout.OutputSpec` (where and how to write) and reads their fields

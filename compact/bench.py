@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +26,7 @@ from .chain import SparseConvPair
 from .convert import compile_sparse, fold_batchnorm
 from .dense_paths import DENSE_PATHS, KERNEL, DenseConv, run_dense
 from .modules import AutoConv3d, SparseConv3d
+from .peers import Against, Timed
 from .residual import StemIntoStageVideoResNet
 from .surgery import masked_dense_copy, set_submodule
 
@@ -34,15 +35,18 @@ if TYPE_CHECKING:
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
                 best: dict[str, float] | None = None, raw: dict[str, list[float]] | None = None) -> dict[str, float]:
-    """Median ms of each callable, calls interleaved round-robin after `warmup` rounds; `best` (if given) receives
+    """Median ms of each callable, calls interleaved round-robin after `warmup` rounds (a callable returning a
+    `peers.Timed` is taken at its own word); `best` (if given) receives
     each callable's fastest ms, the figure least disturbed by other jobs on a shared machine, and `raw` every
     round's ms (for ratios taken within a round)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(warmup + repeats):
         for k, f in fns.items():
             t0 = time.perf_counter()
-            f()
+            own = f()
             dt = (time.perf_counter() - t0) * 1e3
+            if isinstance(own, Timed):  # timed by the callee (a worker process, without the pipe's round trip)
+                dt = float(own)
             if r >= warmup:
                 times[k].append(dt)
     if best is not None:
@@ -109,7 +113,9 @@ def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
 @torch.no_grad()
 def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tuple[int, ...], *,
               batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 2, rules: dict | None = None,
-              per_layer: bool = True, compact: nn.Module | None = None, seed: int = 0) -> dict:
+              per_layer: bool = True, compact: nn.Module | None = None, seed: int = 0,
+              against: Sequence[str] = (), peer_options: Mapping[str, object] | None = None,
+              say: Callable[[str], None] = print) -> dict:
     """Time the masked dense model (fastest dense path) against `compile_sparse(model, masks)`.
 
     `input_shape` is one clip (C, T, H, W). Returns a dict with `dense_ms`, `sparse_ms`, `speedup`, `ideal` (whole
@@ -118,6 +124,14 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
     `layers` (per conv: dense_ms and its method, compact_ms, speedup, ideal, efficiency); `dense_min_ms`,
     `sparse_min_ms` and `speedup_min` are the fastest repeats and `speedup_paired` the median of the per-round
     ratios (fastest dense path / compact, run back to back), for machines shared with other jobs.
+
+    `against` names other runtimes (`peers.PEERS`: onnxruntime, openvino, deepsparse) to run on the model exported
+    to ONNX with the pruned weights and with dense ones, in the same rounds as the whole-model timing; a missing
+    one is skipped with one line through `say`. Added keys: `compact_ms` (= sparse_ms), `against` (per runtime:
+    dense_ms, pruned_ms, max_rel_err of its pruned output against the compact one, ...), `against_skipped`,
+    `against_onnx` (the two files' provenance), `fastest_dense` (name and ms of the fastest dense runtime, PyTorch
+    included), `speedup_vs_fastest_dense` and its paired form. `peer_options` go to the runtimes
+    (`deepsparse_python`).
     """
     from pruning.report import build_report
 
@@ -182,16 +196,27 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         x_cl = x.contiguous(memory_format=torch.channels_last_3d)
         fastest_ms: dict[str, float] = {}
         rounds: dict[str, list[float]] = {}
-        t = interleaved({"per_layer_fastest": lambda: fastest(x), "contiguous": lambda: dense(x),
-                          "channels_last": lambda: cl(x_cl), "compact": lambda: compact(x)}, repeats, warmup,
-                         fastest_ms, rounds)
-        cands = {k: v for k, v in t.items() if k != "compact"}
+        pytorch = {"per_layer_fastest": lambda: fastest(x), "contiguous": lambda: dense(x),
+                   "channels_last": lambda: cl(x_cl)}
+        with Against(against, threads, options=peer_options, say=say, seed=seed) as peers:
+            peers.prepare(dense, masks, x, out)
+            t = interleaved({**pytorch, "compact": lambda: compact(x), **peers.fns()}, repeats, warmup,
+                            fastest_ms, rounds)
+            others = peers.summary(t, rounds, fastest_ms, "compact")
+            skipped, onnx = dict(peers.skipped), dict(peers.onnx)
+        cands = {k: t[k] for k in pytorch}
         dense_ms, sparse_ms = min(cands.values()), t["compact"]
         # the fastest dense path and the compact model run back to back in each round: the median of the per-round
         # ratios cancels slow drifts of a shared machine that the ratio of the two medians does not
         best_dense = min(cands, key=cands.get)
         paired = statistics.median(d / c for d, c in zip(rounds[best_dense], rounds["compact"]))
-        dense_min = min(v for k, v in fastest_ms.items() if k != "compact")
+        dense_min = min(fastest_ms[k] for k in pytorch)
+        # the bar: the fastest dense runtime of the same rounds, PyTorch's fastest path included
+        dense_runs = {"pytorch": (dense_ms, rounds[best_dense])}
+        dense_runs.update({n: (r["dense_ms"], rounds[f"{n}:dense"]) for n, r in others.items()
+                           if r.get("dense_ms") is not None})
+        bar = min(dense_runs, key=lambda n: dense_runs[n][0])
+        bar_paired = statistics.median(d / c for d, c in zip(dense_runs[bar][1], rounds["compact"]))
         report = build_report(dense, masks, "", tuple(input_shape), rules)
         ideal = report.reduction
         conv_dense = sum(lr["dense_ms"] for lr in layers)
@@ -206,6 +231,10 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
                 "amdahl_efficiency": speedup / amdahl, "max_rel_err": max_rel_err, "max_rel_err_features": feat_err,
                 "dense_candidates": cands,
                 "batchnorm_folded": folded,
+                "compact_ms": sparse_ms, "against": others, "against_skipped": skipped, "against_onnx": onnx,
+                "fastest_dense": {"name": bar, "ms": dense_runs[bar][0]},
+                "speedup_vs_fastest_dense": dense_runs[bar][0] / sparse_ms,
+                "speedup_vs_fastest_dense_paired": bar_paired,
                 "layers": layers}
     finally:
         torch.set_num_threads(prev_threads)
@@ -241,7 +270,38 @@ def format_table(result: dict, title: str = "") -> str:
                  f"{r['amdahl_efficiency']:.2f}; max rel err {r['max_rel_err']:.2e}"
                  + (f" (head input {r['max_rel_err_features']:.2e})" if r.get("max_rel_err_features") is not None
                     else ""))
+    lines.extend(_against_lines(r))
     return "\n".join(lines)
+
+
+def _ms(v: float | None) -> str:
+    return f"{v:.1f}" if v is not None else "-"
+
+
+def _against_lines(r: dict) -> list[str]:
+    """The other runtimes' rows of a benchmark result (same rounds as the whole-model timing)."""
+    if not r.get("against") and not r.get("against_skipped"):
+        return []
+    lines = [f"against other runtimes (whole model, same rounds, median ms; compact {r['compact_ms']:.1f} ms):",
+             f"{'runtime':<13} {'version':<10} {'dense':>8} {'pruned':>8} {'max rel err':>11} "
+             f"{'compact vs dense':>16} {'vs pruned':>9}",
+             f"{'pytorch':<13} {torch.__version__.split('+')[0]:<10} {r['dense_ms']:8.1f} {'-':>8} {'-':>11} "
+             f"{r['speedup']:15.2f}x {'-':>9}"]
+    for name, a in r.get("against", {}).items():
+        err = f"{a['max_rel_err']:.1e}" if a.get("max_rel_err") is not None else "-"
+        vs = [f"{a[f'speedup_vs_{v}']:.2f}x" if a.get(f"speedup_vs_{v}") is not None else "-"
+              for v in ("dense", "pruned")]
+        lines.append(f"{name:<13} {str(a.get('version', '?'))[:10]:<10} {_ms(a.get('dense_ms')):>8} "
+                     f"{_ms(a.get('pruned_ms')):>8} {err:>11} {vs[0]:>16} {vs[1]:>9}")
+        for variant, why in a.get("errors", {}).items():
+            lines.append(f"  {name} {variant}: did not run ({why})")
+    fd = r["fastest_dense"]
+    lines.append(f"fastest dense runtime: {fd['name']} {fd['ms']:.1f} ms -> compact "
+                 f"{r['speedup_vs_fastest_dense']:.2f}x (median of the per-round ratios "
+                 f"{r['speedup_vs_fastest_dense_paired']:.2f}x)")
+    for why in r.get("against_skipped", {}).values():
+        lines.append(f"skipped: {why}")
+    return lines
 
 
 @torch.no_grad()

@@ -3,6 +3,8 @@
 
     python scripts/bench_compact.py --arch c3d --profile c3d_kgrc_3.04x --batch-size 1 8 --threads 2
     python scripts/bench_compact.py --arch r2+1d --profile r2+1d_kgrc_3.05x --json out.json
+    python scripts/bench_compact.py --arch c3d --against onnxruntime,openvino,deepsparse \
+        --deepsparse-python /opt/deepsparse-venv/bin/python      # other runtimes in the same rounds
 
 The same code as `opt_main.py --benchmark` (the model, masks and rules of `opt_main.pruned_model`, then
 `compact.benchmark` and `compact.format_table`), for several batch sizes in one run and one JSON file: weights are
@@ -34,7 +36,7 @@ import compact  # noqa: E402
 from compact.bench import interleaved  # noqa: E402
 from models.c3d import CONVS  # noqa: E402
 from opt_main import pruned_model, resolve_defaults  # noqa: E402
-from options import parse_args  # noqa: E402
+from options import executable_file, parse_args, runtimes  # noqa: E402
 from pruning.report import build_report  # noqa: E402
 
 
@@ -55,6 +57,12 @@ def parse(argv=None):
     p.add_argument("--channel-pruned-equal-macs", action="store_true",
                    help="C3D: also time Torch-Pruning's channel-pruned C3D (uniform L2-magnitude channel ratio, "
                         "physically smaller dense model) at the profile's MAC reduction, side by side")
+    p.add_argument("--against", type=runtimes, default=None, metavar="RUNTIMES",
+                   help="also time these runtimes on the ONNX export (pruned and dense weights), in the same rounds: "
+                        "e.g. onnxruntime,openvino,deepsparse; a missing one is skipped with one line")
+    p.add_argument("--deepsparse-python", type=executable_file, default=None, metavar="PYTHON",
+                   help="the Python of a venv with deepsparse 1.8, when it cannot be imported here "
+                        "(default: $PRUNE3D_DEEPSPARSE_PYTHON)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.channel_pruned_equal_macs and args.arch != "c3d":
@@ -204,7 +212,8 @@ def main(argv=None) -> int:
     results = []
     for bs in args.batch_size:
         r = compact.benchmark(model, masks, input_shape, batch_size=bs, threads=args.threads, repeats=args.repeats,
-                              warmup=args.warmup, rules=rules)
+                              warmup=args.warmup, rules=rules, against=args.against.split(",") if args.against else (),
+                              peer_options={"deepsparse_python": args.deepsparse_python})
         r.update(arch=args.arch, profile=args.profile)
         print(compact.format_table(r, f"== {args.arch} {args.profile}, batch {bs}"), flush=True)
         results.append(r)

@@ -1,0 +1,413 @@
+"""Other inference runtimes a user would pick, run on the same exported model and input as the compact one.
+
+Each runtime is a small `Peer` class in the `PEERS` registry (`@register_peer`): it says why it cannot run here
+(`missing`, one line with how to install it), starts, loads an ONNX file for a fixed input and hands back a
+`Runner` (one timed call on that input, and its output). `Against` exports the model twice with
+`export.export_onnx` (the pruned weights, and dense weights: the pruned positions refilled at random with the
+layer's scale, since a checkpoint holds zeros there and a runtime may skip zeros), loads both into every runtime
+asked for, checks their outputs, and gives `compact.bench.benchmark` the callables to time in its rounds.
+
+Settings, so that each runtime runs fp32 with `threads` threads and nothing left running between calls:
+ONNX Runtime: intra-op threads = threads, inter-op 1, sequential, spinning off (spinning threads would take the
+cores from whatever runs next in the round); OpenVINO: INFERENCE_NUM_THREADS = threads,
+INFERENCE_PRECISION_HINT = f32 (its default on CPUs with AVX512_BF16 or AMX is bf16), latency hint, the model
+reshaped to the input's static shape; DeepSparse: num_cores = threads. DeepSparse 1.8 (deprecated; its licence
+allows evaluation use, never shipping it) pins numpy<2 and onnx 1.14, so it usually lives in a venv of its own
+and is driven through `deepsparse_worker.py` under that interpreter (`--deepsparse-python`, or the environment
+variable PRUNE3D_DEEPSPARSE_PYTHON); the worker times each call itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .export import export_onnx
+from .surgery import masked_dense_copy
+
+DEEPSPARSE_PYTHON_ENV = "PRUNE3D_DEEPSPARSE_PYTHON"
+VARIANTS = ("dense", "pruned")
+
+
+class Timed(float):
+    """A call's own measurement of its duration in ms: `bench.interleaved` takes it instead of the wall time
+    around the call (a worker process times its runtime without the pipe's round trip)."""
+
+
+class PeerUnavailable(Exception):
+    """The runtime cannot run here; the message is one line saying how to get it."""
+
+
+class PeerError(Exception):
+    """The runtime could not load or run one model; the message is one line."""
+
+
+@dataclass
+class Runner:
+    run: Callable[[], object]  # one inference on the loaded input (returns a `Timed` when it times itself)
+    output: Callable[[], np.ndarray]  # the first output of one inference
+
+
+class Peer:
+    """One runtime. Subclasses set `name` and `install` and implement `load`; `missing` and `start` are optional."""
+
+    name: ClassVar[str]
+    install: ClassVar[str]  # how a user gets it, one line
+    module: ClassVar[str] = ""  # the import that must be found for it to run in-process
+
+    def __init__(self, threads: int, options: Mapping[str, Any] | None = None) -> None:
+        self.threads = threads
+        self.options = dict(options or {})
+        self.info: dict[str, Any] = {}  # version and settings, reported in the JSON
+
+    def missing(self) -> str | None:
+        """Why it cannot run here (one line, with how to install it), or None."""
+        if self.module and importlib.util.find_spec(self.module) is None:
+            return f"{self.name}: not installed, skipped ({self.install})"
+        return None
+
+    def start(self, workdir: Path) -> None:
+        """Anything to do once before loading models (may raise PeerUnavailable)."""
+
+    def load(self, key: str, onnx_path: Path, x: np.ndarray) -> Runner:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what `start` and `load` hold."""
+
+
+PEERS: dict[str, type[Peer]] = {}
+
+
+def register_peer(cls: type[Peer]) -> type[Peer]:
+    """Class decorator: make a runtime available to `--against` under `cls.name`."""
+    PEERS[cls.name] = cls
+    return cls
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+@register_peer
+class OnnxRuntimePeer(Peer):
+    name = "onnxruntime"
+    install = "pip install onnxruntime"
+    module = "onnxruntime"
+
+    def load(self, key: str, onnx_path: Path, x: np.ndarray) -> Runner:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        self.info.update(version=ort.__version__, intra_op_threads=self.threads, inter_op_threads=1,
+                         spinning=False)
+        return Runner(lambda: sess.run(None, feed), lambda: sess.run(None, feed)[0])
+
+
+def _type_name(t: Any) -> str:
+    """OpenVINO's element type as it spells it ("f32"), whatever the binding returns."""
+    return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+
+
+@register_peer
+class OpenVinoPeer(Peer):
+    name = "openvino"
+    install = "pip install openvino"
+    module = "openvino"
+
+    def load(self, key: str, onnx_path: Path, x: np.ndarray) -> Runner:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(onnx_path))
+        model.reshape({model.inputs[0].get_any_name(): list(x.shape)})  # static batch
+        config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32",
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+        self.info.update(version=ov.__version__,
+                         precision=_type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                         threads=int(compiled.get_property("INFERENCE_NUM_THREADS")))
+
+        def output() -> np.ndarray:
+            request.infer({0: x})
+            return np.array(request.get_output_tensor(0).data, copy=True)
+
+        return Runner(lambda: request.infer({0: x}), output)
+
+
+@register_peer
+class DeepSparsePeer(Peer):
+    name = "deepsparse"
+    install = ("pip install deepsparse==1.8.0 in a venv of its own (it needs numpy<2), then pass "
+               f"--deepsparse-python VENV/bin/python or set {DEEPSPARSE_PYTHON_ENV}")
+    module = "deepsparse"
+    WORKER = Path(__file__).resolve().parent / "deepsparse_worker.py"
+
+    def __init__(self, threads: int, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(threads, options)
+        self.proc: subprocess.Popen | None = None
+        self.server: Any = None
+        self.log: Path | None = None
+        self.workdir: Path | None = None
+
+    def python(self) -> str | None:
+        """The interpreter to run the worker with: None to import DeepSparse in-process."""
+        if importlib.util.find_spec("deepsparse") is not None:
+            return None
+        return self.options.get("deepsparse_python") or os.environ.get(DEEPSPARSE_PYTHON_ENV) or ""
+
+    def missing(self) -> str | None:
+        py = self.python()
+        if py == "":
+            return f"{self.name}: not installed, skipped ({self.install})"
+        if py is not None and not (os.path.isfile(py) and os.access(py, os.X_OK)):
+            return f"{self.name}: {py} is not an executable Python, skipped ({self.install})"
+        return None
+
+    def start(self, workdir: Path) -> None:
+        self.workdir = workdir
+        py = self.python()
+        if py is None:
+            from .deepsparse_worker import DeepSparseServer
+
+            self.server = DeepSparseServer()
+            self.info["python"] = sys.executable
+        else:
+            self.log = workdir / "deepsparse_worker.log"
+            env = {**os.environ, "NM_DISABLE_ANALYTICS": "1"}  # no usage reports from the worker
+            with open(self.log, "w") as log:
+                self.proc = subprocess.Popen([py, str(self.WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=log, text=True, bufsize=1, env=env)
+            self.info["python"] = py
+        hello = self._call({"op": "version"})
+        if "error" in hello:
+            self.close()
+            raise PeerUnavailable(f"{self.name}: cannot import it with {py or sys.executable} "
+                                  f"({hello['error']}), skipped ({self.install})")
+        self.info.update(version=hello["version"], num_cores=self.threads)
+
+    def _call(self, req: dict) -> dict:
+        if self.server is not None:
+            return self.server.handle(req)
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            tail = [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()] if self.log else []
+            return {"error": f"the worker exited ({tail[-1][:200] if tail else 'no message'})"}
+        return json.loads(line)
+
+    def _checked(self, req: dict) -> dict:
+        answer = self._call(req)
+        if "error" in answer:
+            raise PeerError(answer["error"])
+        return answer
+
+    def load(self, key: str, onnx_path: Path, x: np.ndarray) -> Runner:
+        assert self.workdir is not None
+        xin = self.workdir / f"deepsparse_{key}_input.npy"
+        np.save(xin, x)
+        self._checked({"op": "load", "key": key, "model": str(onnx_path), "input": str(xin),
+                       "threads": self.threads})
+        out = self.workdir / f"deepsparse_{key}_output.npy"
+
+        def output() -> np.ndarray:
+            self._checked({"op": "output", "key": key, "path": str(out)})
+            return np.load(out)
+
+        return Runner(lambda: Timed(self._checked({"op": "run", "key": key})["ms"]), output)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        self.server = None
+
+
+def peer_names(text: str) -> list[str]:
+    """`--against` parsed: comma-separated registry names, in order, each once (ValueError names a wrong one)."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"no runtime named; allowed: {', '.join(PEERS)}")
+    for n in names:
+        if n not in PEERS:
+            raise ValueError(f"{n!r} is not a runtime; allowed: {', '.join(PEERS)}")
+    return list(dict.fromkeys(names))
+
+
+@torch.no_grad()
+def refilled(model: nn.Module, masks: Mapping[str, torch.Tensor], seed: int = 0) -> nn.Module:
+    """A float copy of `model` whose pruned weights are random again: normal, with the std of the layer's kept
+    weights (a dense model of the same scale, for runtimes that would otherwise skip the zeros)."""
+    dense = masked_dense_copy(model, {})
+    params = dict(dense.named_parameters())
+    gen = torch.Generator().manual_seed(seed)
+    for name, mask in masks.items():
+        w, keep = params[name], mask.to(torch.bool)
+        kept = w[keep]
+        scale = float(kept.std()) if kept.numel() > 1 else 0.0
+        if not math.isfinite(scale) or scale == 0.0:
+            scale = 1.0 / math.sqrt(max(w[0].numel(), 1))  # nothing kept: the usual init scale
+        w.copy_(torch.where(keep, w, torch.randn(w.shape, generator=gen) * scale))
+    return dense
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Against:
+    """The runtimes `names` on the pruned and dense-weight exports of one model and one input.
+
+        with Against(["onnxruntime", "openvino"], threads=2) as peers:
+            peers.prepare(model, masks, x, compact_out)
+            ms = interleaved({**mine, **peers.fns()}, repeats, warmup, raw=rounds)
+            result["against"] = peers.summary(ms, rounds, best, compact_key="compact")
+
+    A runtime that is missing is skipped with one line (`say`); one that cannot load or run a variant keeps the
+    other and reports the error."""
+
+    def __init__(self, names: Sequence[str], threads: int, *, options: Mapping[str, Any] | None = None,
+                 workdir: str | Path | None = None, say: Callable[[str], None] = print, seed: int = 0) -> None:
+        self.threads, self.say, self.seed = threads, say, seed
+        self.own_dir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="prune3d_against_")) if workdir is None else Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.peers: dict[str, Peer] = {}
+        self.skipped: dict[str, str] = {}
+        self.runners: dict[tuple[str, str], Runner] = {}
+        self.errors: dict[str, dict[str, str]] = {}
+        self.checks: dict[str, dict[str, float]] = {}
+        self.onnx: dict[str, dict] = {}
+        for name in names:
+            peer = PEERS[name](threads, options)
+            why = peer.missing()
+            if why:
+                self._skip(name, why)
+            else:
+                self.peers[name] = peer
+
+    def _skip(self, name: str, why: str) -> None:
+        self.skipped[name] = why
+        self.say(why)
+
+    def __enter__(self) -> Against:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for peer in self.peers.values():
+            peer.close()
+        self.runners.clear()
+        if self.own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def prepare(self, model: nn.Module, masks: Mapping[str, torch.Tensor], x: torch.Tensor,
+                compact_out: torch.Tensor) -> None:
+        """Export both variants, load them into each runtime, and check outputs: the pruned export's against the
+        compact model's output, the dense export's against PyTorch on the same dense weights."""
+        if not self.peers:
+            return
+        shape = tuple(x.shape[1:])
+        dense = refilled(model, masks, self.seed)
+        paths = {"pruned": export_onnx(model, dict(masks), self.workdir / "pruned.onnx", shape),
+                 "dense": export_onnx(dense, {}, self.workdir / "dense.onnx", shape)}
+        for v, p in paths.items():
+            self.onnx[v] = {"file": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size, "opset": 17,
+                            "exporter": f"torch {torch.__version__} torch.onnx.export (compact.export_onnx)"}
+        self.onnx["dense"]["refill_seed"] = self.seed
+        refs = {"pruned": compact_out.float().numpy(), "dense": dense(x).float().numpy()}
+        xn = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        for name in list(self.peers):
+            peer = self.peers[name]
+            try:
+                peer.start(self.workdir)
+            except PeerUnavailable as e:
+                del self.peers[name]
+                self._skip(name, str(e))
+                continue
+            for v in VARIANTS:
+                try:
+                    runner = peer.load(v, paths[v], xn)
+                    err = _rel_err(runner.output(), refs[v])
+                except Exception as e:  # noqa: BLE001 - a runtime's failure is a result of the comparison
+                    msg = str(e).strip().splitlines()
+                    self.errors.setdefault(name, {})[v] = f"{type(e).__name__}: {msg[-1][:300] if msg else ''}"
+                    self.say(f"{name}: the {v} model did not run ({self.errors[name][v]})")
+                    continue
+                self.runners[(name, v)] = runner
+                self.checks.setdefault(name, {})[v] = err
+
+    def fns(self) -> dict[str, Callable[[], object]]:
+        """Callables for `interleaved`, keyed "runtime:variant"."""
+        return {f"{n}:{v}": r.run for (n, v), r in self.runners.items()}
+
+    def summary(self, ms: Mapping[str, float], rounds: Mapping[str, list[float]], best: Mapping[str, float],
+                compact_key: str) -> dict[str, dict]:
+        """`against` of the benchmark JSON: per runtime its median ms per variant (None: did not run), fastest
+        repeats, output errors, settings, and the compact model's speedup over each variant."""
+        out: dict[str, dict] = {}
+        cms = ms[compact_key]
+        for name, peer in self.peers.items():
+            row: dict[str, Any] = {**peer.info}
+            for v in VARIANTS:
+                key = f"{name}:{v}"
+                row[f"{v}_ms"] = ms.get(key)
+                row[f"{v}_min_ms"] = best.get(key)
+                row[f"speedup_vs_{v}"] = ms[key] / cms if key in ms else None
+                if key in rounds:
+                    row[f"speedup_vs_{v}_paired"] = float(np.median(
+                        [a / c for a, c in zip(rounds[key], rounds[compact_key])]))
+            row["max_rel_err"] = self.checks.get(name, {}).get("pruned")  # pruned export vs the compact output
+            row["dense_max_rel_err"] = self.checks.get(name, {}).get("dense")  # vs PyTorch on the dense weights
+            if name in self.errors:
+                row["errors"] = self.errors[name]
+            out[name] = row
+        return out
