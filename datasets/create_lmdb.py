@@ -76,6 +76,11 @@ def read_frame_entries(frames: Path, split: str, sep: str | None = None) -> tupl
     classes_file = frames / "classes.txt"
     names = classes_file.read_text().split() if classes_file.is_file() else \
         [str(i) for i in range(max((e.label for e in entries), default=-1) + 1)]
+    beyond = next((e for e in entries if e.label >= len(names)), None)
+    if beyond is not None:  # e.g. a label-less 'vid start end' test line read as 'vid frames label'
+        raise DataError(f"{lst}: video {beyond.video} has label {beyond.label} but {classes_file} names "
+                        f"{len(names)} classes; fix the list (lines are '<video> <frames> <label>' or "
+                        "'<video> <start> <end> <label>')")
     return entries, names
 
 

@@ -272,3 +272,19 @@ def test_a_malformed_list_line_is_one_line_naming_file_and_line(orig, tmp_path, 
     with pytest.raises(DataError, match="val.txt:3: "):
         build_dataset(str(frames), "val", **KW)
     assert "val.txt:3: " in one_line(cli("--frames", str(frames), "-s", "val"))
+
+
+def test_a_label_beyond_classes_txt_is_one_line(synthetic, tmp_path):
+    """The originals' label-less test lines ('vid 1 150') read as our '<video> <frames> <label>' give label 150;
+    with classes.txt beside the list that is caught."""
+    import shutil
+
+    from datasets.create_lmdb import read_frame_entries
+    from datasets.errors import DataError
+
+    frames = tmp_path / "frames"
+    shutil.copytree(synthetic["frames"], frames)
+    first = (frames / "train.txt").read_text().splitlines()[0].split()
+    (frames / "train.txt").write_text(f"{first[0]} 1 150\n")
+    with pytest.raises(DataError, match="has label 150 but .*classes.txt names 3 classes"):
+        read_frame_entries(frames, "train")
