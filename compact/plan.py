@@ -115,22 +115,25 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
     chunk = max(1, min(chunk, MAX_G))
 
     def chunking(filters_lists):
-        out, total = [], 0.0
+        out, total, macs = [], 0.0, 0
         for fl in filters_lists:
             tasks, c = _chunk_tasks(mnp[fl], block, union_only)
             out.append((fl, tasks))
             total += c
-        return out, total
+            macs += sum(len(rows) * sum(len(p) for p in parts) for rows, parts in tasks.items())
+        return out, total, macs
 
     kept_idx = np.flatnonzero(kept_f)
     by_group = [np.array([f for f in range(p, min(p + chunk, cout)) if kept_f[f]], dtype=np.int64)
                 for p in range(0, cout, chunk)]
     by_group = [fl for fl in by_group if len(fl)]
-    chunks, cost = chunking(by_group)
+    chunks, cost, macs = chunking(by_group)
     if len(kept_idx) < cout:  # filters were dropped: packing the kept ones densely may share better
         packed = [kept_idx[i:i + chunk] for i in range(0, len(kept_idx), chunk)]
-        alt, alt_cost = chunking(packed)
-        if alt_cost < cost:
+        alt, alt_cost, alt_macs = chunking(packed)
+        # but packing mixes kernel groups, whose union pair lists the cost model may then prefer: never take more
+        # multiply-adds than the groups as pruned (a structured mask is computed exactly)
+        if alt_cost < cost and alt_macs <= macs:
             chunks = alt
 
     fstart, filters, tstart = [0], [], [0]
