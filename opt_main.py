@@ -16,7 +16,6 @@ import copy
 import functools
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,13 +35,14 @@ from models import (
     normalization,
     state_layout,
 )
-from options import parse_args, phase_of
+from options import original_spellings, parse_args, phase_of
 from pruning import CheckpointError, UserError, apply_masks, hard_prune, intersect_masks, load_profile
 from pruning.profile import canonical_or_error
 from pruning.projections import removed_fraction
 from pruning.report import build_report, zero_masks
 from training import distributed as dist_utils
 from training.checkpoint import load_checkpoint, load_weights, lock_run_dir, model_state, save_checkpoint
+from training.memory import check_memory
 from training.penalties import ReweightedGroupLasso
 from training.runs import data_root, find_start, run_dir_for
 from training.schedule import TCAD_REW_EPOCHS
@@ -89,40 +89,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.hflip = args.dataset != "synthetic"
     if args.weight_decay is None:  # as both papers' code: SGD decays, Adam does not
         args.weight_decay = 0.0 if args.optimizer == "adam" else 5e-4
-    adopt_original_spellings(args)
-    return args
-
-
-def adopt_original_spellings(args: argparse.Namespace) -> None:
-    """The RT3D / TCAD options that are switches or notes here rather than options of their own."""
-    if args.no_tricks:  # RT3D: "restore the classic training process"
-        args.warmup, args.mixup, args.smooth, args.smooth_eps, args.lr_scheduler = False, False, False, 0.0, "default"
-    if args.smooth and args.smooth_eps == 0.0:
-        args.smooth_eps = 0.1
-    if args.sparsity:  # TCAD: one type per --config-file; kgr with kgc is the kgrc pair
-        files = len(args.config_file or ())
-        if len(args.sparsity) != files or (files == 2 and args.sparsity != ["kgr", "kgc"]) or files > 2:
-            raise UserError(f"--sparsity {' '.join(args.sparsity)}: give one type per --config-file ({files} "
-                            "given), 'kgr kgc' for a KGR and a KGC file")
-        if files == 1:
-            args.sparsity_type = args.sparsity[0]
-    if args.teacharch is not None and arch_info(args.teacharch).name != args.arch:
-        raise UserError(f"--teacharch {args.teacharch}: the teacher is built like the student (--arch {args.arch}), "
-                        "as in both papers' code; drop --teacharch or make it equal to --arch")
-    if args.no_cuda:
-        if args.device not in (None, "cpu"):
-            raise UserError(f"--no-cuda contradicts --device {args.device}; drop one")
-        args.device = "cpu"
-    notes = []
-    if args.no_cuda:
-        notes.append("--no-cuda: running with --device cpu")
-    if args.multi_gpu:
-        notes.append("--multi-gpu: this process uses one device; for several GPUs launch with "
-                     "torchrun --nproc_per_node=N opt_main.py ... (DDP)")
-    if args.defaults not in ("prune3d", "auto") and trains_or_prunes(args):
-        notes.append(f"defaults: {args.defaults.upper()}'s (docs/recipes.md); --defaults prune3d for this tool's")
-    for note in notes if dist_utils.is_main() else ():
+    for note in original_spellings(args, trains_or_prunes(args)) if dist_utils.is_main() else ():
         print(f"note: {note}", file=sys.stderr)
+    return args
 
 
 def trains_or_prunes(args: argparse.Namespace) -> bool:
@@ -136,35 +105,10 @@ def make_model(args: argparse.Namespace, pretrained: bool = False) -> torch.nn.M
         args.num_classes = DATASET_CLASSES.get(args.dataset, 101)
     build = functools.partial(build_model, args.arch, args.num_classes, width_mult=args.width_mult,
                               clip_len=args.clip_len, crop_size=args.crop_size, dropout=args.dropout)
-    check_memory(args, build)
-    return build(pretrained=pretrained)
-
-
-def check_memory(args: argparse.Namespace, build: Callable[[], torch.nn.Module]) -> None:
-    """Refuse, before allocating anything, a model and clip that cannot fit in this machine's memory (a
-    --clip-len 100000 C3D has a 10^11-weight fc6): the model built on the meta device gives its weights and, for
-    the phases that run it, its activations at --batch-size (kept for backward when training)."""
-    with torch.device("meta"):
-        meta = build()
-    weights = sum(p.numel() for p in meta.parameters()) * 4
-    need = weights * (4 if trains_or_prunes(args) else 1)  # weights, gradients, optimizer state, a mask or copy
     runs = args.phase not in ("report", "target_reduction", "plots")  # the phases that run the model on data
-    if runs:
-        sizes = []
-        hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.append(out.numel()))
-                 for m in meta.modules() if not list(m.children())]
-        with torch.no_grad():
-            meta(torch.empty(1, 3, args.clip_len, args.crop_size, args.crop_size, device="meta"))
-        for h in hooks:
-            h.remove()
-        per_clip = (sum(sizes) if trains_or_prunes(args) else 2 * max(sizes, default=0)) * 4
-        need += per_clip * (args.batch_size or 1)
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
-    if available and need > available:
-        batch = f" --batch-size {args.batch_size or 1}" if runs else ""
-        raise UserError(f"--arch {args.arch} at --clip-len {args.clip_len} --crop-size {args.crop_size}{batch}: needs "
-                        f"about {need / 2**30:.1f} GiB, this machine has {available / 2**30:.1f} GiB available; use a "
-                        "shorter clip or a smaller crop" + (" or batch" if batch else ""))
+    check_memory(build, args.arch, (3, args.clip_len, args.crop_size, args.crop_size),
+                 args.batch_size or 1 if runs else 0, trains_or_prunes(args))
+    return build(pretrained=pretrained)
 
 
 def make_profile(args: argparse.Namespace, required: bool = False):

@@ -531,5 +531,40 @@ def _allowed_for(action: argparse.Action) -> str:
     return getattr(action.type, "allowed", None) or getattr(action.type, "__name__", None) or "a string"
 
 
+def original_spellings(args: argparse.Namespace, trains: bool) -> list[str]:
+    """Resolve the RT3D / TCAD options that are switches or notes here rather than options of their own; the
+    notes to print (what is used instead of --multi-gpu, --no-cuda; whose defaults a training run takes)."""
+    from models import arch_info
+    from pruning.errors import UserError
+
+    if args.no_tricks:  # RT3D: "restore the classic training process"
+        args.warmup, args.mixup, args.smooth, args.smooth_eps, args.lr_scheduler = False, False, False, 0.0, "default"
+    if args.smooth and args.smooth_eps == 0.0:
+        args.smooth_eps = 0.1
+    if args.sparsity:  # TCAD: one type per --config-file; kgr with kgc is the kgrc pair
+        files = len(args.config_file or ())
+        if len(args.sparsity) != files or (files == 2 and args.sparsity != ["kgr", "kgc"]) or files > 2:
+            raise UserError(f"--sparsity {' '.join(args.sparsity)}: give one type per --config-file ({files} "
+                            "given), 'kgr kgc' for a KGR and a KGC file")
+        if files == 1:
+            args.sparsity_type = args.sparsity[0]
+    if args.teacharch is not None and arch_info(args.teacharch).name != args.arch:
+        raise UserError(f"--teacharch {args.teacharch}: the teacher is built like the student (--arch {args.arch}), "
+                        "as in both papers' code; drop --teacharch or make it equal to --arch")
+    if args.no_cuda:
+        if args.device not in (None, "cpu"):
+            raise UserError(f"--no-cuda contradicts --device {args.device}; drop one")
+        args.device = "cpu"
+    notes = []
+    if args.no_cuda:
+        notes.append("--no-cuda: running with --device cpu")
+    if args.multi_gpu:
+        notes.append("--multi-gpu: this process uses one device; for several GPUs launch with "
+                     "torchrun --nproc_per_node=N opt_main.py ... (DDP)")
+    if args.defaults not in ("prune3d", "auto") and trains:
+        notes.append(f"defaults: {args.defaults.upper()}'s (docs/recipes.md); --defaults prune3d for this tool's")
+    return notes
+
+
 def phase_of(args: argparse.Namespace) -> str | None:
     return next((ph for ph in PHASES if getattr(args, ph, None) not in (None, False)), None)
