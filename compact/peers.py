@@ -201,7 +201,8 @@ class DeepSparsePeer(Peer):
             self.server = DeepSparseServer()
             self.info["python"] = sys.executable
         else:
-            self.log = workdir / "deepsparse_worker.log"
+            self.starts = getattr(self, "starts", 0) + 1
+            self.log = workdir / f"deepsparse_worker{self.starts}.log"
             env = {**os.environ, "NM_DISABLE_ANALYTICS": "1"}  # no usage reports from the worker
             with open(self.log, "w") as log:
                 self.proc = subprocess.Popen([py, str(self.WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -225,9 +226,21 @@ class DeepSparsePeer(Peer):
         except (BrokenPipeError, OSError):
             line = ""
         if not line:
-            tail = [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()] if self.log else []
-            return {"error": f"the worker exited ({tail[-1][:200] if tail else 'no message'})"}
+            self.proc.wait()
+            self.proc = None
+            return {"error": f"the worker died ({self._cause()})"}
         return json.loads(line)
+
+    def _cause(self) -> str:
+        """The line of the worker's log that says why it died (DeepSparse prints a crash report ending with a
+        support address; the signal is the line that matters)."""
+        lines = [ln.strip() for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()] \
+            if self.log else []
+        for key in ("Received signal", "Assertion", "Error", "error", "terminate"):
+            hit = next((ln for ln in lines if key in ln), None)
+            if hit:
+                return hit[:200]
+        return lines[-1][:200] if lines else "no message"
 
     def _checked(self, req: dict) -> dict:
         answer = self._call(req)
@@ -237,6 +250,8 @@ class DeepSparsePeer(Peer):
 
     def load(self, key: str, onnx_path: Path, x: np.ndarray) -> Runner:
         assert self.workdir is not None
+        if self.server is None and self.proc is None:  # the worker died on the previous model: a fresh one
+            self.start(self.workdir)
         xin = self.workdir / f"deepsparse_{key}_input.npy"
         np.save(xin, x)
         self._checked({"op": "load", "key": key, "model": str(onnx_path), "input": str(xin),

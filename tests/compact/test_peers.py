@@ -191,3 +191,35 @@ def test_deepsparse_venv_if_present(c3d):
         pytest.skip(r["against_skipped"]["deepsparse"])
     a = r["against"]["deepsparse"]
     assert a["max_rel_err"] < 1e-4 and a["pruned_ms"] > 0
+
+
+FAKE_WORKER = """
+import json, sys
+import numpy as np
+out = sys.stdout
+for line in sys.stdin:
+    req = json.loads(line)
+    if req["op"] == "quit":
+        break
+    if req["op"] == "load" and req["key"] == "dense":
+        print("Thread: 0x7f81\\nReceived signal: Segmentation fault\\nPlease email support", file=sys.stderr)
+        sys.exit(139)
+    if req["op"] == "output":
+        np.save(req["path"], np.zeros((2, 10), np.float32))
+    out.write(json.dumps({"version": "fake", "ms": 7.0} if req["op"] != "output" else {}) + "\\n")
+    out.flush()
+"""
+
+
+def test_deepsparse_worker_crash_is_reported_and_the_next_model_gets_a_new_worker(c3d, tmp_path):
+    """A worker that dies compiling the dense model (as DeepSparse 1.8 does on R(2+1)D): that variant reports the
+    signal, the pruned one runs in a fresh worker and is timed by it."""
+    (tmp_path / "worker.py").write_text(FAKE_WORKER)
+    py = tmp_path / "python"
+    py.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'worker.py'}\n")
+    py.chmod(0o755)
+    model, masks, rules = c3d
+    r = run_bench(model, masks, rules, ["deepsparse"], say=lambda s: None, peer_options={"deepsparse_python": str(py)})
+    d = r["against"]["deepsparse"]
+    assert d["errors"] == {"dense": "PeerError: the worker died (Received signal: Segmentation fault)"}
+    assert d["dense_ms"] is None and d["pruned_ms"] == 7.0 and d["version"] == "fake"
