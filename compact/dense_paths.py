@@ -54,7 +54,8 @@ def onednn_conv(conv: nn.Conv3d) -> nn.Module | None:
     if m is None:
         from torch.utils import mkldnn
 
-        with warnings.catch_warnings():
+        # normal tensors even if first built under inference_mode, so later calls in any autograd mode can use it
+        with warnings.catch_warnings(), torch.inference_mode(False):
             warnings.simplefilter("ignore")
             m = _ONEDNN[conv] = mkldnn.to_mkldnn(copy.deepcopy(conv).float().eval())
     return m

@@ -208,8 +208,9 @@ class AutoConv3d(nn.Module):
         if mode == KERNEL:
             y = self.kernel(x)
         elif canonical_path(mode) == CHANNELS_LAST:  # with a channels_last copy of the weight too
-            if self.conv_cl is None:
-                self.conv_cl = copy.deepcopy(self.conv).to(memory_format=torch.channels_last_3d)
+            if self.conv_cl is None:  # normal tensors even if first called under inference_mode (see scratch.py)
+                with torch.inference_mode(False):
+                    self.conv_cl = copy.deepcopy(self.conv).to(memory_format=torch.channels_last_3d)
             y = run_dense(self.conv_cl, x, CHANNELS_LAST).contiguous()
         else:
             y = run_dense(self.conv, x, mode)

@@ -65,7 +65,10 @@ class ScratchPool:
                     and getattr(b, "_p3d_layout", None) is None]
             if fits:
                 return self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
-        return like.new_empty(numel)
+        # a normal tensor even under torch.inference_mode(): an inference tensor, reused by a later call outside
+        # that mode, would refuse the in-place writes (a normal one is writable in every autograd mode)
+        with torch.inference_mode(False):
+            return torch.empty(numel, dtype=like.dtype, device=like.device)
 
     def give(self, buf: torch.Tensor) -> None:
         """Return a buffer from `take`; the caller must not use it afterwards."""

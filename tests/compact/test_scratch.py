@@ -101,3 +101,32 @@ def test_outputs_never_alias_scratch_buffers(arch):
         if feats is not None:
             assert torch.equal(feats, keep_f)
         assert rel_err(cm(x1), model(x1)) < TOL
+
+
+@pytest.mark.parametrize("arch,profile,clip", [("c3d", "c3d_kgrc_3.04x", (8, 32, 32)),
+                                               ("r2+1d", "r2+1d_kgrc_3.05x", (4, 24, 24)),
+                                               ("s3d", "s3d_kgs_1.84x", (8, 32, 32))])
+@pytest.mark.parametrize("first", ["inference_mode", "no_grad"])
+def test_every_autograd_mode_in_any_order(arch, profile, clip, first):
+    """Scratch buffers made under torch.inference_mode() were inference tensors, and a later call outside it
+    refused to write into them (RuntimeError): the model now runs under inference_mode, no_grad and grad mode in
+    either order, always equal to the masked dense model."""
+    from tests.compact.conftest import randomize_bn_stats
+
+    torch.manual_seed(0)
+    if arch == "c3d":
+        model, masks, rules = small_c3d(profile)
+    else:
+        model = build_model(arch, 10).eval()
+        randomize_bn_stats(model)
+        rules = load_profile(profile).resolve(model)
+        masks = hard_prune(model, rules)
+    cm = compile_sparse(model, masks, rules=rules)
+    x = torch.randn(2, 3, *clip)
+    with torch.no_grad():
+        ref = model(x)
+    modes = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "grad": torch.enable_grad}
+    order = [first, "no_grad" if first == "inference_mode" else "inference_mode", "grad", first]
+    for mode in order:
+        with modes[mode]():
+            assert rel_err(cm(x).detach(), ref) < TOL, mode
