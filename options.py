@@ -181,6 +181,17 @@ PHASE_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
 PHASES = tuple(PHASE_OPTIONS)
 
 
+def add_against_options(group) -> None:
+    """--against and --deepsparse-python, for `opt_main.py --benchmark` and scripts/bench_compact.py alike."""
+    group.add_argument("--against", type=runtimes, default=None, metavar="RUNTIMES",
+                       help="--benchmark: also time these runtimes on the model exported to ONNX (pruned and dense "
+                            "weights), in the same rounds, e.g. onnxruntime,openvino,deepsparse; a missing one is "
+                            "skipped with one line")
+    group.add_argument("--deepsparse-python", type=executable_file, default=None, metavar="PYTHON",
+                       help="--against deepsparse: the Python of a venv with deepsparse 1.8 (it needs numpy<2), when "
+                            "it cannot be imported here (default: $PRUNE3D_DEEPSPARSE_PYTHON)")
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = OneLineParser("prune3d: kernel-group sparsity for 3D CNNs", add_help=add_help,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -351,12 +362,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--benchmark-json", default=None, help="write the benchmark as JSON")
     g.add_argument("--threads", type=positive_int, default=None, help="torch threads for --benchmark")
     g.add_argument("--repeats", type=positive_int, default=20, help="timed repeats for --benchmark")
-    g.add_argument("--against", type=runtimes, default=None, metavar="RUNTIMES",
-                   help="--benchmark: also time these runtimes on the model exported to ONNX (pruned and dense "
-                        "weights), e.g. onnxruntime,openvino,deepsparse; a missing one is skipped with one line")
-    g.add_argument("--deepsparse-python", type=executable_file, default=None, metavar="PYTHON",
-                   help="--against deepsparse: the Python of a venv with deepsparse 1.8 (it needs numpy<2), when it "
-                        "cannot be imported here (default: $PRUNE3D_DEEPSPARSE_PYTHON)")
+    add_against_options(g)
     g.add_argument("--search", choices=("uniform", "sensitivity"), default="uniform",
                    help="--target-reduction: uniform ratios, or allocation by measured sensitivity (needs data)")
     g.add_argument("--search-out", default=None, help="where --target-reduction writes the profile YAML")

@@ -36,7 +36,7 @@ import compact  # noqa: E402
 from compact.bench import interleaved  # noqa: E402
 from models.c3d import CONVS  # noqa: E402
 from opt_main import pruned_model, resolve_defaults  # noqa: E402
-from options import executable_file, parse_args, runtimes  # noqa: E402
+from options import add_against_options, parse_args  # noqa: E402
 from pruning.report import build_report  # noqa: E402
 
 
@@ -57,12 +57,7 @@ def parse(argv=None):
     p.add_argument("--channel-pruned-equal-macs", action="store_true",
                    help="C3D: also time Torch-Pruning's channel-pruned C3D (uniform L2-magnitude channel ratio, "
                         "physically smaller dense model) at the profile's MAC reduction, side by side")
-    p.add_argument("--against", type=runtimes, default=None, metavar="RUNTIMES",
-                   help="also time these runtimes on the ONNX export (pruned and dense weights), in the same rounds: "
-                        "e.g. onnxruntime,openvino,deepsparse; a missing one is skipped with one line")
-    p.add_argument("--deepsparse-python", type=executable_file, default=None, metavar="PYTHON",
-                   help="the Python of a venv with deepsparse 1.8, when it cannot be imported here "
-                        "(default: $PRUNE3D_DEEPSPARSE_PYTHON)")
+    add_against_options(p)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.channel_pruned_equal_macs and args.arch != "c3d":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from datasets.create_lmdb import from_frames
@@ -20,3 +21,12 @@ def synthetic(tmp_path_factory) -> dict[str, Path]:
     from_frames(str(root / "frames"), str(root / "lmdb"))
     return {"raw": root / "raw", "videos": Path(info["videos"]), "splits": Path(info["splits"]),
             "frames": root / "frames", "lmdb": root / "lmdb"}
+
+
+def lmdb_records(db: Path) -> dict[bytes, bytes]:
+    """Every key and value of an LMDB, for record-by-record comparisons of builds."""
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        out = {bytes(k): bytes(v) for k, v in txn.cursor()}
+    env.close()
+    return out

@@ -22,19 +22,12 @@ from datasets import create_lmdb as cl
 from datasets.extract_videos import extract
 from datasets.lmdb_format import META_KEY, decode_header, meta_digest, video_key
 from pruning.errors import CheckpointError
+from tests.conftest import lmdb_records as records
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import make_loader
 
 ROOT = Path(__file__).resolve().parent.parent
 KW = dict(clip_len=8, crop_size=32, short_side=40)
-
-
-def records(db: Path) -> dict[bytes, bytes]:
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        out = {bytes(k): bytes(v) for k, v in txn.cursor()}
-    env.close()
-    return out
 
 
 def one_line(err: str) -> None:

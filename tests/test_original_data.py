@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
 
@@ -17,17 +16,10 @@ from datasets import DataError, FrameFolderClips, build_dataset
 from datasets import create_lmdb as cl
 from datasets.frame_lists import parse_frame_list
 from datasets.lmdb_format import META_KEY, decode_header, frame_bytes, read_meta, video_key
+from tests.conftest import lmdb_records as records
 
 ROOT = Path(__file__).resolve().parent.parent
 KW = dict(clip_len=8, crop_size=32, short_side=40)
-
-
-def records(db: Path) -> dict[bytes, bytes]:
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        out = {bytes(k): bytes(v) for k, v in txn.cursor()}
-    env.close()
-    return out
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

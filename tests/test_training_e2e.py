@@ -33,6 +33,21 @@ def run(args: list[str], check: bool = True, **kw) -> subprocess.CompletedProces
     return out
 
 
+def sigterm_group_after_first_save(args: list[str], last: Path, delay: float) -> tuple[int, str]:
+    """Start opt_main in its own process group, wait for its first last.pth, wait `delay` s more, SIGTERM the
+    whole group (as a scheduler does) and return (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "opt_main.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
 @pytest.fixture(scope="module")
 def dense(synthetic, tmp_path_factory):
     save = tmp_path_factory.mktemp("runs")
@@ -295,16 +310,9 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes(synt
             "term", "--lr", "0.01"]
     for trial in range(3):  # the signal lands at a different point each time: between and inside batches
         (tmp_path / "term" / "last.pth").unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "opt_main.py", *args, "--epochs", "500"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        deadline = time.time() + 300
-        while not (tmp_path / "term" / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3 * trial)
-        os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 143, err[-3000:]
+        code, err = sigterm_group_after_first_save(args + ["--epochs", "500"], tmp_path / "term" / "last.pth",
+                                                   0.3 * trial)
+        assert code == 143, err[-3000:]
         assert "Traceback" not in err and "interrupted: saved" in err, err[-3000:]
         assert (tmp_path / "term" / "last.pth").is_file()
     out = run(args + ["--epochs", "1", "--resume", "auto"])
@@ -322,16 +330,8 @@ def test_sigterm_mid_epoch_with_workers_resumes_bit_identically(synthetic, tmp_p
     run(args + ["--name", "whole"])
     for delay in (0.0, 0.4, 0.8, 1.5, 2.5):
         shutil.rmtree(tmp_path / "cut", ignore_errors=True)
-        proc = subprocess.Popen([sys.executable, "opt_main.py", *args, "--name", "cut"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        deadline = time.time() + 300
-        while not (tmp_path / "cut" / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 143 and torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["iteration"] > 0:
+        code, _ = sigterm_group_after_first_save(args + ["--name", "cut"], tmp_path / "cut" / "last.pth", delay)
+        if code == 143 and torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["iteration"] > 0:
             break
     else:
         pytest.fail("never stopped inside the second epoch")
