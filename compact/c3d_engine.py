@@ -126,6 +126,8 @@ class CompactC3D(nn.Module):
     def _choose(self, ext, name: str, act: Activation) -> str:
         if self.dense_mode:
             return self.dense_mode
+        if self.convs[name].precision != "fp32":  # PyTorch's dense paths are fp32
+            return KERNEL
         key = (name, act.n, act.c, act.dims, torch.get_num_threads())
         mode = self._choice.get(key)
         if mode is None:

@@ -24,6 +24,7 @@ from .layout import (
     scatter_index,
 )
 from .plan import KernelPlan, build_plan, kernel_plan
+from .quant import QuantState, pack_plan, plan_values, quant_state, reference_conv
 from .scratch import SCRATCH
 from .surgery import kept_mask
 
@@ -66,12 +67,23 @@ class SparseConv3d(nn.Module):
         self._kernel_plans: dict[tuple, KernelPlan] = {}
         self._runs: dict[tuple, OutputRuns] = {}
         self.relu = False  # set by compile_sparse when a ReLU directly follows (fused into the output write)
+        self.quant = QuantState("fp32")  # set_precision
 
     def __setstate__(self, state: dict) -> None:
         if "_offsets" in state:  # pickled before the typed kernel call: its caches hold the old types, rebuild them
             del state["_offsets"]
             state["_kernel_plans"], state["_runs"] = {}, {}
+        state.setdefault("quant", QuantState("fp32"))  # pickled before reduced precision
         super().__setstate__(state)
+
+    @property
+    def precision(self) -> str:
+        return self.quant.precision
+
+    def set_precision(self, precision: str, act_range: tuple[float, float] | None = None) -> None:
+        """Compute at `precision` ("fp32", "bf16", or "int8" with the calibrated range of this conv's input)."""
+        self.quant = quant_state(self.dense_weight(), precision, act_range)
+        self._kernel_plans = {k: v for k, v in self._kernel_plans.items() if k[0] == "fp32"}
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}->{self.out_channels}, kernel={self.kernel_size}, stride={self.stride}, "
@@ -86,11 +98,21 @@ class SparseConv3d(nn.Module):
 
     def kernel_plan(self, key: tuple, channel_index: np.ndarray, stride: tuple[int, int, int],
                     grid: tuple[int, int, int], chan_stride: int) -> KernelPlan:
-        """`plan.kernel_plan` for one input geometry, cached under `key`."""
-        kp = self._kernel_plans.get(key)
+        """`plan.kernel_plan` for one input geometry, cached under `key`; at bf16 / int8 packed for that precision
+        (`quant.pack_plan`)."""
+        kp = self._kernel_plans.get(("fp32", *key))
         if kp is None:
-            kp = self._kernel_plans[key] = kernel_plan(self.plan, channel_index, stride, grid, chan_stride)
-        return kp
+            kp = self._kernel_plans[("fp32", *key)] = kernel_plan(self.plan, channel_index, stride, grid, chan_stride)
+        q = self.quant
+        if q.precision == "fp32":
+            return kp
+        packed = self._kernel_plans.get((q.precision, *key))
+        if packed is None:
+            w = q.qweight if q.precision == "int8" else self.dense_weight()
+            vchannels = (int(channel_index.max()) + 1) * stride[0] * stride[1] * stride[2]
+            packed = pack_plan(kp, plan_values(self.plan, w), q, chan_stride, vchannels)
+            self._kernel_plans[(q.precision, *key)] = packed
+        return packed
 
     def layout_ctx(self, n: int, dims, grid, s_chan: int) -> LayoutCtx:
         """Kernel context for an input of `n` samples already in the flat layout `flat_layout(dims, padding)`
@@ -102,7 +124,11 @@ class SparseConv3d(nn.Module):
         return LayoutCtx(n, kp, self.in_channels * s_chan, flat_positions(outd, grid), outd, tuple(grid))
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
-        """Pure-PyTorch path: the compact dense weight on the kept channels, bias for the dropped filters."""
+        """Pure-PyTorch path: the compact dense weight on the kept channels, bias for the dropped filters (at bf16 /
+        int8, `quant.reference_conv`: the kernels' arithmetic)."""
+        if self.quant.precision != "fp32":
+            y = reference_conv(x, self.dense_weight(), self.bias, self.stride, self.padding, self.quant)
+            return torch.relu_(y) if self.relu else y
         n, _, t, h, w = x.shape
         y = F.conv3d(x.index_select(1, self.kept_channels) if len(self.kept_channels) < self.in_channels else x,
                      self.weight_compact, None, self.stride, self.padding) if len(self.kept_filters) else None
@@ -222,6 +248,8 @@ class AutoConv3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.mode
+        if self.kernel is not None and self.kernel.precision != "fp32":  # PyTorch's paths are fp32
+            mode = KERNEL
         if mode is None:
             key = (tuple(x.shape), torch.get_num_threads())
             mode = self._choice.get(key)

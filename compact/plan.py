@@ -196,8 +196,16 @@ class KernelPlan(NamedTuple):
     task_pstart: torch.Tensor  # int64 [ntasks+1] into pair_off
     task_wstart: torch.Tensor  # int64 [ntasks] into weights
     pair_off: torch.Tensor  # int64 [npairs]: input offset relative to the sample base
-    weights: torch.Tensor  # float32, shares memory with ConvPlan.weights
-    prefetch: int  # floats ahead the kernel prefetches each pair's row (the thread's next tile), or 0
+    weights: torch.Tensor  # float32, shares memory with ConvPlan.weights (bf16, int8: packed words, quant.pack_plan)
+    prefetch: int  # words ahead the kernel prefetches each pair's row (the thread's next tile), or 0
+    # reduced precision (compact.quant): the input packing and the int8 output scaling; fp32 plans keep the defaults
+    row_scale: torch.Tensor = torch.zeros(0)  # float32 [Cout] (int8)
+    row_comp: torch.Tensor = torch.zeros(0, dtype=torch.int32)  # int32 [Cout] (int8)
+    precision: int = 0  # 0 fp32, 1 bf16, 2 int8 (plan.h P3D_FP32 ...)
+    in_chan_stride: int = 0  # floats per channel plane of the fp32 input the kernel call packs
+    in_vchannels: int = 0  # channel planes per sample of that input
+    in_inv_scale: float = 0.0  # int8: 1 / input scale
+    in_zero: int = 0  # int8: input zero point
 
 
 def tile_channels(kernel: tuple[int, int, int], stride: tuple[int, int, int], grid: tuple[int, int, int],

@@ -4,7 +4,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "plan.h"
 
@@ -42,6 +46,21 @@ std::string isa_name() {
   }
 }
 
+// The CPU's dot-product instructions for bf16 (AVX512_BF16) and int8 (AVX512_VNNI), used with the avx512 kernels
+// unless switched off (tests compare them with the portable code).
+bool g_dot = true;
+
+bool cpu_has(int precision) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (precision == P3D_BF16) return __builtin_cpu_supports("avx512bf16");
+  if (precision == P3D_INT8) return __builtin_cpu_supports("avx512vnni");
+#endif
+  return false;
+}
+
+bool uses_dot(int precision) { return g_dot && isa_level() == 2 && cpu_has(precision); }
+
 void set_isa(const std::string& name) {
   int want = name == "avx512" ? 2 : name == "avx2" ? 1 : name == "generic" ? 0 : -1;
   TORCH_CHECK(want >= 0, "unknown isa ", name);
@@ -69,6 +88,54 @@ template <typename T>
 T* data_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
 }  // namespace
+
+// bf16 / int8: the fp32 input (Cv planes of S words per sample) packed into ceil(Cv/K) planes of 32-bit words,
+// K channel planes interleaved (plan.h), into `dst` (+ zeroed slack, as the fp32 layout has). int8: uint8 =
+// clamp(round(x / scale) + zero, 0, 255) (round half to even, as torch.round); bf16: round to nearest even.
+int64_t pack_input(const float* x, int64_t N, int64_t per_sample, const P3DPlan& p, std::vector<uint32_t>& dst) {
+  const int K = p.precision == P3D_BF16 ? 2 : 4;
+  const int64_t S = p.in_chan_stride, Cv = p.in_vchannels, CQ = (Cv + K - 1) / K, slack = P3D_TILE + 64;
+  TORCH_CHECK(S > 0 && Cv > 0 && Cv * S <= per_sample, "packed plan: in_vchannels x in_chan_stride exceeds the input");
+  if ((int64_t)dst.size() < N * CQ * S + slack) dst.resize(N * CQ * S + slack);
+  std::memset(dst.data() + N * CQ * S, 0, sizeof(uint32_t) * slack);
+  uint32_t* out = dst.data();
+  const float inv = p.in_inv_scale;
+  const int32_t zero = static_cast<int32_t>(p.in_zero);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t cq = 0; cq < CQ; ++cq) {
+      uint32_t* o = out + (n * CQ + cq) * S;
+      const float* src[4];
+      const int lanes = static_cast<int>(std::min<int64_t>(K, Cv - cq * K));
+      for (int j = 0; j < lanes; ++j) src[j] = x + n * per_sample + (cq * K + j) * S;
+      if (K == 2) {
+        for (int64_t i = 0; i < S; ++i) {
+          uint32_t w = 0;
+          for (int j = 0; j < lanes; ++j) {
+            uint32_t b;
+            std::memcpy(&b, src[j] + i, 4);
+            w |= ((b + 0x7fffu + ((b >> 16) & 1u)) >> 16) << (16 * j);
+          }
+          o[i] = w;
+        }
+      } else {
+        for (int64_t i = 0; i < S; ++i) {
+          uint32_t w = 0;
+          for (int j = 0; j < lanes; ++j) {
+            int32_t v = static_cast<int32_t>(std::nearbyint(src[j][i] * inv)) + zero;
+            v = v < 0 ? 0 : v > 255 ? 255 : v;
+            w |= static_cast<uint32_t>(v) << (8 * j);
+          }
+          o[i] = w;
+        }
+      }
+    }
+  }
+  return CQ * S;
+}
+
+std::mutex g_pack_lock;
+std::vector<uint32_t> g_packed;  // reused: a fresh buffer would be page-faulted in on every call
 
 // One sparse conv. `input` is laid out as `ctx` says (compact.layout.LayoutCtx: n, per_sample, q and the kernel
 // plan), the output goes into `out` as `write` says (compact.layout.OutputSpec); both are read by field name.
@@ -117,6 +184,23 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
   p.tile_runs = data_or_null<int32_t>(tile_runs);
   TORCH_CHECK(!p.accumulate || p.runs, "accumulate needs output runs");
   if (p.nchunks <= 0 || p.N <= 0 || p.Q <= 0) return;
+  TORCH_CHECK(p.precision >= P3D_FP32 && p.precision <= P3D_INT8, "precision: unknown code ", p.precision);
+  if (p.precision == P3D_INT8) {
+    int64_t rows = 0;
+    for (int64_t i = 0; i < chunk_filters.numel(); ++i) rows = std::max<int64_t>(rows, p.chunk_filters[i] + 1);
+    TORCH_CHECK(row_scale.numel() >= rows && row_comp.numel() >= rows,
+                "int8 plan: row_scale and row_comp need one entry per output channel");
+  }
+  std::unique_lock<std::mutex> hold(g_pack_lock, std::defer_lock);
+  if (p.precision != P3D_FP32 && pair_off.numel() > 0) {  // (no pairs: every output is the bias, nothing read)
+    hold.lock();
+    p.in_sample_stride = pack_input(input.data_ptr<float>(), p.N, p.in_sample_stride, p, g_packed);
+    p.in = g_packed.data();
+  }
+  if (p.precision != P3D_FP32 && uses_dot(static_cast<int>(p.precision))) {
+    p.precision == P3D_BF16 ? p3d_run_avx512_bf16(&p) : p3d_run_avx512_vnni(&p);
+    return;
+  }
   switch (isa_level()) {
     case 2: p3d_run_avx512(&p); break;
     case 1: p3d_run_avx2(&p); break;
@@ -188,6 +272,13 @@ void maxpool(const torch::Tensor& in, torch::Tensor& out, int64_t NC, int64_t in
   }
 }
 
+// The dot-product instructions this CPU has for "bf16" / "int8", and whether the kernels use them.
+bool has_dot_products(const std::string& precision) {
+  return cpu_has(precision == "bf16" ? P3D_BF16 : precision == "int8" ? P3D_INT8 : -1) && isa_level() == 2;
+}
+
+void use_dot_products(bool on) { g_dot = on; }
+
 void set_num_threads(int64_t n) { omp_set_num_threads(static_cast<int>(n)); }
 
 int64_t get_max_threads() { return omp_get_max_threads(); }
@@ -197,6 +288,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("get_max_threads", &get_max_threads);
   m.def("isa", &isa_name);
   m.def("set_isa", &set_isa, py::arg("name"));
+  m.def("has_dot_products", &has_dot_products, py::arg("precision"));
+  m.def("use_dot_products", &use_dot_products, py::arg("on"));
   // keyword-only: call sites name what they pass
   m.def("sparse_conv", &sparse_conv, py::kw_only(), py::arg("input"), py::arg("ctx"), py::arg("bias") = py::none(),
         py::arg("out"), py::arg("write"));

@@ -1,14 +1,24 @@
 // Direct sparse convolution over kernel-group patterns. Included by one translation unit per ISA, which
-// defines VW (floats per vector), NV_FOR(G) (vectors of positions per register block), GB_MAX (filters per
-// register pass) and P3D_RUN (the entry point name) after selecting its target with #pragma GCC target.
+// defines VW (32-bit lanes per vector), NV_FOR(G) (vectors of positions per register block) and GB_MAX (filters per
+// register pass) after selecting its target with #pragma GCC target, then instantiates `run_plan<Arith>` for the
+// precisions it offers. An Arith says what a 32-bit input word and weight word are and how one multiply-accumulates
+// a vector of words into a vector of accumulators: fp32 (one float each), and bf16 / int8 with K = 2 / 4 packed
+// lanes per word (plan.h), portably here and with the dot-product instructions in the TUs that have them.
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "plan.h"
 
 typedef float vf __attribute__((vector_size(VW * 4)));
-typedef float vfu __attribute__((vector_size(VW * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+
+template <class V>
+static inline V loadu(const void* p) { V v; memcpy(&v, p, sizeof v); return v; }
+template <class V>
+static inline void storeu(void* p, V v) { memcpy(p, &v, sizeof v); }
 
 static inline vf bcast(float s) {
 #ifdef P3D_BCAST
@@ -20,67 +30,112 @@ static inline vf bcast(float s) {
 #endif
 }
 
+struct ArithF32 {
+  typedef float word;
+  typedef vf acc;
+  typedef vf in;
+  static constexpr bool int_acc = false;
+  static inline acc mac(acc a, in x, word w) { return a + bcast(w) * x; }
+};
+
+// bf16 pairs: the high lane's product is added first, then the low lane's, as vdpbf16ps does; a product of two
+// bf16 values is exact in fp32, so fused or not the sums round alike (denormals aside: the instruction flushes them)
+struct ArithBF16 {
+  typedef uint32_t word;
+  typedef vf acc;
+  typedef vu in;
+  static constexpr bool int_acc = false;
+  static inline acc mac(acc a, in x, word w) {
+    vf hi, lo;
+    const vu xh = x & 0xffff0000u, xl = x << 16;
+    memcpy(&hi, &xh, sizeof hi);
+    memcpy(&lo, &xl, sizeof lo);
+    float wh, wl;
+    const uint32_t bh = w & 0xffff0000u, bl = w << 16;
+    memcpy(&wh, &bh, 4);
+    memcpy(&wl, &bl, 4);
+    a = a + bcast(wh) * hi;
+    return a + bcast(wl) * lo;
+  }
+};
+
+// int8: four uint8 activations x four int8 weights summed into int32, exactly (vpdpbusd without saturation)
+struct ArithI8 {
+  typedef uint32_t word;
+  typedef vi acc;
+  typedef vu in;
+  static constexpr bool int_acc = true;
+  static inline acc mac(acc a, in x, word w) {
+    for (int j = 0; j < 4; ++j) a += (vi)((x >> (8 * j)) & 0xffu) * (int32_t)(int8_t)(w >> (8 * j));
+    return a;
+  }
+};
+
 // GB filters x NV vectors of positions held in registers; one load per vector and one broadcast per weight
-// for every kept (channel, tap) pair.
-template <int GB, int NV, bool PF>
-static inline void block(const float* __restrict in, const int64_t* __restrict off, const float* __restrict w,
-                         int wstride, int64_t np, float* const* rows, int q0, int qlim, int64_t pf) {
+// for every kept (channel, tap) pair (or word of packed pairs).
+template <class A, int GB, int NV, bool PF>
+static inline void block(const typename A::word* __restrict in, const int64_t* __restrict off,
+                         const typename A::word* __restrict w, int wstride, int64_t np, float* const* rows, int q0,
+                         int qlim, int64_t pf) {
+  typedef typename A::acc acc_t;
+  typedef typename A::in in_t;
   for (int q = q0; q < qlim; q += NV * VW) {
-    vf acc[GB][NV];
+    acc_t acc[GB][NV];
     for (int g = 0; g < GB; ++g)
-      for (int v = 0; v < NV; ++v) acc[g][v] = *(const vfu*)(rows[g] + q + v * VW);
-    const float* wp = w;
+      for (int v = 0; v < NV; ++v) acc[g][v] = loadu<acc_t>(rows[g] + q + v * VW);
+    const typename A::word* wp = w;
     for (int64_t p = 0; p < np; ++p, wp += wstride) {
-      const float* ip = in + off[p] + q;
+      const typename A::word* ip = in + off[p] + q;
       if (PF)  // this row for the thread's next tile (P3DPlan.prefetch), every cache line of it
         for (int v = 0; v < NV * VW; v += 16) __builtin_prefetch(ip + pf + v, 0, 3);
-      vf x[NV];
-      for (int v = 0; v < NV; ++v) x[v] = *(const vfu*)(ip + v * VW);
+      in_t x[NV];
+      for (int v = 0; v < NV; ++v) x[v] = loadu<in_t>(ip + v * VW);
       for (int g = 0; g < GB; ++g) {
-        vf wv = bcast(wp[g]);
-        for (int v = 0; v < NV; ++v) acc[g][v] += wv * x[v];
+        const typename A::word wv = wp[g];
+        for (int v = 0; v < NV; ++v) acc[g][v] = A::mac(acc[g][v], x[v], wv);
       }
     }
     for (int g = 0; g < GB; ++g)
-      for (int v = 0; v < NV; ++v) *(vfu*)(rows[g] + q + v * VW) = acc[g][v];
+      for (int v = 0; v < NV; ++v) storeu(rows[g] + q + v * VW, acc[g][v]);
   }
 }
 
-template <int GB, bool PF>
-static inline void run_blocks(const float* in, const int64_t* off, const float* w, int wstride, int64_t np,
-                              float* const* rows, int qlim, int64_t pf) {
+template <class A, int GB, bool PF>
+static inline void run_blocks(const typename A::word* in, const int64_t* off, const typename A::word* w, int wstride,
+                              int64_t np, float* const* rows, int qlim, int64_t pf) {
   constexpr int NV = NV_FOR(GB), NVH = (NV + 1) / 2;
   // a last block with at most half its positions left runs as a half-width block (a tile's short end)
   const int full = qlim / (NV * VW) * (NV * VW);
   const int upto = qlim - full > NVH * VW ? qlim : full;
-  block<GB, NV, PF>(in, off, w, wstride, np, rows, 0, upto, pf);
-  if (upto < qlim) block<GB, NVH, PF>(in, off, w, wstride, np, rows, upto, qlim, pf);
+  block<A, GB, NV, PF>(in, off, w, wstride, np, rows, 0, upto, pf);
+  if (upto < qlim) block<A, GB, NVH, PF>(in, off, w, wstride, np, rows, upto, qlim, pf);
 }
 
-template <int GB>
-static inline void run_group(const float* in, const int64_t* off, const float* w, int wstride, int64_t np,
-                             float* const* rows, int qlim, int64_t pf) {
+template <class A, int GB>
+static inline void run_group(const typename A::word* in, const int64_t* off, const typename A::word* w, int wstride,
+                             int64_t np, float* const* rows, int qlim, int64_t pf) {
   if (pf)
-    run_blocks<GB, true>(in, off, w, wstride, np, rows, qlim, pf);
+    run_blocks<A, GB, true>(in, off, w, wstride, np, rows, qlim, pf);
   else
-    run_blocks<GB, false>(in, off, w, wstride, np, rows, qlim, 0);
+    run_blocks<A, GB, false>(in, off, w, wstride, np, rows, qlim, 0);
 }
 
 // One piece: np pairs shared by G filters, run in register passes of at most GB_MAX filters.
-static void run_piece(const float* in, const int64_t* off, const float* w, int G, int64_t np, float* const* rows,
-                      int qlim, int64_t pf) {
+template <class A>
+static void run_piece(const typename A::word* in, const int64_t* off, const typename A::word* w, int G, int64_t np,
+                      float* const* rows, int qlim, int64_t pf) {
   for (int g0 = 0; g0 < G; g0 += GB_MAX) {
     int gb = G - g0 < GB_MAX ? G - g0 : GB_MAX;
     switch (gb) {
-      case 1: run_group<1>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 2: run_group<2>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 3: run_group<3>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 4: run_group<4>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 1: run_group<A, 1>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 2: run_group<A, 2>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 3: run_group<A, 3>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 4: run_group<A, 4>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
 #if GB_MAX > 4
-      case 5: run_group<5>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 6: run_group<6>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 7: run_group<7>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 8: run_group<8>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 5: run_group<A, 5>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 6: run_group<A, 6>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 7: run_group<A, 7>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+      case 8: run_group<A, 8>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
 #endif
       default: break;
     }
@@ -97,8 +152,19 @@ static inline void write_run(float* __restrict d, const float* __restrict src, f
   }
 }
 
-// Bias, ReLU and the store of one finished accumulator row (output channel m) of one tile.
-static void write_row(const P3DPlan* P, const float* a, int m, int64_t n, int64_t tile, int64_t ntile, int qlim) {
+// Bias, ReLU and the store of one finished accumulator row (output channel m) of one tile. An int8 row holds int32
+// sums: they become floats first, (sum - zero-point term) x scale, in place.
+template <class A>
+static void write_row(const P3DPlan* P, float* a, int m, int64_t n, int64_t tile, int64_t ntile, int qlim) {
+  if (A::int_acc) {
+    const int32_t comp = P->row_comp[m];
+    const float sc = P->row_scale[m];
+    for (int q = 0; q < qlim; ++q) {
+      int32_t v;
+      memcpy(&v, a + q, 4);
+      a[q] = (float)(v - comp) * sc;
+    }
+  }
   const int64_t qbase = tile * P3D_TILE, qn = qlim;
   const float b = P->bias ? P->bias[m] : 0.f;
   float* chan = P->out + n * P->out_sample_stride + (int64_t)m * P->out_chan_stride;
@@ -143,7 +209,9 @@ static double chunk_cost(const P3DPlan* P, int c) {
   return w;
 }
 
-extern "C" void P3D_RUN(const P3DPlan* P) {
+template <class A>
+static void run_plan(const P3DPlan* P) {
+  typedef typename A::word word;
   const int64_t ntile = (P->Q + P3D_TILE - 1) / P3D_TILE;
   const int64_t nch = P->nchunks;
   const int64_t units = P->N * ntile * nch;
@@ -182,7 +250,7 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
       memset(acc, 0, sizeof(float) * nf * P3D_TILE);
       memset(done, 0, nf);
       const int64_t qbase = tile * P3D_TILE;
-      const float* in = P->in + n * P->in_sample_stride + qbase;
+      const word* in = (const word*)P->in + n * P->in_sample_stride + qbase;
       const int qlim = (int)(P->Q - qbase < P3D_TILE ? P->Q - qbase : P3D_TILE);
       for (int i = P->chunk_pcstart[c]; i < P->chunk_pcstart[c + 1]; ++i) {
         const int t = P->piece_task[i];
@@ -190,19 +258,30 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
         const int32_t* trow = P->task_rows + t * 8;
         for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)trow[g] * P3D_TILE;
         const int64_t p0 = P->piece_range[2 * i], p1 = P->piece_range[2 * i + 1];
-        run_piece(in, P->pair_off + p0, P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G, G, p1 - p0,
-                  rows, qlim, P->prefetch);
+        run_piece<A>(in, P->pair_off + p0, (const word*)P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G,
+                     G, p1 - p0, rows, qlim, P->prefetch);
         // rows this piece completes go out now, while hot, between pieces rather than in one burst at the end
         for (int32_t last = P->piece_last[i]; last; last &= last - 1) {
           const int g = __builtin_ctz(last), r = trow[g];
-          write_row(P, rows[g], P->chunk_filters[f0 + r], n, tile, ntile, qlim);
+          write_row<A>(P, rows[g], P->chunk_filters[f0 + r], n, tile, ntile, qlim);
           done[r] = 1;
         }
       }
       for (int r = 0; r < nf; ++r)  // rows no piece adds to: the bias alone
-        if (!done[r]) write_row(P, acc + (int64_t)r * P3D_TILE, P->chunk_filters[f0 + r], n, tile, ntile, qlim);
+        if (!done[r]) write_row<A>(P, acc + (int64_t)r * P3D_TILE, P->chunk_filters[f0 + r], n, tile, ntile, qlim);
     }
   }
   free(cc);
   free(cum);
 }
+
+// The portable arithmetic of every precision, for the TUs that define P3D_RUN.
+#ifdef P3D_RUN
+extern "C" void P3D_RUN(const P3DPlan* P) {
+  switch (P->precision) {
+    case P3D_BF16: run_plan<ArithBF16>(P); break;
+    case P3D_INT8: run_plan<ArithI8>(P); break;
+    default: run_plan<ArithF32>(P); break;
+  }
+}
+#endif

@@ -26,13 +26,26 @@
   X(task_pstart, int64_t)    /* [ntasks+1] into pair_off */                                                     \
   X(task_wstart, int64_t)    /* [ntasks] into weights (npairs * G floats, pair-major) */                        \
   X(pair_off, int64_t)       /* input offset of each (channel, tap) pair, relative to the sample base */        \
-  X(weights, float)
-#define P3D_PLAN_SCALARS(X) \
-  X(prefetch, int64_t)       /* prefetch each pair's row this many floats ahead (the thread's next tile), or 0 */
+  X(weights, float)          /* fp32 weights, or (bf16, int8) 32-bit words of 2 or 4 packed lanes */            \
+  X(row_scale, float)        /* int8: [Cout] output scale (input scale x the filter's weight scale), else [] */  \
+  X(row_comp, int32_t)       /* int8: [Cout] the input zero point x the filter's kept weight sum, else [] */
+#define P3D_PLAN_SCALARS(X)                                                                                    \
+  X(prefetch, int64_t)       /* prefetch each pair's row this many words ahead (the thread's next tile), or 0 */ \
+  X(precision, int64_t)      /* P3D_FP32, P3D_BF16 or P3D_INT8 */                                               \
+  X(in_chan_stride, int64_t) /* bf16, int8: words per channel plane of the fp32 input the call packs */         \
+  X(in_vchannels, int64_t)   /* bf16, int8: channel planes per sample of that input */                          \
+  X(in_inv_scale, float)     /* int8: 1 / the input scale */                                                    \
+  X(in_zero, int64_t)        /* int8: the input zero point (0 after a ReLU, else 128) */
+
+// Precisions. fp32 reads the flat fp32 layout itself. bf16 and int8 read it packed: K = 2 (bf16) or 4 (uint8)
+// consecutive channel planes interleaved into one plane of 32-bit words, so that one vector load gives 16 positions
+// x K channels, the operand of the dot-product instructions (vdpbf16ps, vpdpbusd); a pair's offset is in words.
+enum { P3D_FP32 = 0, P3D_BF16 = 1, P3D_INT8 = 2 };
 
 typedef struct P3DPlan {
-  const float* in;             // virtual input: [N][Cv][S] flat padded planes (+ slack at the end)
-  int64_t in_sample_stride;    // floats between samples
+  const void* in;              // virtual input: [N][Cv][S] flat padded planes (+ slack at the end), of 32-bit
+                               // words: floats, or the packed planes of bf16 / int8 ([N][Cv/K][S][K])
+  int64_t in_sample_stride;    // words between samples
   float* out;                  // output base
   int64_t out_sample_stride, out_chan_stride;
   int64_t out_shift;           // output position q is written at q + out_shift within its channel
@@ -58,9 +71,13 @@ typedef struct P3DPlan {
 #ifdef __cplusplus
 extern "C" {
 #endif
+// every precision (bf16 and int8 with portable code: exact integer sums, the dot products' rounding)
 void p3d_run_avx512(const P3DPlan* p);
 void p3d_run_avx2(const P3DPlan* p);
 void p3d_run_generic(const P3DPlan* p);
+// one precision each, with the CPU's dot-product instructions
+void p3d_run_avx512_bf16(const P3DPlan* p);
+void p3d_run_avx512_vnni(const P3DPlan* p);
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,299 @@
+"""Reduced precision for the compact engine: bf16 and int8 convolutions over the same kernel-group plans.
+
+bf16: weights and conv inputs rounded to bfloat16 (nearest even), products summed in fp32; AVX512_BF16's vdpbf16ps
+where the CPU has it, else portable code with the same rounding.
+
+int8: symmetric per-output-channel int8 weights (scale = max |w| / 127); uint8 conv inputs with one scale and
+zero point per conv from calibration (zero 0 when calibration saw no negative input, e.g. after a ReLU, else 128);
+exact int32 sums (AVX512_VNNI's vpdpbusd where the CPU has it); then, in fp32,
+`(sum - zero x kept weight sum) x (input scale x weight scale) + bias`, and the ReLU / residual as in fp32.
+
+Between convs activations stay fp32 in the kernels' layouts (the fused bias, ReLU, residual and pooling of the fp32
+engine are unchanged); each kernel call packs its input into K = 2 (bf16) or 4 (int8) channel planes interleaved per
+32-bit word, the operand of the dot-product instructions (`pack_plan` rewrites the conv's plan for that layout:
+the kept (channel, tap) pairs of a task that read the same word become one pair). `reference_conv` is the same
+computation in PyTorch: bit-exact for int8, the pure-PyTorch path of `SparseConv3d`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .plan import ConvPlan, KernelPlan
+
+PRECISIONS = ("fp32", "bf16", "int8")
+CODES = {"fp32": 0, "bf16": 1, "int8": 2}  # plan.h P3D_FP32, P3D_BF16, P3D_INT8
+LANES = {"bf16": 2, "int8": 4}
+CALIBRATION_METHODS = ("minmax", "percentile")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+@dataclass(frozen=True)
+class InputQuant:
+    """uint8 = clamp(round(x / scale) + zero, 0, 255) for one conv's input."""
+
+    scale: float
+    zero: int
+
+    @property
+    def inv_scale(self) -> float:
+        return float(np.float32(1.0) / np.float32(self.scale))
+
+
+def input_quant(lo: float, hi: float) -> InputQuant:
+    """The input quantization for an observed range [lo, hi]: unsigned (zero 0) when nothing negative was seen,
+    else symmetric around zero point 128."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
+        raise ValueError(f"calibration range [{lo}, {hi}] is not a range")
+    if lo >= 0:
+        return InputQuant(float(np.float32(hi / 255.0)) if hi > 0 else 1.0, 0)
+    amax = max(-lo, hi)
+    return InputQuant(float(np.float32(amax / 127.0)) if amax > 0 else 1.0, 128)
+
+
+def quantize_input(x: torch.Tensor, q: InputQuant) -> torch.Tensor:
+    """x as the kernels quantize it (uint8 values, as int32)."""
+    inv = torch.tensor(q.inv_scale, dtype=torch.float32)
+    return torch.clamp(torch.round(x.float() * inv).to(torch.int32) + q.zero, 0, 255)
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values as int32, float32 scale per output channel): symmetric, scale = max |w| / 127."""
+    w = w.detach().float()
+    amax = w.abs().flatten(1).amax(1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.clamp(torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))), -127, 127).to(torch.int32)
+    return q, scale
+
+
+def bf16_round(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.bfloat16).float()
+
+
+@dataclass
+class QuantState:
+    """What one conv needs at a reduced precision: for int8 the input quantization, the int8 weight (the masked
+    dense shape, as int32 values) and the per-filter output scale and zero-point term."""
+
+    precision: str
+    iq: InputQuant | None = None
+    qweight: torch.Tensor | None = None
+    row_scale: torch.Tensor | None = None  # float32 [Cout]: input scale x weight scale
+    row_comp: torch.Tensor | None = None  # int32 [Cout]: zero x sum of the filter's int8 weights
+
+
+def quant_state(weight: torch.Tensor, precision: str, act_range: tuple[float, float] | None = None) -> QuantState:
+    """The QuantState of a conv with masked dense `weight` at `precision` (int8 needs `act_range`)."""
+    check_precision(precision)
+    if precision != "int8":
+        return QuantState(precision)
+    if act_range is None:
+        raise ValueError("int8 needs the conv input's calibrated range")
+    iq = input_quant(*act_range)
+    qw, wscale = quantize_weight(weight)
+    row_scale = torch.tensor(iq.scale, dtype=torch.float32) * wscale
+    row_comp = (qw.flatten(1).sum(1) * iq.zero).to(torch.int32)
+    return QuantState(precision, iq, qw, row_scale.contiguous(), row_comp.contiguous())
+
+
+def reference_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
+                   q: QuantState) -> torch.Tensor:
+    """The conv with masked dense `weight` as the kernels compute it at `q.precision`, in PyTorch (no ReLU). int8
+    (which uses `q.qweight`) is bit-exact: the integer sums are exact in float64, then the same float32 operations
+    in the same order."""
+    if q.precision == "fp32":
+        return F.conv3d(x, weight, bias, stride, padding)
+    if q.precision == "bf16":
+        return F.conv3d(bf16_round(x), bf16_round(weight), bias, stride, padding)
+    xq = (quantize_input(x, q.iq) - q.iq.zero).double()
+    acc = F.conv3d(xq, q.qweight.double(), None, stride, padding)
+    y = acc.float() * q.row_scale.view(1, -1, 1, 1, 1)
+    return y + bias.view(1, -1, 1, 1, 1) if bias is not None else y
+
+
+def plan_values(plan: ConvPlan, weight: torch.Tensor) -> np.ndarray:
+    """`plan.weights` for another weight of the same conv: the value of `weight` at every (pair, filter) the plan
+    computes, in the plan's order (per task, pair-major)."""
+    k = int(np.prod(plan.kernel))
+    wflat = weight.detach().float().reshape(plan.cout, plan.cin * k).numpy()
+    counts = np.diff(plan.task_pstart)
+    if counts.sum() == 0:
+        return np.zeros_like(plan.weights)
+    ntask = len(counts)
+    task_of_pair = np.repeat(np.arange(ntask), counts)
+    gp = plan.task_G[task_of_pair].astype(np.int64)
+    pair = np.repeat(np.arange(len(task_of_pair)), gp)
+    g = np.arange(len(pair)) - np.repeat(np.cumsum(gp) - gp, gp)
+    t = task_of_pair[pair]
+    chunk_of_task = np.repeat(np.arange(len(plan.chunk_tstart) - 1), np.diff(plan.chunk_tstart))
+    filt = plan.chunk_filters[plan.chunk_fstart[chunk_of_task[t]] + plan.task_rows[t * 8 + g]]
+    pos = plan.task_wstart[t] + (pair - plan.task_pstart[t]) * plan.task_G[t] + g
+    out = np.zeros_like(plan.weights)
+    out[pos] = wflat[filt, plan.pair_c[pair] * k + plan.pair_tap[pair]]
+    return out
+
+
+def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: int, vchannels: int) -> KernelPlan:
+    """`kp` (an fp32 plan on a layout of `vchannels` planes of `chan_stride` floats per sample) for the packed
+    layout of `q.precision`: a piece's pairs that read the same word (same K-plane group, same offset) merged into
+    one pair whose weight word holds each lane's weight (zero in lanes no pair reads). `values`: the weight of each
+    (pair, filter) in `kp.weights`' order (`plan_values`)."""
+    lanes = LANES[q.precision]
+    off = kp.pair_off.numpy()
+    vc, soff = off // chan_stride, off % chan_stride
+    quad, lane = vc // lanes, vc % lanes
+    prange = kp.piece_range.numpy()
+    ptask = kp.piece_task.numpy().astype(np.int64)
+    G = kp.task_G.numpy().astype(np.int64)
+    pstart, wstart = kp.task_pstart.numpy(), kp.task_wstart.numpy()
+    n = len(off)
+    if n == 0:
+        return kp._replace(precision=CODES[q.precision], in_chan_stride=chan_stride, in_vchannels=vchannels,
+                           **_int8_fields(q))
+    by_begin = np.argsort(prange[:, 0], kind="stable")
+    piece = np.repeat(by_begin, (prange[:, 1] - prange[:, 0])[by_begin])  # piece of each pair
+    # pieces of a task are consecutive sub-ranges of its pairs, tasks in order: sorting by (piece begin, word)
+    # keeps the new pairs task-major with every piece contiguous
+    order = np.lexsort((soff, quad, prange[piece, 0]))
+    key_p, key_q, key_s = piece[order], quad[order], soff[order]
+    first = np.r_[True, (key_p[1:] != key_p[:-1]) | (key_q[1:] != key_q[:-1]) | (key_s[1:] != key_s[:-1])]
+    new_sorted = np.cumsum(first) - 1
+    new = np.empty(n, np.int64)
+    new[order] = new_sorted
+    nnew = int(new_sorted[-1]) + 1
+    new_piece = np.empty(nnew, np.int64)
+    new_piece[new_sorted] = key_p
+    new_task = ptask[new_piece]
+    ntask = len(G)
+    task_pstart = np.searchsorted(new_task, np.arange(ntask + 1)).astype(np.int64)
+    task_wstart = np.r_[0, np.cumsum(np.diff(task_pstart) * G)][:ntask].astype(np.int64)
+    cnt = np.bincount(new_piece, minlength=len(ptask))[by_begin]  # new pairs of each piece, in begin order
+    piece_range = np.empty((len(ptask), 2), np.int64)
+    piece_range[by_begin, 0] = np.cumsum(cnt) - cnt
+    piece_range[by_begin, 1] = np.cumsum(cnt)
+    # every (old pair, filter) into its word and lane
+    task_of_pair = ptask[piece]
+    gp = G[task_of_pair]
+    pair = np.repeat(np.arange(n), gp)
+    g = np.arange(len(pair)) - np.repeat(np.cumsum(gp) - gp, gp)
+    t = task_of_pair[pair]
+    src = wstart[t] + (pair - pstart[t]) * G[t] + g
+    word = task_wstart[t] + (new[pair] - task_pstart[t]) * G[t] + g
+    nwords = int((np.diff(task_pstart) * G).sum())
+    if q.precision == "int8":
+        lanes_arr = np.zeros(max(nwords, 1) * 4, np.int8)
+        lanes_arr[word * 4 + lane[pair]] = plan_int8(values[src])
+    else:
+        lanes_arr = np.zeros(max(nwords, 1) * 2, np.int16)
+        lanes_arr[word * 2 + lane[pair]] = torch.from_numpy(values[src]).to(torch.bfloat16).view(torch.int16).numpy()
+    words = torch.from_numpy(lanes_arr.view(np.float32).copy())
+    t_ = torch.from_numpy
+    return kp._replace(
+        piece_range=t_(np.ascontiguousarray(piece_range)), task_pstart=t_(task_pstart), task_wstart=t_(task_wstart),
+        pair_off=t_(np.ascontiguousarray((key_q[first] * chan_stride + key_s[first]).astype(np.int64))),
+        weights=words, precision=CODES[q.precision], in_chan_stride=int(chan_stride), in_vchannels=int(vchannels),
+        **_int8_fields(q))
+
+
+def plan_int8(v: np.ndarray) -> np.ndarray:
+    """int8 weight values carried as floats (exact integers in [-127, 127]) to int8."""
+    r = np.rint(v)
+    if np.any(r != v) or np.any(np.abs(r) > 127):
+        raise ValueError("int8 plan values must be integers in [-127, 127]")
+    return r.astype(np.int8)
+
+
+def _int8_fields(q: QuantState) -> dict:
+    if q.precision != "int8":
+        return {}
+    return dict(row_scale=q.row_scale, row_comp=q.row_comp, in_inv_scale=q.iq.inv_scale, in_zero=int(q.iq.zero))
+
+
+# ---- calibration -------------------------------------------------------------------------------------------------
+
+class _Observer:
+    """Range of one conv input over the calibration clips: min/max, or the mean over batches of the lower and upper
+    `percentile` (a deterministic subsample of at most 2**20 values per batch)."""
+
+    def __init__(self, method: str, percentile: float) -> None:
+        self.method, self.percentile = method, percentile
+        self.lo, self.hi, self.batches = [], [], 0
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach().float().flatten()
+        if self.method == "minmax":
+            self.lo.append(float(x.min()))
+            self.hi.append(float(x.max()))
+        else:
+            step = max(1, x.numel() // (1 << 20))
+            s = x[::step]
+            p = self.percentile / 100.0
+            self.lo.append(float(torch.quantile(s, 1.0 - p)))
+            self.hi.append(float(torch.quantile(s, p)))
+
+    def range(self) -> tuple[float, float]:
+        if self.method == "minmax":
+            return min(self.lo), max(self.hi)
+        return float(np.mean(self.lo)), float(np.mean(self.hi))
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, clips: Iterable[torch.Tensor], *, method: str = "minmax",
+              percentile: float = 99.99) -> dict[str, list[float]]:
+    """{conv name: [lo, hi]}: the range of every Conv3d's input over `clips` (batches [N, C, T, H, W]), run through
+    `model` (the masked dense model, in eval mode). Deterministic for the same clips."""
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    if method == "percentile" and not 50.0 < percentile <= 100.0:
+        raise ValueError(f"--calibrate-percentile {percentile}: give a percentile in (50, 100]")
+    observers: dict[str, _Observer] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv3d):
+            observers[name] = _Observer(method, percentile)
+            hooks.append(m.register_forward_pre_hook(observers[name]))
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for x in clips:
+            model(x)
+            seen += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not seen:
+        raise ValueError("calibration got no clips")
+    return {name: [float(v) for v in obs.range()] for name, obs in observers.items()}
+
+
+def set_precision(model: nn.Module, precision: str, ranges: Mapping[str, list[float]] | None = None) -> nn.Module:
+    """Run every compact conv of `model` at `precision`; int8 needs `ranges` ({conv name: [lo, hi]} from
+    `calibrate`) naming every one of them. Returns the model."""
+    from .modules import SparseConv3d
+
+    check_precision(precision)
+    convs = [m for m in model.modules() if isinstance(m, SparseConv3d)]
+    if precision == "int8":
+        if ranges is None:
+            raise ValueError("int8 needs calibration: calibrate first (--calibrate N) or load a checkpoint with scales")
+        missing = sorted({m.name for m in convs if m.name not in ranges})
+        if missing:
+            raise ValueError(f"int8: no calibrated range for conv {missing[0]}"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                             + "; calibrate this model again")
+    for m in convs:
+        m.set_precision(precision, ranges.get(m.name) if ranges else None)
+    return model
