@@ -90,8 +90,9 @@ pixels = int_range(MIN_CROP, why="too small for the models", name="pixels")
 
 
 def runtimes(text: str) -> str:
-    """`type=` of --against: comma-separated runtimes of compact.peers' registry (onnxruntime,openvino,deepsparse),
-    returned normalised as a string (so an args.yaml holding it reads back through this type)."""
+    """`type=` of --against: comma-separated runtimes of compact.peers' registry (onnxruntime, openvino, deepsparse,
+    and the reduced-precision onnxruntime-int8, openvino-bf16, openvino-int8), returned normalised as a string (so
+    an args.yaml holding it reads back through this type)."""
     from compact.peers import peer_names
 
     try:
@@ -185,8 +186,9 @@ def add_against_options(group) -> None:
     """--against and --deepsparse-python, for `opt_main.py --benchmark` and scripts/bench_compact.py alike."""
     group.add_argument("--against", type=runtimes, default=None, metavar="RUNTIMES",
                        help="--benchmark: also time these runtimes on the model exported to ONNX (pruned and dense "
-                            "weights), in the same rounds, e.g. onnxruntime,openvino,deepsparse; a missing one is "
-                            "skipped with one line")
+                            "weights), in the same rounds, e.g. onnxruntime,openvino,deepsparse; reduced precision: "
+                            "openvino-bf16, openvino-int8 (NNCF), onnxruntime-int8 (quantize_static); a missing one "
+                            "is skipped with one line")
     group.add_argument("--deepsparse-python", type=executable_file, default=None, metavar="PYTHON",
                        help="--against deepsparse: the Python of a venv with deepsparse 1.8 (it needs numpy<2), when "
                             "it cannot be imported here (default: $PRUNE3D_DEEPSPARSE_PYTHON)")

@@ -15,6 +15,18 @@ reshaped to the input's static shape; DeepSparse: num_cores = threads. DeepSpars
 allows evaluation use, never shipping it) pins numpy<2 and onnx 1.14, so it usually lives in a venv of its own
 and is driven through `deepsparse_worker.py` under that interpreter (`--deepsparse-python`, or the environment
 variable PRUNE3D_DEEPSPARSE_PYTHON); the worker times each call itself.
+
+Reduced precision (`dtype` of the class; the rows say it, and `bench.benchmark` keeps them out of its fp32 bar, the
+fastest dense runtime): `openvino-bf16` is the OpenVINO peer with INFERENCE_PRECISION_HINT bf16; `openvino-int8`
+quantizes the model read from the ONNX file with NNCF (`nncf.quantize`, its defaults) and compiles it with the
+hint f32 for what stays float; `onnxruntime-int8` quantizes the ONNX file with ONNX Runtime's `quantize_static` (QDQ,
+per-channel int8 weights, int8 activations, MinMax) and runs it with the ONNX Runtime peer's settings. Both
+quantizers calibrate on the same clips (`Calibrated`): `calibration_clips` of them (peer option, default 32), real
+clips when the caller passes `calibration` (an array or tensor N x C x T x H x W, or an .npy file of one), else
+random normal clips of the input's shape (the benchmark input's distribution, seed `calibration_seed`, default 0).
+Each OpenVINO peer records the precision OpenVINO reports and what its Convolution and FullyConnected layers ran in
+(the runtime model's `runtimePrecision`); a peer whose convolutions did not run in its precision (bf16 on a CPU
+without it: OpenVINO falls back to f32 silently) says so in one line and keeps its row, with that in `notes`.
 """
 
 from __future__ import annotations
@@ -68,18 +80,29 @@ class Peer:
 
     name: ClassVar[str]
     install: ClassVar[str]  # how a user gets it, one line
-    module: ClassVar[str] = ""  # the import that must be found for it to run in-process
+    # the import(s) that must be found for it to run in-process (each also the name pip installs)
+    module: ClassVar[str | tuple[str, ...]] = ""
+    dtype: ClassVar[str] = "f32"  # the precision it is asked to compute in: f32, bf16 or int8
 
     def __init__(self, threads: int, options: Mapping[str, Any] | None = None) -> None:
         self.threads = threads
         self.options = dict(options or {})
         self.info: dict[str, Any] = {}  # version and settings, reported in the JSON
+        self.notes: list[str] = []  # one line each, said once after loading and kept in the JSON
 
     def missing(self) -> str | None:
         """Why it cannot run here (one line, with how to install it), or None."""
-        if self.module and importlib.util.find_spec(self.module) is None:
+        modules = (self.module,) if isinstance(self.module, str) else self.module
+        absent = [m for m in modules if m and importlib.util.find_spec(m) is None]
+        if not absent:
+            return None
+        if len(absent) == len([m for m in modules if m]):
             return f"{self.name}: not installed, skipped ({self.install})"
-        return None
+        return f"{self.name}: {' and '.join(absent)} not installed, skipped (pip install {' '.join(absent)})"
+
+    def note(self, line: str) -> None:
+        if line not in self.notes:
+            self.notes.append(line)
 
     def start(self, workdir: Path) -> None:
         """Anything to do once before loading models (may raise PeerUnavailable)."""
@@ -109,26 +132,102 @@ def _version(dist: str) -> str:
         return "?"
 
 
+class Calibrated:
+    """The calibration clips of a post-training quantizer, from the peer options (see the module's docstring); the
+    same for every quantizing peer of a run, so that they quantize alike."""
+
+    CLIPS = 32
+    options: dict[str, Any]
+    info: dict[str, Any]
+
+    def calibration(self, x: np.ndarray) -> list[np.ndarray]:
+        """Single clips (1, C, T, H, W), float32, for the input `x` (N, C, T, H, W)."""
+        n = self.options.get("calibration_clips")
+        n = self.CLIPS if n is None else int(n)
+        if n < 1:
+            raise ValueError(f"calibration_clips must be at least 1, not {n}")
+        given = self.options.get("calibration")
+        if given is not None:
+            clips = np.load(given) if isinstance(given, (str, Path)) else given
+            clips = clips.detach().cpu().numpy() if isinstance(clips, torch.Tensor) else np.asarray(clips)
+            if clips.ndim != x.ndim or clips.shape[1:] != x.shape[1:]:
+                raise ValueError(f"calibration clips of shape {tuple(clips.shape)} do not fit the input "
+                                 f"{tuple(x.shape)}")
+            clips, source = clips[:n], f"given ({len(clips)} clips, the first {min(n, len(clips))} used)"
+        else:
+            seed = int(self.options.get("calibration_seed") or 0)
+            clips = np.random.default_rng(seed).standard_normal((n, *x.shape[1:]), dtype=np.float32)
+            source = f"random normal (the benchmark input's distribution), seed {seed}"
+        self.info["calibration"] = {"clips": len(clips), "source": source}
+        return [np.ascontiguousarray(c[None], dtype=np.float32) for c in clips]
+
+
 @register_peer
 class OnnxRuntimePeer(Peer):
     name = "onnxruntime"
     install = "pip install onnxruntime"
     module = "onnxruntime"
 
+    def model_path(self, key: str, onnx_path: Path, x: np.ndarray) -> Path:
+        """The file the session runs (the quantizing peer writes another)."""
+        return onnx_path
+
     def load(self, key: str, onnx_path: Path, x: np.ndarray) -> Runner:
         import onnxruntime as ort
 
+        path = self.model_path(key, onnx_path, x)
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x}
         self.info.update(version=ort.__version__, intra_op_threads=self.threads, inter_op_threads=1,
                          spinning=False)
         return Runner(lambda: sess.run(None, feed), lambda: sess.run(None, feed)[0])
+
+
+@register_peer
+class OnnxRuntimeInt8Peer(Calibrated, OnnxRuntimePeer):
+    """ONNX Runtime on the ONNX file quantized by its own `quantize_static`: QDQ (its CPU provider fuses each
+    DequantizeLinear -> Conv -> QuantizeLinear into an int8 QLinearConv), per-channel weights."""
+
+    name = "onnxruntime-int8"
+    dtype = "int8"
+
+    def model_path(self, key: str, onnx_path: Path, x: np.ndarray) -> Path:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        clips = self.calibration(x)
+        name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+
+        class Clips(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.left = iter(clips)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                clip = next(self.left, None)
+                return None if clip is None else {name: clip}
+
+        out = onnx_path.with_name(f"{onnx_path.stem}_{self.name}.onnx")
+        # it keeps every clip's intermediate outputs until the end (C3D at 16x112x112: ~0.2 GB a clip); its
+        # CalibMaxIntermediateOutputs would bound that, but ONNX Runtime 1.32 drops each full chunk unused
+        quantize_static(str(onnx_path), str(out), Clips(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        self.info["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                                     "per_channel": True, "activations": "QInt8", "weights": "QInt8",
+                                     "calibrate_method": "MinMax"}
+        return out
 
 
 def _type_name(t: Any) -> str:
@@ -136,31 +235,90 @@ def _type_name(t: Any) -> str:
     return t.get_type_name() if hasattr(t, "get_type_name") else str(t)
 
 
+def _layer_precisions(compiled: Any) -> dict[str, dict[str, int]]:
+    """How many Convolution and FullyConnected layers of a compiled OpenVINO model run in each precision (its
+    runtime model's `runtimePrecision`): what it ran, whatever was asked."""
+    out: dict[str, dict[str, int]] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        kind = rt["layerType"].astype(str) if "layerType" in rt else ""
+        if kind in ("Convolution", "FullyConnected"):
+            prec = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
+            out.setdefault(kind, {})
+            out[kind][prec] = out[kind].get(prec, 0) + 1
+    return out
+
+
+RAN_AS = {"f32": ("f32",), "bf16": ("bf16",), "int8": ("i8", "u8")}  # runtimePrecision that counts as dtype
+
+
 @register_peer
 class OpenVinoPeer(Peer):
     name = "openvino"
     install = "pip install openvino"
     module = "openvino"
+    hint = "f32"  # INFERENCE_PRECISION_HINT: what its float layers compute in
+
+    def model(self, core: Any, key: str, onnx_path: Path, x: np.ndarray) -> Any:
+        """The model to compile (the quantizing peer quantizes it)."""
+        return core.read_model(str(onnx_path))
 
     def load(self, key: str, onnx_path: Path, x: np.ndarray) -> Runner:
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(onnx_path))
+        model = self.model(core, key, onnx_path, x)
         model.reshape({model.inputs[0].get_any_name(): list(x.shape)})  # static batch
-        config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32",
+        config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": self.hint,
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         compiled = core.compile_model(model, "CPU", config)
         request = compiled.create_infer_request()
-        self.info.update(version=ov.__version__,
-                         precision=_type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
+        precision = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        layers = _layer_precisions(compiled)
+        self.info.update(version=ov.__version__, precision=precision,
                          threads=int(compiled.get_property("INFERENCE_NUM_THREADS")))
+        if self.dtype != "f32":
+            self.info.setdefault("layer_precisions", {})[key] = layers
+            self.info["cpu_capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+            convs = layers.get("Convolution", {})
+            if not any(p in convs for p in RAN_AS[self.dtype]):
+                self.note(f"{self.name}: OpenVINO ran its convolutions in {'/'.join(convs) or '?'}, not "
+                          f"{self.dtype} (it reports precision {precision}; CPU capabilities "
+                          f"{','.join(self.info['cpu_capabilities'])}): the times are not {self.dtype}'s")
 
         def output() -> np.ndarray:
             request.infer({0: x})
             return np.array(request.get_output_tensor(0).data, copy=True)
 
         return Runner(lambda: request.infer({0: x}), output)
+
+
+@register_peer
+class OpenVinoBf16Peer(OpenVinoPeer):
+    """OpenVINO with its float layers in bf16 (its own default on CPUs with AVX512_BF16 or AMX)."""
+
+    name = "openvino-bf16"
+    dtype = hint = "bf16"
+
+
+@register_peer
+class OpenVinoInt8Peer(Calibrated, OpenVinoPeer):
+    """OpenVINO on the model quantized by NNCF's post-training quantization; what stays float runs f32."""
+
+    name = "openvino-int8"
+    install = "pip install openvino nncf"
+    module = ("openvino", "nncf")
+    dtype = "int8"
+
+    def model(self, core: Any, key: str, onnx_path: Path, x: np.ndarray) -> Any:
+        import nncf
+
+        clips = self.calibration(x)
+        quantized = nncf.quantize(super().model(core, key, onnx_path, x), nncf.Dataset(clips),
+                                  subset_size=len(clips))
+        self.info["quantization"] = {"tool": f"nncf {nncf.__version__} nncf.quantize",
+                                     "preset": "nncf default (performance: symmetric)", "subset_size": len(clips)}
+        return quantized
 
 
 @register_peer
@@ -399,6 +557,8 @@ class Against:
                     continue
                 self.runners[(name, v)] = runner
                 self.checks.setdefault(name, {})[v] = err
+            for line in peer.notes:
+                self.say(line)
 
     def fns(self) -> dict[str, Callable[[], object]]:
         """Callables for `interleaved`, keyed "runtime:variant"."""
@@ -411,7 +571,7 @@ class Against:
         out: dict[str, dict] = {}
         cms = ms[compact_key]
         for name, peer in self.peers.items():
-            row: dict[str, Any] = {**peer.info}
+            row: dict[str, Any] = {"dtype": peer.dtype, **peer.info}
             for v in VARIANTS:
                 key = f"{name}:{v}"
                 row[f"{v}_ms"] = ms.get(key)
@@ -424,5 +584,7 @@ class Against:
             row["dense_max_rel_err"] = self.checks.get(name, {}).get("dense")  # vs PyTorch on the dense weights
             if name in self.errors:
                 row["errors"] = self.errors[name]
+            if peer.notes:
+                row["notes"] = list(peer.notes)
             out[name] = row
         return out

@@ -5,6 +5,8 @@
     python scripts/bench_compact.py --arch r2+1d --profile r2+1d_kgrc_3.05x --json out.json
     python scripts/bench_compact.py --arch c3d --against onnxruntime,openvino,deepsparse \
         --deepsparse-python /opt/deepsparse-venv/bin/python      # other runtimes in the same rounds
+    python scripts/bench_compact.py --arch c3d --batch-size 1 \
+        --against openvino,openvino-bf16,openvino-int8,onnxruntime-int8   # reduced precision (pip install nncf)
 
 The same code as `opt_main.py --benchmark` (the model, masks and rules of `opt_main.pruned_model`, then
 `compact.benchmark` and `compact.format_table`), for several batch sizes in one run and one JSON file: weights are
@@ -36,7 +38,7 @@ import compact  # noqa: E402
 from compact.bench import interleaved  # noqa: E402
 from models.c3d import CONVS  # noqa: E402
 from opt_main import pruned_model, resolve_defaults  # noqa: E402
-from options import add_against_options, parse_args  # noqa: E402
+from options import add_against_options, parse_args, positive_int  # noqa: E402
 from pruning.report import build_report  # noqa: E402
 
 
@@ -58,6 +60,12 @@ def parse(argv=None):
                    help="C3D: also time Torch-Pruning's channel-pruned C3D (uniform L2-magnitude channel ratio, "
                         "physically smaller dense model) at the profile's MAC reduction, side by side")
     add_against_options(p)
+    p.add_argument("--calibration-clips", type=positive_int, default=32, metavar="N",
+                   help="--against openvino-int8/onnxruntime-int8: how many clips their quantizers calibrate on")
+    p.add_argument("--calibration", default=None, metavar="NPY",
+                   help="--against openvino-int8/onnxruntime-int8: real clips to calibrate on, an .npy array "
+                        "N x C x T x H x W as the model takes them (default: random normal clips, the benchmark "
+                        "input's distribution)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.channel_pruned_equal_macs and args.arch != "c3d":
@@ -208,7 +216,9 @@ def main(argv=None) -> int:
     for bs in args.batch_size:
         r = compact.benchmark(model, masks, input_shape, batch_size=bs, threads=args.threads, repeats=args.repeats,
                               warmup=args.warmup, rules=rules, against=args.against.split(",") if args.against else (),
-                              peer_options={"deepsparse_python": args.deepsparse_python})
+                              peer_options={"deepsparse_python": args.deepsparse_python,
+                                            "calibration_clips": args.calibration_clips,
+                                            "calibration": args.calibration})
         r.update(arch=args.arch, profile=args.profile)
         print(compact.format_table(r, f"== {args.arch} {args.profile}, batch {bs}"), flush=True)
         results.append(r)

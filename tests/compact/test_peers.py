@@ -49,7 +49,13 @@ def run_bench(model, masks, rules, against, **kw) -> dict:
 def test_registry_names_and_parsing(fake_registry):
     assert {"onnxruntime", "openvino", "deepsparse"} <= set(PEERS)
     assert peer_names("OpenVINO, onnxruntime,openvino") == ["openvino", "onnxruntime"]
-    with pytest.raises(ValueError, match="'tvm' is not a runtime; allowed: onnxruntime, openvino, deepsparse"):
+    assert peer_names("openvino,openvino-bf16,openvino-int8,onnxruntime-int8") == [
+        "openvino", "openvino-bf16", "openvino-int8", "onnxruntime-int8"]
+    assert {n: PEERS[n].dtype for n in PEERS} == {
+        "onnxruntime": "f32", "onnxruntime-int8": "int8", "openvino": "f32", "openvino-bf16": "bf16",
+        "openvino-int8": "int8", "deepsparse": "f32"}
+    with pytest.raises(ValueError, match="'tvm' is not a runtime; allowed: onnxruntime, onnxruntime-int8, openvino, "
+                                         "openvino-bf16, openvino-int8, deepsparse$"):
         peer_names("onnxruntime,tvm")
 
     @register_peer
@@ -61,10 +67,16 @@ def test_registry_names_and_parsing(fake_registry):
 
 def test_options_refuse_unknown_runtime_in_one_line(capsys):
     assert parse_args(["--benchmark", "--against", "openvino,onnxruntime"]).against == "openvino,onnxruntime"
+    assert parse_args(["--benchmark", "--against", "openvino,OpenVINO-bf16,openvino-int8,onnxruntime-int8"]
+                      ).against == "openvino,openvino-bf16,openvino-int8,onnxruntime-int8"
     with pytest.raises(SystemExit):
         parse_args(["--benchmark", "--against", "tensorrt"])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--against: 'tensorrt' is not a runtime" in err
+    with pytest.raises(SystemExit):
+        parse_args(["--benchmark", "--against", "openvino,openvino-fp16"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--against: 'openvino-fp16' is not a runtime" in err and "openvino-int8" in err
     with pytest.raises(SystemExit):
         parse_args(["--benchmark", "--deepsparse-python", "/no/such/python"])
     assert capsys.readouterr().err == "error: --deepsparse-python: '/no/such/python': no such file\n"
@@ -100,6 +112,118 @@ def test_missing_runtimes_skipped_with_one_line_and_the_rest_benchmarked(c3d, mo
     assert r["fastest_dense"] == {"name": "echo", "ms": 1.0}
     table = compact.format_table(r)
     assert "against other runtimes" in table and "skipped: onnxruntime: not installed" in table
+
+
+def specs(monkeypatch, *, absent=(), present=()) -> None:
+    """Make `absent` look not installed and `present` installed to compact.peers."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(peers.importlib.util, "find_spec",
+                        lambda name, *a: None if name in absent else object() if name in present else real(name, *a))
+
+
+def test_quantizing_peer_names_what_is_missing(monkeypatch):
+    specs(monkeypatch, absent=("nncf",), present=("openvino", "onnxruntime"))
+    assert PEERS["openvino-int8"](1).missing() == "openvino-int8: nncf not installed, skipped (pip install nncf)"
+    assert PEERS["openvino-bf16"](1).missing() is None and PEERS["onnxruntime-int8"](1).missing() is None
+    specs(monkeypatch, absent=("nncf", "openvino", "onnxruntime"))
+    assert PEERS["openvino-int8"](1).missing() == "openvino-int8: not installed, skipped (pip install openvino nncf)"
+    assert PEERS["openvino-bf16"](1).missing() == "openvino-bf16: not installed, skipped (pip install openvino)"
+    assert PEERS["onnxruntime-int8"](1).missing() == \
+        "onnxruntime-int8: not installed, skipped (pip install onnxruntime)"
+
+
+def test_reduced_precision_peers_missing_skipped_and_kept_out_of_the_fp32_bar(c3d, monkeypatch, fake_registry):
+    """Missing reduced-precision runtimes: one line each, the rest benchmarked; a runtime's notes are said once
+    and kept in its row; a faster int8 runtime is reported but is not the bar (the fastest dense fp32 runtime)."""
+    hide(monkeypatch, "nncf", "openvino", "onnxruntime")
+    model, masks, rules = c3d
+    dense = compact.masked_dense_copy(model, masks)
+
+    class Echo(Peer):
+        name, install = "echo", "-"
+        ms = 1.0
+
+        def load(self, key, onnx_path, x):
+            self.info["version"] = "0"
+            ref = torch.from_numpy(x)
+            return Runner(lambda: Timed(self.ms), lambda: dense(ref).numpy())
+
+    @register_peer
+    class EchoInt8(Echo):
+        name, dtype, ms = "echo-int8", "int8", 0.5
+
+        def load(self, key, onnx_path, x):
+            self.note("echo-int8: ran in f32, not int8")
+            return super().load(key, onnx_path, x)
+
+    register_peer(Echo)
+    lines: list[str] = []
+    r = run_bench(model, masks, rules, ["openvino-bf16", "openvino-int8", "onnxruntime-int8", "echo", "echo-int8"],
+                  say=lines.append)
+    assert lines == ["openvino-bf16: not installed, skipped (pip install openvino)",
+                     "openvino-int8: not installed, skipped (pip install openvino nncf)",
+                     "onnxruntime-int8: not installed, skipped (pip install onnxruntime)",
+                     "echo-int8: ran in f32, not int8"]
+    assert list(r["against"]) == ["echo", "echo-int8"] and len(r["against_skipped"]) == 3
+    e, q = r["against"]["echo"], r["against"]["echo-int8"]
+    assert e["dtype"] == "f32" and "notes" not in e and e["dense_ms"] == 1.0
+    assert q["dtype"] == "int8" and q["notes"] == ["echo-int8: ran in f32, not int8"] and q["dense_ms"] == 0.5
+    assert r["fastest_dense"] == {"name": "echo", "ms": 1.0}
+    assert "  echo-int8: ran in f32, not int8" in compact.format_table(r).splitlines()
+
+
+def test_calibration_clips(tmp_path):
+    x = np.zeros((2, *SHAPE), np.float32)
+    peer = PEERS["onnxruntime-int8"](1)
+    clips = peer.calibration(x)
+    assert len(clips) == 32 and all(c.shape == (1, *SHAPE) and c.dtype == np.float32 for c in clips)
+    assert 0.9 < float(np.std(clips)) < 1.1  # the benchmark input's distribution
+    assert np.array_equal(np.concatenate(clips), np.concatenate(PEERS["openvino-int8"](1).calibration(x)))  # seeded
+    assert peer.info["calibration"]["clips"] == 32 and "seed 0" in peer.info["calibration"]["source"]
+    assert len(PEERS["openvino-int8"](1, {"calibration_clips": 3}).calibration(x)) == 3
+    with pytest.raises(ValueError, match="calibration_clips must be at least 1, not 0"):
+        PEERS["openvino-int8"](1, {"calibration_clips": 0}).calibration(x)
+    real = torch.rand(5, *SHAPE)
+    given = PEERS["openvino-int8"](1, {"calibration": real, "calibration_clips": 4})
+    assert np.array_equal(np.concatenate(given.calibration(x)), real[:4].numpy())
+    assert given.info["calibration"]["source"].startswith("given (5 clips, the first 4 used)")
+    np.save(tmp_path / "clips.npy", real.numpy())
+    assert len(PEERS["onnxruntime-int8"](1, {"calibration": str(tmp_path / "clips.npy")}).calibration(x)) == 5
+    with pytest.raises(ValueError, match=r"calibration clips of shape \(5, 3, 8, 16, 16\) do not fit the input"):
+        PEERS["openvino-int8"](1, {"calibration": torch.rand(5, 3, 8, 16, 16)}).calibration(x)
+
+
+def test_openvino_bf16_and_int8_run(c3d):
+    """Where OpenVINO and NNCF are installed (not in CI): both reduced-precision peers give timings, the precision
+    OpenVINO reports and what its convolutions ran in; the error against the compact fp32 output is recorded."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    model, masks, rules = c3d
+    r = run_bench(model, masks, rules, ["openvino-bf16", "openvino-int8"], say=lambda s: None,
+                  peer_options={"calibration_clips": 4})
+    b, q = r["against"]["openvino-bf16"], r["against"]["openvino-int8"]
+    for a in (b, q):
+        assert a["dense_ms"] > 0 and a["pruned_ms"] > 0 and a["threads"] == 1 and "errors" not in a
+        assert 0 < a["max_rel_err"] < 0.5 and set(a["layer_precisions"]) == {"dense", "pruned"}
+    convs = b["layer_precisions"]["pruned"]["Convolution"]
+    if "BF16" in b["cpu_capabilities"]:
+        assert b["precision"] == "bf16" and set(convs) == {"bf16"} and "notes" not in b
+    else:  # OpenVINO falls back to f32: said, and kept in the row
+        assert b["notes"] and "not bf16" in b["notes"][0]
+    assert q["precision"] == "f32" and q["dtype"] == "int8" and "notes" not in q  # f32: what stays float
+    assert set(q["layer_precisions"]["pruned"]["Convolution"]) <= {"u8", "i8"}
+    assert q["calibration"]["clips"] == 4 and q["quantization"]["tool"].startswith("nncf ")
+    assert r["fastest_dense"]["name"] == "pytorch"  # no reduced-precision runtime is the fp32 bar
+
+
+def test_onnxruntime_int8_runs(c3d):
+    pytest.importorskip("onnxruntime")
+    model, masks, rules = c3d
+    r = run_bench(model, masks, rules, ["onnxruntime-int8"], peer_options={"calibration_clips": 4})
+    a = r["against"]["onnxruntime-int8"]
+    assert a["dense_ms"] > 0 and a["pruned_ms"] > 0 and "errors" not in a and a["intra_op_threads"] == 1
+    assert 0 < a["max_rel_err"] < 0.5 and a["quantization"]["format"] == "QDQ" and a["calibration"]["clips"] == 4
+    assert r["fastest_dense"]["name"] == "pytorch"
 
 
 def test_runtime_that_cannot_run_a_model_is_reported(c3d, fake_registry):
