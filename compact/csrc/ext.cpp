@@ -122,7 +122,10 @@ int64_t pack_input(const float* x, int64_t N, int64_t per_sample, const P3DPlan&
         for (int64_t i = 0; i < S; ++i) {
           uint32_t w = 0;
           for (int j = 0; j < lanes; ++j) {
-            int32_t v = static_cast<int32_t>(std::nearbyint(src[j][i] * inv)) + zero;
+            // round half to even by the float adder (|v| < 2^22 after the clamp), not a libm call per value
+            float f = src[j][i] * inv;
+            f = f < -512.f ? -512.f : f > 512.f ? 512.f : f;
+            int32_t v = static_cast<int32_t>((f + 12582912.f) - 12582912.f) + zero;
             v = v < 0 ? 0 : v > 255 ? 255 : v;
             w |= static_cast<uint32_t>(v) << (8 * j);
           }
