@@ -223,7 +223,27 @@ def test_onnxruntime_int8_runs(c3d):
     a = r["against"]["onnxruntime-int8"]
     assert a["dense_ms"] > 0 and a["pruned_ms"] > 0 and "errors" not in a and a["intra_op_threads"] == 1
     assert 0 < a["max_rel_err"] < 0.5 and a["quantization"]["format"] == "QDQ" and a["calibration"]["clips"] == 4
+    assert a["layer_precisions"]["pruned"] == {"Conv": {"int8": 8, "f32": 0}} and "notes" not in a
     assert r["fastest_dense"]["name"] == "pytorch"
+
+
+def test_onnxruntime_int8_quantizes_convs_whose_bias_the_exporter_shares(tmp_path):
+    """Equal biases (C3D's zero init) reach ONNX as one initializer and Identity nodes; every conv is still int8."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv3d(8, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    for m in model:
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.zeros_(m.bias)
+    path = compact.export_onnx(model, {}, tmp_path / "m.onnx", (3, 4, 8, 8))
+    import onnx
+    assert "Identity" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    peer = PEERS["onnxruntime-int8"](1, {"calibration_clips": 2})
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 8, 8), dtype=np.float32)
+    runner = peer.load("pruned", path, x)
+    assert peer.info["layer_precisions"]["pruned"] == {"Conv": {"int8": 2, "f32": 0}} and not peer.notes
+    assert runner.output().shape == (1, 8, 4, 8, 8)
 
 
 def test_runtime_that_cannot_run_a_model_is_reported(c3d, fake_registry):
