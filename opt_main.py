@@ -377,9 +377,17 @@ def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
     _, val_set = make_data(args)
     model = make_model(args).to(device)
     load_start(model, args, start)
+    if args.precision:  # the compact engine (CPU) at that precision, on the checkpoint's masks
+        if device.type != "cpu":
+            raise UserError("--precision evaluates the compact engine, which runs on the CPU: add --device cpu")
+        masks = {k: v.bool() for k, v in (start.ckpt.get("masks") or zero_masks(model)).items()}
+        rules = make_profile(args).resolve(model) if args.config_file else {}
+        model = compact_at_precision(args, model, masks, rules, path)
     rank = dist_utils.rank()
     world = torch.distributed.get_world_size() if dist_utils.is_distributed() else 1
     metrics = evaluate(model, val_set, args, device, rank, world)
+    if args.precision:
+        metrics["precision"] = args.precision
     if dist_utils.is_main():
         print(json.dumps(metrics, indent=2))
     return metrics
@@ -543,6 +551,60 @@ def pruned_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, dict]
     return model, masks, rules
 
 
+def calibration_batches(args: argparse.Namespace, n: int, shape: tuple[int, ...]) -> tuple[list, str]:
+    """(batches of n clips, where they come from) for --calibrate: training clips with the evaluation transform,
+    evenly spaced over the split; for --benchmark without --data-location, random clips (said)."""
+    bs = max(1, min(args.batch_size or 8, 8))
+    if not args.data_location:
+        if args.phase != "benchmark":
+            raise UserError("--calibrate N takes N training clips: pass --data-location")
+        gen = torch.Generator().manual_seed(args.seed)
+        clips = torch.randn(n, *shape, generator=gen)
+        return [clips[i:i + bs] for i in range(0, n, bs)], f"{n} random clips (no --data-location: for timing only)"
+    train_set, _ = make_data(args, eval_train=True)
+    idx = sorted({round(i * (len(train_set) - 1) / max(n - 1, 1)) for i in range(n)})
+    clips = [train_set[i][0] for i in idx]
+    return [torch.stack(clips[i:i + bs]) for i in range(0, len(clips), bs)], f"{len(clips)} training clips"
+
+
+def conv_input_ranges(args: argparse.Namespace, model: torch.nn.Module, masks: dict,
+                      ckpt_path: str | None) -> dict | None:
+    """The conv input ranges int8 runs with: measured now (--calibrate N, then stored in the checkpoint), else the
+    checkpoint's own; None when there are none (fine below int8)."""
+    from compact.quant import calibrate
+    from compact.surgery import masked_dense_copy
+
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path else {}
+    if not args.calibrate:
+        stored = ckpt.get("calibration")
+        if args.precision == "int8" and not stored:
+            raise UserError(f"--precision int8 needs calibrated input ranges and {ckpt_path or 'no checkpoint'} has "
+                            "none: add --calibrate N (N training clips, e.g. 32)")
+        return stored["ranges"] if stored else None
+    shape = (3, args.clip_len, args.crop_size, args.crop_size)
+    batches, source = calibration_batches(args, args.calibrate, shape)
+    ranges = calibrate(masked_dense_copy(model, masks).eval(), batches, method=args.calibrate_method,
+                       percentile=args.calibrate_percentile)
+    record = {"ranges": ranges, "method": args.calibrate_method, "percentile": args.calibrate_percentile,
+              "clips": source, "masks": mask_digest(masks)}
+    if ckpt_path and args.data_location:
+        ckpt["calibration"] = record
+        save_checkpoint(ckpt, ckpt_path)
+        print(f"calibrated on {source} ({args.calibrate_method}); the ranges are stored in {ckpt_path}")
+    else:
+        print(f"calibrated on {source} ({args.calibrate_method})")
+    return ranges
+
+
+def compact_at_precision(args: argparse.Namespace, model: torch.nn.Module, masks: dict, rules: dict,
+                         ckpt_path: str | None) -> torch.nn.Module:
+    """compile_sparse at --precision (int8 with `conv_input_ranges`)."""
+    import compact
+
+    ranges = conv_input_ranges(args, model, masks, ckpt_path)
+    return compact.compile_sparse(model, masks, rules=rules, precision=args.precision or "fp32", ranges=ranges)
+
+
 @phase("benchmark")
 def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     """Dense (fastest PyTorch path per layer, and --against's runtimes) vs compact latency, interleaved, in one
@@ -553,9 +615,12 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     shape = (3, args.clip_len, args.crop_size, args.crop_size)
     threads = args.threads or torch.get_num_threads()
     against = args.against.split(",") if args.against else ()
+    precisions = [args.precision] if args.precision not in (None, "fp32") else []
+    ranges = conv_input_ranges(args, model, masks, args.resume) if precisions else None
     result = compact.benchmark(model, masks, shape, batch_size=args.batch_size or 1, threads=threads,
                                repeats=args.repeats, rules=rules, against=against,
-                               peer_options={"deepsparse_python": args.deepsparse_python})
+                               peer_options={"deepsparse_python": args.deepsparse_python},
+                               precisions=precisions, ranges=ranges)
     title = (f"{args.arch} {' '.join(args.config_file or [args.resume or ''])} batch {args.batch_size or 1}, "
              f"{threads} threads, kernels: {compact.kernel_isa()}")
     print(compact.format_table(result, title=title))
@@ -576,8 +641,11 @@ def export(args: argparse.Namespace, device: torch.device) -> dict:
     shape = (3, args.clip_len, args.crop_size, args.crop_size)
     stem = Path(args.resume).with_suffix("") if args.resume else Path(args.save_dir) / f"{args.arch}_pruned"
     onnx_path = compact.export_onnx(model, masks, f"{stem}.onnx", shape)
-    compact_path = compact.save_compact(compact.compile_sparse(model, masks, rules=rules), f"{stem}_compact.pt",
-                                        {"arch": args.arch, "input_shape": list(shape)})
+    precision = args.precision or "fp32"
+    suffix = "" if precision == "fp32" else f"_{precision}"
+    compact_path = compact.save_compact(compact_at_precision(args, model, masks, rules, args.resume),
+                                        f"{stem}_compact{suffix}.pt",
+                                        {"arch": args.arch, "input_shape": list(shape), "precision": precision})
     print(f"wrote {onnx_path} and {compact_path}")
     return {"onnx": str(onnx_path), "compact": str(compact_path)}
 

@@ -357,6 +357,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--kd-off-epochs", type=nonnegative_int, default=3,
                    help="switch distillation off for the last N epochs")
 
+    g = p.add_argument_group("precision (the compact engine: --evaluate, --benchmark, --export)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
+                   help="run the compact engine at this precision: --evaluate then evaluates the compact model "
+                        "(default: the PyTorch model), --export saves it, --benchmark adds it beside fp32; int8 needs "
+                        "calibrated input ranges (--calibrate, or a checkpoint calibrated before)")
+    g.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
+                   help="int8: measure every conv's input range on N training clips (evaluation transform) and store "
+                        "them in the checkpoint; --benchmark without --data-location uses N random clips")
+    g.add_argument("--calibrate-method", choices=("minmax", "percentile"), default="minmax",
+                   help="minmax: the extremes seen; percentile: --calibrate-percentile of the values (clips outliers)")
+    g.add_argument("--calibrate-percentile", type=finite_float(50, 100, lo_open=True), default=99.99)
+
     g = p.add_argument_group("output and runtime")
     g.add_argument("--save-dir", "--save_dir", dest="save_dir", default="checkpoints")
     g.add_argument("--name", default=None, help="run name (default: arch_dataset_profile_phase)")
@@ -406,6 +418,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> None:
     """The checks a `type=` cannot make: those that ask the machine. Refusals go through `parser.error`."""
     error = (parser or get_args_parser()).error
+    if (args.precision or args.calibrate) and phase_of(args) not in ("evaluate", "benchmark", "export"):
+        error(f"--{'precision' if args.precision else 'calibrate'} is for --evaluate, --benchmark and --export")
+    if args.calibrate and args.precision in (None, "fp32", "bf16"):
+        error("--calibrate measures the ranges int8 needs: add --precision int8")
     if args.device is not None:
         problem = device_problem(args.device)
         if problem:

@@ -27,6 +27,7 @@ from .convert import compile_sparse, fold_batchnorm
 from .dense_paths import DENSE_PATHS, KERNEL, DenseConv, run_dense
 from .modules import AutoConv3d, SparseConv3d
 from .peers import Against, Timed
+from .quant import set_precision
 from .residual import StemIntoStageVideoResNet
 from .surgery import masked_dense_copy, set_submodule
 
@@ -115,6 +116,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
               batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 2, rules: dict | None = None,
               per_layer: bool = True, compact: nn.Module | None = None, seed: int = 0,
               against: Sequence[str] = (), peer_options: Mapping[str, object] | None = None,
+              precisions: Sequence[str] = (), ranges: Mapping[str, list[float]] | None = None,
               say: Callable[[str], None] = print) -> dict:
     """Time the masked dense model (fastest dense path) against `compile_sparse(model, masks)`.
 
@@ -133,6 +135,11 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
     PyTorch included; reduced-precision peers such as openvino-int8 are reported but are not this bar),
     `speedup_vs_fastest_dense` and its paired form. `peer_options` go to the runtimes (`deepsparse_python`; the
     quantizing peers' `calibration_clips`, `calibration`, `calibration_seed`).
+
+    `precisions` ("bf16", "int8") adds the compact model at those precisions to the whole-model rounds (int8 with
+    `ranges`, {conv name: [lo, hi]} from `quant.calibrate`): key `precisions`, per precision its `ms`, `min_ms`,
+    `max_rel_err` against the dense fp32 model, `speedup_vs_fp32_paired` (over the fp32 compact model) and, for
+    each peer of that precision (`against`), `speedup_vs_<peer>` over its dense-weight model.
     """
     from pruning.report import build_report
 
@@ -199,12 +206,26 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         rounds: dict[str, list[float]] = {}
         pytorch = {"per_layer_fastest": lambda: fastest(x), "contiguous": lambda: dense(x),
                    "channels_last": lambda: cl(x_cl)}
+        reduced = {p: set_precision(compile_sparse(dense, masks, rules=rules), p, ranges) for p in precisions}
+        reduced_err = {p: _rel_err(m(x), ref) for p, m in reduced.items()}
         with Against(against, threads, options=peer_options, say=say, seed=seed) as peers:
             peers.prepare(dense, masks, x, out)
-            t = interleaved({**pytorch, "compact": lambda: compact(x), **peers.fns()}, repeats, warmup,
-                            fastest_ms, rounds)
+            t = interleaved({**pytorch, "compact": lambda: compact(x),
+                             **{f"compact:{p}": (lambda m=m: m(x)) for p, m in reduced.items()}, **peers.fns()},
+                            repeats, warmup, fastest_ms, rounds)
             others = peers.summary(t, rounds, fastest_ms, "compact")
             skipped, onnx = dict(peers.skipped), dict(peers.onnx)
+        by_precision = {}
+        for p in reduced:
+            key = f"compact:{p}"
+            row = {"ms": t[key], "min_ms": fastest_ms[key], "max_rel_err": reduced_err[p],
+                   "speedup_vs_fp32_paired": statistics.median(c / r for c, r in zip(rounds["compact"], rounds[key]))}
+            for name, r in others.items():
+                if r.get("dtype") == p and r.get("dense_ms") is not None:
+                    row[f"speedup_vs_{name}"] = r["dense_ms"] / t[key]
+                    row[f"speedup_vs_{name}_paired"] = statistics.median(
+                        d / c for d, c in zip(rounds[f"{name}:dense"], rounds[key]))
+            by_precision[p] = row
         cands = {k: t[k] for k in pytorch}
         dense_ms, sparse_ms = min(cands.values()), t["compact"]
         # the fastest dense path and the compact model run back to back in each round: the median of the per-round
@@ -236,7 +257,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
                 "compact_ms": sparse_ms, "against": others, "against_skipped": skipped, "against_onnx": onnx,
                 "fastest_dense": {"name": bar, "ms": dense_runs[bar][0]},
                 "speedup_vs_fastest_dense": dense_runs[bar][0] / sparse_ms,
-                "speedup_vs_fastest_dense_paired": bar_paired,
+                "speedup_vs_fastest_dense_paired": bar_paired, "precisions": by_precision,
                 "layers": layers}
     finally:
         torch.set_num_threads(prev_threads)
@@ -273,7 +294,21 @@ def format_table(result: dict, title: str = "") -> str:
                  + (f" (head input {r['max_rel_err_features']:.2e})" if r.get("max_rel_err_features") is not None
                     else ""))
     lines.extend(_against_lines(r))
+    lines.extend(_precision_lines(r))
     return "\n".join(lines)
+
+
+def _precision_lines(r: dict) -> list[str]:
+    """The compact model at reduced precisions (same rounds as the whole-model timing)."""
+    if not r.get("precisions"):
+        return []
+    lines = [f"compact at reduced precision (whole model, same rounds; fp32 {r['compact_ms']:.1f} ms):"]
+    for p, row in r["precisions"].items():
+        peers = ", ".join(f"{k[len('speedup_vs_'):]} {v:.2f}x" for k, v in row.items()
+                          if k.startswith("speedup_vs_") and not k.endswith("_paired") and k != "speedup_vs_fp32")
+        lines.append(f"  {p}: {row['ms']:.1f} ms, {row['speedup_vs_fp32_paired']:.2f}x over fp32 (per-round ratio), "
+                     f"max rel err {row['max_rel_err']:.1e} vs dense fp32" + (f"; vs {peers}" if peers else ""))
+    return lines
 
 
 def _ms(v: float | None) -> str:

@@ -36,6 +36,7 @@ from pruning.sparsity_types import TYPES
 
 from .chain import chain_conv_pairs
 from .modules import AutoConv3d, ChannelsLastMaxPool3d, SparseConv3d
+from .quant import check_precision, set_precision
 from .residual import fuse_residual_stages, fuse_stem_into_stage
 from .surgery import masked_dense_copy, set_submodule
 
@@ -221,7 +222,8 @@ register_engine(S3D, (fold_bn, swap_convs, fuse_relu, chain_pairs, channels_last
 
 @torch.no_grad()
 def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: dict | None = None,
-                   fuse: bool = True, dense_layers: bool | None = None) -> nn.Module:
+                   fuse: bool = True, dense_layers: bool | None = None, precision: str = "fp32",
+                   ranges: dict[str, list[float]] | None = None) -> nn.Module:
     """Compact inference copy of `model` whose output equals the masked dense model's.
 
     Every Conv3d whose weight is named in `masks` becomes a `SparseConv3d` (all-zero filters and channels dropped,
@@ -232,13 +234,15 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
     (`dense_layers`, default: same as fuse, also runs the unpruned convs through the kernels); for other models
     BatchNorm is folded, ReLUs fused, (2+1)D conv pairs chained, residual stages run in the kernels' layout and
     max-pooling in channels_last_3d. `fuse=False` only swaps the masked convs. The model is copied and put in
-    eval mode; the input is untouched.
+    eval mode; the input is untouched. `precision` "bf16" or "int8" runs the compact convs at that precision
+    (`quant.set_precision`; int8 needs `ranges`, the calibrated conv inputs of `quant.calibrate`).
     """
+    check_precision(precision)
     model = masked_dense_copy(model, masks)
     job = CompileJob(masks, rules or {}, fuse if dense_layers is None else dense_layers)
     for run in engine_passes(model) if fuse else (swap_pruned_convs,):
         model = run(model, job)
-    return model
+    return set_precision(model, precision, ranges) if precision != "fp32" else model
 
 
 def __getattr__(name: str):

@@ -17,6 +17,7 @@ computation in PyTorch: bit-exact for int8, the pure-PyTorch path of `SparseConv
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .plan import ConvPlan, KernelPlan
+
+log = logging.getLogger("prune3d.compact")
 
 PRECISIONS = ("fp32", "bf16", "int8")
 CODES = {"fp32": 0, "bf16": 1, "int8": 2}  # plan.h P3D_FP32, P3D_BF16, P3D_INT8
@@ -296,4 +299,22 @@ def set_precision(model: nn.Module, precision: str, ranges: Mapping[str, list[fl
                              + "; calibrate this model again")
     for m in convs:
         m.set_precision(precision, ranges.get(m.name) if ranges else None)
+    if precision != "fp32" and convs:
+        _say_without_dot_products(precision)
     return model
+
+
+_SAID: set[str] = set()
+DOT_PRODUCTS = {"bf16": "AVX512_BF16 (vdpbf16ps)", "int8": "AVX512_VNNI (vpdpbusd)"}
+
+
+def _say_without_dot_products(precision: str) -> None:
+    """Once per precision: the kernels run it without the CPU's dot-product instructions (same results, slower)."""
+    from ._ext import kernel_isa, load_kernels
+
+    ext = load_kernels()
+    if ext is None or ext.has_dot_products(precision) or precision in _SAID:
+        return
+    _SAID.add(precision)
+    log.warning("compact: this CPU has no %s for the %s kernels: they run portable %s code (same results, slower)",
+                DOT_PRODUCTS[precision], precision, kernel_isa())

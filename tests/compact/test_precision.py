@@ -1,0 +1,216 @@
+"""compact at bf16 and int8 (compact/quant.py): every conv shape against the reference arithmetic, the portable code
+against the dot-product instructions, whole models, calibration, checkpoints, and the refusals."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import compact
+from compact import _ext
+from compact.modules import SparseConv3d
+from compact.quant import (
+    bf16_round,
+    calibrate,
+    input_quant,
+    plan_values,
+    quant_state,
+    quantize_input,
+    set_precision,
+)
+from compact.surgery import masked_dense_copy
+from tests.compact.conftest import SHAPES, SPATIAL, TYPES, make_conv, r21d, rel_err, small_c3d
+
+BF16_TOL = 1.5e-2  # against fp32: inputs and weights each rounded to 8 significant bits
+
+
+def _ext_or_skip():
+    ext = _ext.load_kernels()
+    if ext is None:
+        pytest.skip("no kernels")
+    return ext
+
+
+def _both_paths(ext, sc: SparseConv3d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output with the dot-product instructions where the CPU has them, output of the portable code)."""
+    with torch.no_grad():
+        y = sc(x)
+        ext.use_dot_products(False)
+        try:
+            y_portable = sc(x)
+        finally:
+            ext.use_dot_products(True)
+    return y, y_portable
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[-1] for s in SHAPES])
+def test_every_conv_shape_int8_is_bit_exact_and_bf16_within_its_rounding(shape):
+    """int8: the kernel equals the reference integer computation in PyTorch bit for bit (signed input, zero point
+    128); the portable code equals the instructions. bf16: equal to fp32 on bf16-rounded operands up to the order
+    of the sums, and within bf16's rounding of the fp32 masked conv."""
+    ext = _ext_or_skip()
+    cin, cout, k, s, p, bias, _ = shape
+    conv, mask = make_conv(cin, cout, k, s, p, bias, "kgrc")
+    sc = SparseConv3d(conv, mask)
+    x = torch.randn(2, cin, *SPATIAL)
+    with torch.no_grad():
+        w = conv.weight * mask
+        ref32 = F.conv3d(x, w, conv.bias, s, p)
+
+    sc.set_precision("int8", (float(x.min()), float(x.max())))
+    y, y_portable = _both_paths(ext, sc, x)
+    assert torch.equal(y, sc.forward_torch(x))
+    assert torch.equal(y, y_portable)
+    assert rel_err(y, ref32) < 0.05
+
+    sc.set_precision("bf16")
+    y, y_portable = _both_paths(ext, sc, x)
+    with torch.no_grad():
+        assert rel_err(y, F.conv3d(bf16_round(x), bf16_round(w), conv.bias, s, p)) < 1e-5
+    assert rel_err(y, y_portable) < 1e-6
+    assert rel_err(y, ref32) < BF16_TOL
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_every_pattern_int8_exact_after_relu(kind):
+    """Unsigned input (zero point 0, as after a ReLU) on every sparsity type, batch 3, strided and not."""
+    ext = _ext_or_skip()
+    for geom in (((3, 3, 3), (1, 1, 1), (1, 1, 1)), ((1, 3, 3), (1, 2, 2), (0, 1, 1))):
+        conv, mask = make_conv(20, 36, *geom, True, kind)
+        sc = SparseConv3d(conv, mask)
+        x = torch.randn(3, 20, *SPATIAL).relu()
+        sc.set_precision("int8", (0.0, float(x.max())))
+        assert sc.quant.iq.zero == 0
+        y, y_portable = _both_paths(ext, sc, x)
+        assert torch.equal(y, sc.forward_torch(x)) and torch.equal(y, y_portable), kind
+
+
+def test_packed_plan_merges_pairs_that_share_a_word():
+    """plan_values reproduces the plan's own weights; the int8 plan of a dense conv packs four channels per word
+    (a quarter of the pairs), and of a pruned one never more pairs than fp32."""
+    conv, mask = make_conv(32, 16, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "kgrc")
+    sc = SparseConv3d(conv, mask)
+    np.testing.assert_array_equal(plan_values(sc.plan, sc.dense_weight()), sc.plan.weights)
+    x = torch.randn(1, 32, *SPATIAL)
+    fp32 = sc.prepare(x)[1].plan
+    sc.set_precision("int8", (-1.0, 1.0))
+    packed = sc.prepare(x)[1].plan
+    assert packed.precision == 2 and len(packed.pair_off) <= len(fp32.pair_off)
+    dense = SparseConv3d(torch.nn.Conv3d(32, 16, 3, padding=1), None)
+    n32 = len(dense.prepare(x)[1].plan.pair_off)
+    dense.set_precision("int8", (-1.0, 1.0))
+    assert len(dense.prepare(x)[1].plan.pair_off) * 4 == n32
+
+
+def test_quantization_formulas():
+    """Unsigned after a ReLU (zero 0, scale max/255), else symmetric around 128; round half to even; clamped."""
+    q = input_quant(0.0, 2.55)
+    assert q.zero == 0 and abs(q.scale - 0.01) < 1e-9
+    q = input_quant(-1.0, 0.5)
+    assert q.zero == 128 and abs(q.scale - 1 / 127) < 1e-9
+    x = torch.tensor([-5.0, -1.0, 0.0, 0.5 / 127, 1.5 / 127, 1.0, 9.0])
+    assert quantize_input(x, q).tolist() == [0, 1, 128, 128, 130, 255, 255]
+    with pytest.raises(ValueError, match="not a range"):
+        input_quant(1.0, -1.0)
+    st = quant_state(torch.randn(4, 3, 1, 1, 1), "int8", (0.0, 1.0))
+    assert st.qweight.abs().max() <= 127 and st.qweight.flatten(1).abs().amax(1).tolist() == [127] * 4
+
+
+def test_whole_models_at_reduced_precision_equal_their_reference():
+    """C3D (its engine: convs writing into each other's layout, C++ pooling) and R(2+1)D (fused stem, residual
+    stages, (2+1)D pairs, unpruned convs through AutoConv3d): int8 with the kernels equals the pure-PyTorch path bit
+    for bit; bf16 stays within its rounding of the dense fp32 model."""
+    _ext_or_skip()
+    for build, x in ((lambda: small_c3d("c3d_kgrc_3.04x"), torch.randn(2, 3, 8, 32, 32)),
+                     (lambda: r21d("r2+1d_kgrc_3.05x"), torch.randn(2, 3, 4, 24, 24))):
+        model, masks, rules = build()
+        dense = masked_dense_copy(model, masks).eval()
+        ranges = calibrate(dense, [x])
+        with torch.no_grad():
+            ref = dense(x)
+            cm = compile_sparse_at(model, masks, rules, "int8", ranges)
+            y = cm(x)
+            assert rel_err(y, ref) < 0.1
+            torch_path = _without_kernels(cm, x)
+            assert torch.equal(y, torch_path)
+            bf = compile_sparse_at(model, masks, rules, "bf16", None)
+            assert rel_err(bf(x), ref) < 0.05
+
+
+def compile_sparse_at(model, masks, rules, precision, ranges):
+    return compact.compile_sparse(model, masks, rules=rules, precision=precision, ranges=ranges)
+
+
+def _without_kernels(cm, x):
+    state = dict(_ext._state)
+    try:
+        _ext._state.clear()
+        _ext._state["ext"] = None
+        return cm(x)
+    finally:
+        _ext._state.clear()
+        _ext._state.update(state)
+
+
+def test_calibration_is_deterministic_and_methods_differ():
+    model, masks, _ = small_c3d("c3d_kgrc_3.04x")
+    dense = masked_dense_copy(model, masks).eval()
+    clips = [torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    a, b = calibrate(dense, clips), calibrate(dense, clips)
+    assert a == b and set(a) == {n for n, m in dense.named_modules() if isinstance(m, torch.nn.Conv3d)}
+    assert a["conv1"][0] < 0 and a["conv2"][0] >= 0  # the clip is signed, conv2 reads a ReLU's output
+    p = calibrate(dense, clips, method="percentile", percentile=99.0)
+    assert p == calibrate(dense, clips, method="percentile", percentile=99.0)
+    assert all(p[n][1] <= a[n][1] for n in a) and any(p[n][1] < a[n][1] for n in a)
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        calibrate(dense, clips, method="mean")
+
+
+def test_int8_checkpoint_round_trips(tmp_path):
+    """A compact int8 model saved and loaded gives the same output bit for bit (its scales travel with it)."""
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    x = torch.randn(1, 3, 8, 32, 32)
+    ranges = calibrate(masked_dense_copy(model, masks).eval(), [x])
+    cm = compile_sparse_at(model, masks, rules, "int8", ranges)
+    with torch.no_grad():
+        y = cm(x)
+        compact.save_compact(cm, tmp_path / "m.pt")
+        loaded = compact.load_compact(tmp_path / "m.pt")
+        assert torch.equal(loaded(x), y)
+    assert {m.precision for m in loaded.modules() if isinstance(m, SparseConv3d)} == {"int8"}
+
+
+def test_refusals_name_what_to_do():
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    cm = compact.compile_sparse(model, masks, rules=rules)
+    with pytest.raises(ValueError, match="int8 needs calibration"):
+        set_precision(cm, "int8")
+    with pytest.raises(ValueError, match="no calibrated range for conv conv"):
+        set_precision(cm, "int8", {"conv1": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        set_precision(cm, "fp16")
+
+
+def test_without_dot_products_said_once(monkeypatch, caplog):
+    """On a CPU without the instructions (here: the avx2 kernels forced), one line says so, once per precision."""
+    from compact import quant
+
+    ext = _ext_or_skip()
+    if ext.isa() == "generic":
+        pytest.skip("generic CPU")
+    monkeypatch.setattr(quant, "_SAID", set())
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    best = ext.isa()
+    try:
+        ext.set_isa("avx2" if best == "avx512" else best)
+        with caplog.at_level(logging.WARNING, logger="prune3d.compact"):
+            compile_sparse_at(model, masks, rules, "bf16", None)
+            compile_sparse_at(model, masks, rules, "bf16", None)
+    finally:
+        ext.set_isa(best)
+    said = [r.getMessage() for r in caplog.records if "no AVX512_BF16" in r.getMessage()]
+    assert len(said) == 1 and "same results" in said[0]
