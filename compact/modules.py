@@ -24,7 +24,7 @@ from .layout import (
     scatter_index,
 )
 from .plan import KernelPlan, build_plan, kernel_plan
-from .quant import QuantState, pack_plan, plan_values, quant_state, reference_conv
+from .quant import QuantState, int8_plan, pack_plan, plan_values, quant_state, reference_conv
 from .scratch import SCRATCH
 from .surgery import kept_mask
 
@@ -110,7 +110,8 @@ class SparseConv3d(nn.Module):
         if packed is None:
             w = q.qweight if q.precision == "int8" else self.dense_weight()
             vchannels = (int(channel_index.max()) + 1) * stride[0] * stride[1] * stride[2]
-            packed = pack_plan(kp, plan_values(self.plan, w), q, chan_stride, vchannels)
+            make = int8_plan if q.precision == "int8" else pack_plan
+            packed = make(kp, plan_values(self.plan, w), q, chan_stride, vchannels)
             self._kernel_plans[(q.precision, *key)] = packed
         return packed
 

@@ -209,6 +209,64 @@ def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: in
         **_int8_fields(q))
 
 
+INT8_GATHER = 3  # plan.h P3D_INT8_GATHER
+GATHER_COST = 1.5  # a gathered pair's cost in channel-interleaved pairs: 8 byte/word unpacks per 16 dot products
+
+
+def gather_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: int, vchannels: int) -> KernelPlan:
+    """`kp` for int8 over plain uint8 planes (P3D_INT8_GATHER): each piece's pairs taken four at a time, whatever
+    their channels and taps (the kernel interleaves the four rows as it loads them), the last group padded with
+    zero weights; `pair_off` holds four byte offsets per pair (the fp32 offsets: the planes keep their geometry)."""
+    off = kp.pair_off.numpy()
+    prange = kp.piece_range.numpy()
+    ptask = kp.piece_task.numpy().astype(np.int64)
+    G = kp.task_G.numpy().astype(np.int64)
+    pstart, wstart = kp.task_pstart.numpy(), kp.task_wstart.numpy()
+    n, npieces = len(off), len(ptask)
+    by_begin = np.argsort(prange[:, 0], kind="stable")
+    length = prange[:, 1] - prange[:, 0]
+    ngroup = -(-length // 4)
+    gstart = np.empty(npieces, np.int64)
+    gstart[by_begin] = np.cumsum(ngroup[by_begin]) - ngroup[by_begin]
+    total = int(ngroup.sum())
+    piece = np.repeat(by_begin, length[by_begin])  # piece of each pair (pairs in order)
+    local = np.arange(n) - prange[piece, 0]
+    group, lane = gstart[piece] + local // 4, local % 4
+    offs = np.repeat(off[prange[by_begin, 0]], 4 * ngroup[by_begin])  # padding lanes read the piece's first row
+    offs[group * 4 + lane] = off
+    group_task = np.repeat(ptask[by_begin], ngroup[by_begin])
+    ntask = len(G)
+    task_pstart = np.searchsorted(group_task, np.arange(ntask + 1)).astype(np.int64)
+    task_wstart = np.r_[0, np.cumsum(np.diff(task_pstart) * G)][:ntask].astype(np.int64)
+    piece_range = np.stack([gstart, gstart + ngroup], 1).astype(np.int64)
+    task_of_pair = ptask[piece]
+    gp = G[task_of_pair]
+    pair = np.repeat(np.arange(n), gp)
+    g = np.arange(len(pair)) - np.repeat(np.cumsum(gp) - gp, gp)
+    t = task_of_pair[pair]
+    src = wstart[t] + (pair - pstart[t]) * G[t] + g
+    word = task_wstart[t] + (group[pair] - task_pstart[t]) * G[t] + g
+    nwords = int((np.diff(task_pstart) * G).sum())
+    lanes_arr = np.zeros(max(nwords, 1) * 4, np.int8)
+    lanes_arr[word * 4 + lane[pair]] = plan_int8(values[src])
+    t_ = torch.from_numpy
+    return kp._replace(
+        piece_range=t_(np.ascontiguousarray(piece_range)), task_pstart=t_(task_pstart), task_wstart=t_(task_wstart),
+        pair_off=t_(np.ascontiguousarray(offs[:4 * total], dtype=np.int64)),
+        weights=t_(lanes_arr.view(np.float32).copy()), precision=INT8_GATHER, in_chan_stride=int(chan_stride),
+        in_vchannels=int(vchannels), **_int8_fields(q))
+
+
+def int8_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: int, vchannels: int) -> KernelPlan:
+    """The cheaper of the two int8 plans: channel planes interleaved (full words where a task keeps whole runs of
+    four channels at a tap: dense convs) or pairs gathered four at a time (scattered kept taps: KGC, KGRC, KGS)."""
+    packed = pack_plan(kp, values, q, chan_stride, vchannels)
+    if len(kp.pair_off) == 0:
+        return packed
+    gathered = gather_plan(kp, values, q, chan_stride, vchannels)
+    return gathered if GATHER_COST * len(gathered.pair_off) / 4 < len(packed.pair_off) else packed
+
+
 def plan_int8(v: np.ndarray) -> np.ndarray:
     """int8 weight values carried as floats (exact integers in [-127, 127]) to int8."""
     r = np.rint(v)

@@ -54,7 +54,7 @@ bool cpu_has(int precision) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (precision == P3D_BF16) return __builtin_cpu_supports("avx512bf16");
-  if (precision == P3D_INT8) return __builtin_cpu_supports("avx512vnni");
+  if (precision == P3D_INT8 || precision == P3D_INT8_GATHER) return __builtin_cpu_supports("avx512vnni");
 #endif
   return false;
 }
@@ -92,15 +92,36 @@ T* data_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<T>() :
 // bf16 / int8: the fp32 input (Cv planes of S words per sample) packed into ceil(Cv/K) planes of 32-bit words,
 // K channel planes interleaved (plan.h), into `dst` (+ zeroed slack, as the fp32 layout has). int8: uint8 =
 // clamp(round(x / scale) + zero, 0, 255) (round half to even, as torch.round); bf16: round to nearest even.
+static inline uint32_t quantize_u8(float x, float inv, int32_t zero) {
+  // round half to even by the float adder (|v| < 2^22 after the clamp), not a libm call per value
+  float f = x * inv;
+  f = f < -512.f ? -512.f : f > 512.f ? 512.f : f;
+  const int32_t v = static_cast<int32_t>((f + 12582912.f) - 12582912.f) + zero;
+  return static_cast<uint32_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
 int64_t pack_input(const float* x, int64_t N, int64_t per_sample, const P3DPlan& p, std::vector<uint32_t>& dst) {
+  const float inv = p.in_inv_scale;
+  const int32_t zero = static_cast<int32_t>(p.in_zero);
+  if (p.precision == P3D_INT8_GATHER) {  // plain uint8 planes, per sample Cv x S bytes
+    const int64_t n_bytes = N * p.in_vchannels * p.in_chan_stride, slack = 2 * P3D_TILE + 256;
+    TORCH_CHECK(p.in_vchannels * p.in_chan_stride <= per_sample, "packed plan: the input is smaller than the plan's");
+    const int64_t words = (n_bytes + slack + 3) / 4;
+    if ((int64_t)dst.size() < words) dst.resize(words);
+    uint8_t* out = reinterpret_cast<uint8_t*>(dst.data());
+    std::memset(out + n_bytes, 0, slack);
+    const int64_t per = p.in_vchannels * p.in_chan_stride;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < per; ++i) out[n * per + i] = static_cast<uint8_t>(quantize_u8(x[n * per_sample + i], inv, zero));
+    return per;
+  }
   const int K = p.precision == P3D_BF16 ? 2 : 4;
   const int64_t S = p.in_chan_stride, Cv = p.in_vchannels, CQ = (Cv + K - 1) / K, slack = P3D_TILE + 64;
   TORCH_CHECK(S > 0 && Cv > 0 && Cv * S <= per_sample, "packed plan: in_vchannels x in_chan_stride exceeds the input");
   if ((int64_t)dst.size() < N * CQ * S + slack) dst.resize(N * CQ * S + slack);
   std::memset(dst.data() + N * CQ * S, 0, sizeof(uint32_t) * slack);
   uint32_t* out = dst.data();
-  const float inv = p.in_inv_scale;
-  const int32_t zero = static_cast<int32_t>(p.in_zero);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t cq = 0; cq < CQ; ++cq) {
@@ -121,14 +142,7 @@ int64_t pack_input(const float* x, int64_t N, int64_t per_sample, const P3DPlan&
       } else {
         for (int64_t i = 0; i < S; ++i) {
           uint32_t w = 0;
-          for (int j = 0; j < lanes; ++j) {
-            // round half to even by the float adder (|v| < 2^22 after the clamp), not a libm call per value
-            float f = src[j][i] * inv;
-            f = f < -512.f ? -512.f : f > 512.f ? 512.f : f;
-            int32_t v = static_cast<int32_t>((f + 12582912.f) - 12582912.f) + zero;
-            v = v < 0 ? 0 : v > 255 ? 255 : v;
-            w |= static_cast<uint32_t>(v) << (8 * j);
-          }
+          for (int j = 0; j < lanes; ++j) w |= quantize_u8(src[j][i], inv, zero) << (8 * j);
           o[i] = w;
         }
       }
@@ -187,8 +201,8 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
   p.tile_runs = data_or_null<int32_t>(tile_runs);
   TORCH_CHECK(!p.accumulate || p.runs, "accumulate needs output runs");
   if (p.nchunks <= 0 || p.N <= 0 || p.Q <= 0) return;
-  TORCH_CHECK(p.precision >= P3D_FP32 && p.precision <= P3D_INT8, "precision: unknown code ", p.precision);
-  if (p.precision == P3D_INT8) {
+  TORCH_CHECK(p.precision >= P3D_FP32 && p.precision <= P3D_INT8_GATHER, "precision: unknown code ", p.precision);
+  if (p.precision == P3D_INT8 || p.precision == P3D_INT8_GATHER) {
     int64_t rows = 0;
     for (int64_t i = 0; i < chunk_filters.numel(); ++i) rows = std::max<int64_t>(rows, p.chunk_filters[i] + 1);
     TORCH_CHECK(row_scale.numel() >= rows && row_comp.numel() >= rows,
@@ -201,7 +215,7 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
     p.in = g_packed.data();
   }
   if (p.precision != P3D_FP32 && uses_dot(static_cast<int>(p.precision))) {
-    p.precision == P3D_BF16 ? p3d_run_avx512_bf16(&p) : p3d_run_avx512_vnni(&p);
+    p.precision == P3D_BF16 ? p3d_run_avx512_bf16(&p) : p3d_run_avx512_vnni(&p);  // (vnni: both int8 kinds)
     return;
   }
   switch (isa_level()) {

@@ -8,7 +8,7 @@
 #define P3D_BCAST _mm512_set1_ps
 #include "kernel_impl.h"
 
-struct ArithBF16Dot {
+struct ArithBF16Dot : PlainLoad<uint32_t, vu> {
   typedef uint32_t word;
   typedef vf acc;
   typedef vu in;

@@ -1,6 +1,6 @@
 // int8 with AVX512_VNNI's vpdpbusd: four uint8 x int8 products per 32-bit lane added to an int32 accumulator.
 #if defined(__x86_64__) || defined(__i386__)
-#pragma GCC target("avx512f,avx512vnni,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vnni,fma")
 #define VW 16
 #define GB_MAX 8
 #define NV_FOR(G) ((G) <= 4 ? 6 : 3)
@@ -8,7 +8,7 @@
 #define P3D_BCAST _mm512_set1_ps
 #include "kernel_impl.h"
 
-struct ArithI8Dot {
+struct ArithI8Dot : PlainLoad<uint32_t, vu> {
   typedef uint32_t word;
   typedef vi acc;
   typedef vu in;
@@ -18,7 +18,42 @@ struct ArithI8Dot {
   }
 };
 
-extern "C" void p3d_run_avx512_vnni(const P3DPlan* p) { run_plan<ArithI8Dot>(p); }
+// The four rows of a pair interleaved by in-lane unpacks (bytes, then words): 64 positions in four vectors, slot
+// 16v + j of vector v holding position 16(j/4) + 4v + j%4 (`permuted_position`), which write_row puts back in order.
+struct ArithI8GatherDot {
+  typedef uint8_t elem;
+  typedef uint32_t word;
+  typedef vi acc;
+  typedef vi in;
+  static constexpr int offs = 4, nv = 4, gb_max = 4;  // 4 filters x 4 vectors of sums + 12 for the rows
+  static constexpr bool int_acc = true, permuted = true;
+  template <int NV, bool PF>
+  static inline void load(const uint8_t* in, const int64_t* off, int q, int64_t pf, vi* x) {
+    static_assert(NV == 4, "64 positions per block");
+    __m512i r[4];
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* ip = in + off[l] + q;
+      if (PF) __builtin_prefetch(ip + pf, 0, 3);
+      r[l] = _mm512_loadu_si512(ip);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
+    const __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
+    x[0] = (vi)_mm512_unpacklo_epi16(t0, t2);
+    x[1] = (vi)_mm512_unpackhi_epi16(t0, t2);
+    x[2] = (vi)_mm512_unpacklo_epi16(t1, t3);
+    x[3] = (vi)_mm512_unpackhi_epi16(t1, t3);
+  }
+  static inline acc mac(acc a, in x, word w) {
+    return (vi)_mm512_dpbusd_epi32((__m512i)a, (__m512i)x, _mm512_set1_epi32((int)w));
+  }
+};
+
+extern "C" void p3d_run_avx512_vnni(const P3DPlan* p) {
+  if (p->precision == P3D_INT8_GATHER)
+    run_plan<ArithI8GatherDot>(p);
+  else
+    run_plan<ArithI8Dot>(p);
+}
 #else
 #include "plan.h"
 extern "C" void p3d_run_avx512_vnni(const P3DPlan* p) { p3d_run_generic(p); }

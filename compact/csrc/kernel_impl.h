@@ -30,7 +30,24 @@ static inline vf bcast(float s) {
 #endif
 }
 
-struct ArithF32 {
+// How an arithmetic reads its input: `load` fills the NV input vectors of pair p (offsets `off`, `offs` per pair) at
+// position q; `nv` fixes NV (0: NV_FOR), `gb_max` caps the filters per register pass (0: GB_MAX), and `permuted`
+// says the accumulators hold each 64-position block in the order `permuted_position` gives (write_row undoes it).
+template <class Elem, class In>
+struct PlainLoad {
+  typedef Elem elem;
+  static constexpr int offs = 1, nv = 0, gb_max = 0;
+  static constexpr bool permuted = false;
+  template <int NV, bool PF>
+  static inline void load(const Elem* in, const int64_t* off, int q, int64_t pf, In* x) {
+    const Elem* ip = in + off[0] + q;
+    if (PF)  // this row for the thread's next tile (P3DPlan.prefetch), every cache line of it
+      for (int v = 0; v < NV * VW; v += 64 / (int)sizeof(Elem)) __builtin_prefetch(ip + pf + v, 0, 3);
+    for (int v = 0; v < NV; ++v) x[v] = loadu<In>(ip + v * VW);
+  }
+};
+
+struct ArithF32 : PlainLoad<float, vf> {
   typedef float word;
   typedef vf acc;
   typedef vf in;
@@ -40,7 +57,7 @@ struct ArithF32 {
 
 // bf16 pairs: the high lane's product is added first, then the low lane's, as vdpbf16ps does; a product of two
 // bf16 values is exact in fp32, so fused or not the sums round alike (denormals aside: the instruction flushes them)
-struct ArithBF16 {
+struct ArithBF16 : PlainLoad<uint32_t, vu> {
   typedef uint32_t word;
   typedef vf acc;
   typedef vu in;
@@ -60,21 +77,51 @@ struct ArithBF16 {
 };
 
 // int8: four uint8 activations x four int8 weights summed into int32, exactly (vpdpbusd without saturation)
-struct ArithI8 {
+static inline vi dot4_portable(vi a, vu x, uint32_t w) {
+  for (int j = 0; j < 4; ++j) a += (vi)((x >> (8 * j)) & 0xffu) * (int32_t)(int8_t)(w >> (8 * j));
+  return a;
+}
+
+struct ArithI8 : PlainLoad<uint32_t, vu> {  // four channel planes interleaved per word (P3D_INT8)
   typedef uint32_t word;
   typedef vi acc;
   typedef vu in;
   static constexpr bool int_acc = true;
-  static inline acc mac(acc a, in x, word w) {
-    for (int j = 0; j < 4; ++j) a += (vi)((x >> (8 * j)) & 0xffu) * (int32_t)(int8_t)(w >> (8 * j));
-    return a;
-  }
+  static inline acc mac(acc a, in x, word w) { return dot4_portable(a, x, w); }
 };
+
+// int8 over plain uint8 planes (P3D_INT8_GATHER): a pair is four kept (channel, tap) pairs of one task, whatever
+// their channels and taps, so the dot products stay full on any kernel-group pattern; the four rows are
+// interleaved into words as they are loaded.
+typedef uint8_t vb __attribute__((vector_size(VW)));
+
+struct ArithI8Gather {
+  typedef uint8_t elem;
+  typedef uint32_t word;
+  typedef vi acc;
+  typedef vu in;
+  static constexpr int offs = 4, nv = 0, gb_max = 0;
+  static constexpr bool int_acc = true, permuted = false;
+  template <int NV, bool PF>
+  static inline void load(const uint8_t* in, const int64_t* off, int q, int64_t pf, vu* x) {
+    for (int v = 0; v < NV; ++v) x[v] = (vu){};
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t* ip = in + off[l] + q;
+      if (PF) __builtin_prefetch(ip + pf, 0, 3);
+      for (int v = 0; v < NV; ++v) x[v] |= __builtin_convertvector(loadu<vb>(ip + v * VW), vu) << (8 * l);
+    }
+  }
+  static inline acc mac(acc a, in x, word w) { return dot4_portable(a, x, w); }
+};
+
+// Position within a 64-position block of accumulator slot r of an arithmetic with `permuted` (the order AVX-512's
+// in-lane byte and word unpacks leave four interleaved rows in: slot 16v + j holds position 16(j/4) + 4v + j%4).
+static inline int permuted_position(int r) { return 16 * ((r & 15) >> 2) + 4 * (r >> 4) + (r & 3); }
 
 // GB filters x NV vectors of positions held in registers; one load per vector and one broadcast per weight
 // for every kept (channel, tap) pair (or word of packed pairs).
 template <class A, int GB, int NV, bool PF>
-static inline void block(const typename A::word* __restrict in, const int64_t* __restrict off,
+static inline void block(const typename A::elem* __restrict in, const int64_t* __restrict off,
                          const typename A::word* __restrict w, int wstride, int64_t np, float* const* rows, int q0,
                          int qlim, int64_t pf) {
   typedef typename A::acc acc_t;
@@ -85,11 +132,8 @@ static inline void block(const typename A::word* __restrict in, const int64_t* _
       for (int v = 0; v < NV; ++v) acc[g][v] = loadu<acc_t>(rows[g] + q + v * VW);
     const typename A::word* wp = w;
     for (int64_t p = 0; p < np; ++p, wp += wstride) {
-      const typename A::word* ip = in + off[p] + q;
-      if (PF)  // this row for the thread's next tile (P3DPlan.prefetch), every cache line of it
-        for (int v = 0; v < NV * VW; v += 16) __builtin_prefetch(ip + pf + v, 0, 3);
       in_t x[NV];
-      for (int v = 0; v < NV; ++v) x[v] = loadu<in_t>(ip + v * VW);
+      A::template load<NV, PF>(in, off + p * A::offs, q, pf, x);
       for (int g = 0; g < GB; ++g) {
         const typename A::word wv = wp[g];
         for (int v = 0; v < NV; ++v) acc[g][v] = A::mac(acc[g][v], x[v], wv);
@@ -101,18 +145,22 @@ static inline void block(const typename A::word* __restrict in, const int64_t* _
 }
 
 template <class A, int GB, bool PF>
-static inline void run_blocks(const typename A::word* in, const int64_t* off, const typename A::word* w, int wstride,
+static inline void run_blocks(const typename A::elem* in, const int64_t* off, const typename A::word* w, int wstride,
                               int64_t np, float* const* rows, int qlim, int64_t pf) {
-  constexpr int NV = NV_FOR(GB), NVH = (NV + 1) / 2;
-  // a last block with at most half its positions left runs as a half-width block (a tile's short end)
-  const int full = qlim / (NV * VW) * (NV * VW);
-  const int upto = qlim - full > NVH * VW ? qlim : full;
-  block<A, GB, NV, PF>(in, off, w, wstride, np, rows, 0, upto, pf);
-  if (upto < qlim) block<A, GB, NVH, PF>(in, off, w, wstride, np, rows, upto, qlim, pf);
+  if constexpr (A::nv != 0) {  // whole blocks of a fixed width (past qlim they compute positions nobody writes)
+    block<A, GB, A::nv, PF>(in, off, w, wstride, np, rows, 0, qlim, pf);
+  } else {
+    constexpr int NV = NV_FOR(GB), NVH = (NV + 1) / 2;
+    // a last block with at most half its positions left runs as a half-width block (a tile's short end)
+    const int full = qlim / (NV * VW) * (NV * VW);
+    const int upto = qlim - full > NVH * VW ? qlim : full;
+    block<A, GB, NV, PF>(in, off, w, wstride, np, rows, 0, upto, pf);
+    if (upto < qlim) block<A, GB, NVH, PF>(in, off, w, wstride, np, rows, upto, qlim, pf);
+  }
 }
 
 template <class A, int GB>
-static inline void run_group(const typename A::word* in, const int64_t* off, const typename A::word* w, int wstride,
+static inline void run_group(const typename A::elem* in, const int64_t* off, const typename A::word* w, int wstride,
                              int64_t np, float* const* rows, int qlim, int64_t pf) {
   if (pf)
     run_blocks<A, GB, true>(in, off, w, wstride, np, rows, qlim, pf);
@@ -122,22 +170,27 @@ static inline void run_group(const typename A::word* in, const int64_t* off, con
 
 // One piece: np pairs shared by G filters, run in register passes of at most GB_MAX filters.
 template <class A>
-static void run_piece(const typename A::word* in, const int64_t* off, const typename A::word* w, int G, int64_t np,
+static void run_piece(const typename A::elem* in, const int64_t* off, const typename A::word* w, int G, int64_t np,
                       float* const* rows, int qlim, int64_t pf) {
-  for (int g0 = 0; g0 < G; g0 += GB_MAX) {
-    int gb = G - g0 < GB_MAX ? G - g0 : GB_MAX;
+  constexpr int GBM = A::gb_max ? (A::gb_max < GB_MAX ? A::gb_max : GB_MAX) : GB_MAX;
+  for (int g0 = 0; g0 < G; g0 += GBM) {
+    int gb = G - g0 < GBM ? G - g0 : GBM;
     switch (gb) {
       case 1: run_group<A, 1>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
       case 2: run_group<A, 2>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
       case 3: run_group<A, 3>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
       case 4: run_group<A, 4>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-#if GB_MAX > 4
-      case 5: run_group<A, 5>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 6: run_group<A, 6>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 7: run_group<A, 7>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-      case 8: run_group<A, 8>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
-#endif
-      default: break;
+      default:
+        if constexpr (GBM > 4) {
+          switch (gb) {
+            case 5: run_group<A, 5>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+            case 6: run_group<A, 6>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+            case 7: run_group<A, 7>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+            case 8: run_group<A, 8>(in, off, w + g0, G, np, rows + g0, qlim, pf); break;
+            default: break;
+          }
+        }
+        break;
     }
   }
 }
@@ -159,10 +212,18 @@ static void write_row(const P3DPlan* P, float* a, int m, int64_t n, int64_t tile
   if (A::int_acc) {
     const int32_t comp = P->row_comp[m];
     const float sc = P->row_scale[m];
-    for (int q = 0; q < qlim; ++q) {
-      int32_t v;
-      memcpy(&v, a + q, 4);
-      a[q] = (float)(v - comp) * sc;
+    if (A::permuted) {
+      for (int b = 0; b < qlim; b += 64) {
+        int32_t blk[64];
+        memcpy(blk, a + b, sizeof blk);
+        for (int r = 0; r < 64; ++r) a[b + permuted_position(r)] = (float)(blk[r] - comp) * sc;
+      }
+    } else {
+      for (int q = 0; q < qlim; ++q) {
+        int32_t v;
+        memcpy(&v, a + q, 4);
+        a[q] = (float)(v - comp) * sc;
+      }
     }
   }
   const int64_t qbase = tile * P3D_TILE, qn = qlim;
@@ -212,6 +273,7 @@ static double chunk_cost(const P3DPlan* P, int c) {
 template <class A>
 static void run_plan(const P3DPlan* P) {
   typedef typename A::word word;
+  typedef typename A::elem elem;
   const int64_t ntile = (P->Q + P3D_TILE - 1) / P3D_TILE;
   const int64_t nch = P->nchunks;
   const int64_t units = P->N * ntile * nch;
@@ -250,7 +312,7 @@ static void run_plan(const P3DPlan* P) {
       memset(acc, 0, sizeof(float) * nf * P3D_TILE);
       memset(done, 0, nf);
       const int64_t qbase = tile * P3D_TILE;
-      const word* in = (const word*)P->in + n * P->in_sample_stride + qbase;
+      const elem* in = (const elem*)P->in + n * P->in_sample_stride + qbase;
       const int qlim = (int)(P->Q - qbase < P3D_TILE ? P->Q - qbase : P3D_TILE);
       for (int i = P->chunk_pcstart[c]; i < P->chunk_pcstart[c + 1]; ++i) {
         const int t = P->piece_task[i];
@@ -258,7 +320,7 @@ static void run_plan(const P3DPlan* P) {
         const int32_t* trow = P->task_rows + t * 8;
         for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)trow[g] * P3D_TILE;
         const int64_t p0 = P->piece_range[2 * i], p1 = P->piece_range[2 * i + 1];
-        run_piece<A>(in, P->pair_off + p0, (const word*)P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G,
+        run_piece<A>(in, P->pair_off + p0 * A::offs, (const word*)P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G,
                      G, p1 - p0, rows, qlim, P->prefetch);
         // rows this piece completes go out now, while hot, between pieces rather than in one burst at the end
         for (int32_t last = P->piece_last[i]; last; last &= last - 1) {
@@ -281,6 +343,7 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
   switch (P->precision) {
     case P3D_BF16: run_plan<ArithBF16>(P); break;
     case P3D_INT8: run_plan<ArithI8>(P); break;
+    case P3D_INT8_GATHER: run_plan<ArithI8Gather>(P); break;
     default: run_plan<ArithF32>(P); break;
   }
 }

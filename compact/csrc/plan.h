@@ -31,7 +31,7 @@
   X(row_comp, int32_t)       /* int8: [Cout] the input zero point x the filter's kept weight sum, else [] */
 #define P3D_PLAN_SCALARS(X)                                                                                    \
   X(prefetch, int64_t)       /* prefetch each pair's row this many words ahead (the thread's next tile), or 0 */ \
-  X(precision, int64_t)      /* P3D_FP32, P3D_BF16 or P3D_INT8 */                                               \
+  X(precision, int64_t)      /* P3D_FP32, P3D_BF16, P3D_INT8 or P3D_INT8_GATHER */                              \
   X(in_chan_stride, int64_t) /* bf16, int8: words per channel plane of the fp32 input the call packs */         \
   X(in_vchannels, int64_t)   /* bf16, int8: channel planes per sample of that input */                          \
   X(in_inv_scale, float)     /* int8: 1 / the input scale */                                                    \
@@ -40,7 +40,9 @@
 // Precisions. fp32 reads the flat fp32 layout itself. bf16 and int8 read it packed: K = 2 (bf16) or 4 (uint8)
 // consecutive channel planes interleaved into one plane of 32-bit words, so that one vector load gives 16 positions
 // x K channels, the operand of the dot-product instructions (vdpbf16ps, vpdpbusd); a pair's offset is in words.
-enum { P3D_FP32 = 0, P3D_BF16 = 1, P3D_INT8 = 2 };
+// P3D_INT8_GATHER reads plain uint8 planes instead ([N][Cv][S] bytes) and interleaves the rows of four pairs as it
+// loads them (pair_off: four byte offsets per pair): full dot products on patterns that keep scattered taps.
+enum { P3D_FP32 = 0, P3D_BF16 = 1, P3D_INT8 = 2, P3D_INT8_GATHER = 3 };
 
 typedef struct P3DPlan {
   const void* in;              // virtual input: [N][Cv][S] flat padded planes (+ slack at the end), of 32-bit

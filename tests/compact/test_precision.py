@@ -23,7 +23,7 @@ from compact.quant import (
     set_precision,
 )
 from compact.surgery import masked_dense_copy
-from tests.compact.conftest import SHAPES, SPATIAL, TYPES, make_conv, r21d, rel_err, small_c3d
+from tests.compact.conftest import GEOMETRIES, SHAPES, SPATIAL, TYPES, make_conv, r21d, rel_err, small_c3d
 
 BF16_TOL = 1.5e-2  # against fp32: inputs and weights each rounded to 8 significant bits
 
@@ -87,6 +87,26 @@ def test_every_pattern_int8_exact_after_relu(kind):
         assert sc.quant.iq.zero == 0
         y, y_portable = _both_paths(ext, sc, x)
         assert torch.equal(y, sc.forward_torch(x)) and torch.equal(y, y_portable), kind
+
+
+@pytest.mark.parametrize("kind", ["kgrc", "kgs", "irregular"])
+def test_int8_gathered_pairs_are_bit_exact_on_every_geometry(monkeypatch, kind):
+    """The int8 plan that takes any four kept pairs per word (P3D_INT8_GATHER, chosen where channel-interleaved
+    words would be mostly empty; forced here) equals the reference and the portable code, on every conv geometry
+    of the three models."""
+    from compact import quant
+
+    ext = _ext_or_skip()
+    monkeypatch.setattr(quant, "GATHER_COST", 0.0)
+    for k, s, p in GEOMETRIES:
+        conv, mask = make_conv(12, 20, k, s, p, True, kind)
+        sc = SparseConv3d(conv, mask)
+        x = torch.randn(2, 12, *SPATIAL)
+        sc.set_precision("int8", (float(x.min()), float(x.max())))
+        y, y_portable = _both_paths(ext, sc, x)
+        plan = sc.prepare(x)[1].plan
+        assert plan.precision == quant.INT8_GATHER or len(plan.pair_off) == 0  # (no pairs: the bias alone)
+        assert torch.equal(y, sc.forward_torch(x)) and torch.equal(y, y_portable), (kind, k, s, p)
 
 
 def test_packed_plan_merges_pairs_that_share_a_word():
