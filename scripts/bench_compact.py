@@ -30,12 +30,15 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compact  # noqa: E402
 from compact.bench import interleaved  # noqa: E402
+from compact.quant import calibrate  # noqa: E402
+from compact.surgery import masked_dense_copy  # noqa: E402
 from models.c3d import CONVS  # noqa: E402
 from opt_main import pruned_model, resolve_defaults  # noqa: E402
 from options import add_against_options, parse_args, positive_int  # noqa: E402
@@ -66,8 +69,17 @@ def parse(argv=None):
                    help="--against openvino-int8/onnxruntime-int8: real clips to calibrate on, an .npy array "
                         "N x C x T x H x W as the model takes them (default: random normal clips, the benchmark "
                         "input's distribution)")
+    p.add_argument("--precisions", default="", metavar="LIST",
+                   help="also time the compact model at these precisions in the same rounds, e.g. bf16,int8 (int8 "
+                        "calibrated on the same clips as the int8 peers: --calibration, or --calibration-clips random "
+                        "normal clips with seed 0)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    for x in precisions:
+        if x not in ("bf16", "int8"):
+            p.error(f"--precisions: {x!r} is not a reduced precision; allowed: bf16, int8")
+    args.precisions = precisions
     if args.channel_pruned_equal_macs and args.arch != "c3d":
         p.error("--channel-pruned-equal-macs is implemented for --arch c3d only")
     return args
@@ -212,13 +224,22 @@ def main(argv=None) -> int:
         step = f" ({', '.join(finer)} at the next uniform step)" if finer else ""
         print(f"== {info['channel_pruner']}: uniform channel pruning ratio {ratio:.4f}{step} -> {mac_ratio:.3f}x MACs "
               f"(profile {target:.3f}x); conv filters {list(convs.values())}", flush=True)
+    ranges = None
+    if "int8" in args.precisions:
+        if args.calibration:
+            clips = torch.from_numpy(np.load(args.calibration)[:args.calibration_clips]).float()
+        else:  # the int8 peers' default clips (compact.peers.Peer.calibration)
+            clips = torch.from_numpy(np.random.default_rng(0).standard_normal(
+                (args.calibration_clips, *input_shape), dtype=np.float32))
+        ranges = calibrate(masked_dense_copy(model, masks).eval(), [c[None] for c in clips])
     results = []
     for bs in args.batch_size:
         r = compact.benchmark(model, masks, input_shape, batch_size=bs, threads=args.threads, repeats=args.repeats,
                               warmup=args.warmup, rules=rules, against=args.against.split(",") if args.against else (),
                               peer_options={"deepsparse_python": args.deepsparse_python,
                                             "calibration_clips": args.calibration_clips,
-                                            "calibration": args.calibration})
+                                            "calibration": args.calibration},
+                              precisions=args.precisions, ranges=ranges)
         r.update(arch=args.arch, profile=args.profile)
         print(compact.format_table(r, f"== {args.arch} {args.profile}, batch {bs}"), flush=True)
         results.append(r)

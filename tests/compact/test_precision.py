@@ -234,3 +234,14 @@ def test_without_dot_products_said_once(monkeypatch, caplog):
         ext.set_isa(best)
     said = [r.getMessage() for r in caplog.records if "no AVX512_BF16" in r.getMessage()]
     assert len(said) == 1 and "same results" in said[0]
+
+
+def test_benchmark_times_reduced_precisions_in_the_same_rounds():
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    ranges = calibrate(masked_dense_copy(model, masks).eval(), [torch.randn(1, 3, 8, 32, 32)])
+    r = compact.benchmark(model, masks, (3, 8, 32, 32), repeats=1, warmup=0, rules=rules, per_layer=False,
+                          precisions=["bf16", "int8"], ranges=ranges)
+    assert set(r["precisions"]) == {"bf16", "int8"}
+    for p, row in r["precisions"].items():
+        assert row["ms"] > 0 and row["max_rel_err"] < 0.1 and row["speedup_vs_fp32_paired"] > 0, p
+    assert "int8:" in compact.format_table(r)
