@@ -89,66 +89,22 @@ T* data_or_null(const torch::Tensor& t) { return t.defined() ? t.data_ptr<T>() :
 
 }  // namespace
 
-// bf16 / int8: the fp32 input (Cv planes of S words per sample) packed into ceil(Cv/K) planes of 32-bit words,
-// K channel planes interleaved (plan.h), into `dst` (+ zeroed slack, as the fp32 layout has). int8: uint8 =
-// clamp(round(x / scale) + zero, 0, 255) (round half to even, as torch.round); bf16: round to nearest even.
-static inline uint32_t quantize_u8(float x, float inv, int32_t zero) {
-  // round half to even by the float adder (|v| < 2^22 after the clamp), not a libm call per value
-  float f = x * inv;
-  f = f < -512.f ? -512.f : f > 512.f ? 512.f : f;
-  const int32_t v = static_cast<int32_t>((f + 12582912.f) - 12582912.f) + zero;
-  return static_cast<uint32_t>(v < 0 ? 0 : v > 255 ? 255 : v);
-}
-
+// bf16 / int8: the fp32 input packed into `dst` (+ zeroed slack, as the fp32 layout has) by the ISA's packer
+// (kernel_impl.h, P3D_PACK); returns the packed per-sample stride.
 int64_t pack_input(const float* x, int64_t N, int64_t per_sample, const P3DPlan& p, std::vector<uint32_t>& dst) {
-  const float inv = p.in_inv_scale;
-  const int32_t zero = static_cast<int32_t>(p.in_zero);
-  if (p.precision == P3D_INT8_GATHER) {  // plain uint8 planes, per sample Cv x S bytes
-    const int64_t n_bytes = N * p.in_vchannels * p.in_chan_stride, slack = 2 * P3D_TILE + 256;
-    TORCH_CHECK(p.in_vchannels * p.in_chan_stride <= per_sample, "packed plan: the input is smaller than the plan's");
-    const int64_t words = (n_bytes + slack + 3) / 4;
-    if ((int64_t)dst.size() < words) dst.resize(words);
-    uint8_t* out = reinterpret_cast<uint8_t*>(dst.data());
-    std::memset(out + n_bytes, 0, slack);
-    const int64_t per = p.in_vchannels * p.in_chan_stride;
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t i = 0; i < per; ++i) out[n * per + i] = static_cast<uint8_t>(quantize_u8(x[n * per_sample + i], inv, zero));
-    return per;
-  }
-  const int K = p.precision == P3D_BF16 ? 2 : 4;
-  const int64_t S = p.in_chan_stride, Cv = p.in_vchannels, CQ = (Cv + K - 1) / K, slack = P3D_TILE + 64;
+  const int64_t S = p.in_chan_stride, Cv = p.in_vchannels;
   TORCH_CHECK(S > 0 && Cv > 0 && Cv * S <= per_sample, "packed plan: in_vchannels x in_chan_stride exceeds the input");
-  if ((int64_t)dst.size() < N * CQ * S + slack) dst.resize(N * CQ * S + slack);
-  std::memset(dst.data() + N * CQ * S, 0, sizeof(uint32_t) * slack);
-  uint32_t* out = dst.data();
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t cq = 0; cq < CQ; ++cq) {
-      uint32_t* o = out + (n * CQ + cq) * S;
-      const float* src[4];
-      const int lanes = static_cast<int>(std::min<int64_t>(K, Cv - cq * K));
-      for (int j = 0; j < lanes; ++j) src[j] = x + n * per_sample + (cq * K + j) * S;
-      if (K == 2) {
-        for (int64_t i = 0; i < S; ++i) {
-          uint32_t w = 0;
-          for (int j = 0; j < lanes; ++j) {
-            uint32_t b;
-            std::memcpy(&b, src[j] + i, 4);
-            w |= ((b + 0x7fffu + ((b >> 16) & 1u)) >> 16) << (16 * j);
-          }
-          o[i] = w;
-        }
-      } else {
-        for (int64_t i = 0; i < S; ++i) {
-          uint32_t w = 0;
-          for (int j = 0; j < lanes; ++j) w |= quantize_u8(src[j][i], inv, zero) << (8 * j);
-          o[i] = w;
-        }
-      }
-    }
+  const int K = p.precision == P3D_BF16 ? 2 : 4;
+  const int64_t bytes = p.precision == P3D_INT8_GATHER ? N * Cv * S : N * ((Cv + K - 1) / K) * S * 4;
+  const int64_t slack = 4 * (2 * P3D_TILE + 256);  // the last tile's loads read past the last position
+  const int64_t words = (bytes + slack + 3) / 4;
+  if ((int64_t)dst.size() < words) dst.resize(words);
+  std::memset(reinterpret_cast<uint8_t*>(dst.data()) + bytes, 0, words * 4 - bytes);
+  switch (isa_level()) {
+    case 2: return p3d_pack_avx512(x, N, per_sample, &p, dst.data());
+    case 1: return p3d_pack_avx2(x, N, per_sample, &p, dst.data());
+    default: return p3d_pack_generic(x, N, per_sample, &p, dst.data());
   }
-  return CQ * S;
 }
 
 std::mutex g_pack_lock;

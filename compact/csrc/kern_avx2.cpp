@@ -6,8 +6,12 @@
 #include <immintrin.h>
 #define P3D_BCAST _mm256_set1_ps
 #define P3D_RUN p3d_run_avx2
+#define P3D_PACK p3d_pack_avx2
 #include "kernel_impl.h"
 #else
 #include "plan.h"
 extern "C" void p3d_run_avx2(const P3DPlan* p) { p3d_run_generic(p); }
+extern "C" int64_t p3d_pack_avx2(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out) {
+  return p3d_pack_generic(x, N, per_sample, p, out);
+}
 #endif

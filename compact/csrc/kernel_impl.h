@@ -348,3 +348,87 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
   }
 }
 #endif
+
+// The fp32 input packed for a reduced precision (plan.h: int8 / bf16 channel planes interleaved per word, or plain
+// uint8 planes for P3D_INT8_GATHER), in this TU's vector width. uint8 = clamp(round(x / scale) + zero, 0, 255),
+// rounding half to even by the float adder after the clamp (as torch.round; |v| < 2^22), bf16 to nearest even.
+// `out` holds N x (packed per-sample stride) elements; returns that stride.
+#ifdef P3D_PACK
+static inline vi quantize_vec(vf x, float inv, int32_t zero) {
+  vf f = x * inv;
+  f = f < -512.f ? bcast(-512.f) : f;
+  f = f > 512.f ? bcast(512.f) : f;
+  f = (f + 12582912.f) - 12582912.f;
+  vi v = __builtin_convertvector(f, vi) + zero;
+  v = v < 0 ? (vi){} : v;
+  return v > 255 ? (vi){} + 255 : v;
+}
+
+static inline uint32_t quantize_one(float x, float inv, int32_t zero) {
+  float f = x * inv;
+  f = f < -512.f ? -512.f : f > 512.f ? 512.f : f;
+  const int32_t v = (int32_t)((f + 12582912.f) - 12582912.f) + zero;
+  return (uint32_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+static inline uint32_t bf16_bits(uint32_t b) { return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16; }
+
+extern "C" int64_t P3D_PACK(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out) {
+  const float inv = p->in_inv_scale;
+  const int32_t zero = (int32_t)p->in_zero;
+  const int64_t S = p->in_chan_stride, Cv = p->in_vchannels;
+  if (p->precision == P3D_INT8_GATHER) {
+    uint8_t* o = (uint8_t*)out;
+    const int64_t per = Cv * S;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < Cv; ++c) {
+        const float* src = x + n * per_sample + c * S;
+        uint8_t* dst = o + n * per + c * S;
+        int64_t i = 0;
+        for (; i + VW <= S; i += VW) storeu(dst + i, __builtin_convertvector(quantize_vec(loadu<vf>(src + i), inv, zero), vb));
+        for (; i < S; ++i) dst[i] = (uint8_t)quantize_one(src[i], inv, zero);
+      }
+    return per;
+  }
+  const int K = p->precision == P3D_BF16 ? 2 : 4;
+  const int64_t CQ = (Cv + K - 1) / K;
+  uint32_t* o = (uint32_t*)out;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t cq = 0; cq < CQ; ++cq) {
+      uint32_t* dst = o + (n * CQ + cq) * S;
+      const int lanes = (int)(Cv - cq * K < K ? Cv - cq * K : K);
+      const float* src[4];
+      for (int j = 0; j < lanes; ++j) src[j] = x + n * per_sample + (cq * K + j) * S;
+      int64_t i = 0;
+      if (K == 2) {
+        for (; i + VW <= S; i += VW) {
+          vu w = {};
+          for (int j = 0; j < lanes; ++j) {
+            const vu b = loadu<vu>(src[j] + i);
+            w |= ((b + 0x7fffu + ((b >> 16) & 1u)) >> 16) << (16 * j);
+          }
+          storeu(dst + i, w);
+        }
+        for (; i < S; ++i) {
+          uint32_t w = 0;
+          for (int j = 0; j < lanes; ++j) { uint32_t b; memcpy(&b, src[j] + i, 4); w |= bf16_bits(b) << (16 * j); }
+          dst[i] = w;
+        }
+      } else {
+        for (; i + VW <= S; i += VW) {
+          vu w = {};
+          for (int j = 0; j < lanes; ++j) w |= (vu)quantize_vec(loadu<vf>(src[j] + i), inv, zero) << (8 * j);
+          storeu(dst + i, w);
+        }
+        for (; i < S; ++i) {
+          uint32_t w = 0;
+          for (int j = 0; j < lanes; ++j) w |= quantize_one(src[j][i], inv, zero) << (8 * j);
+          dst[i] = w;
+        }
+      }
+    }
+  return CQ * S;
+}
+#endif

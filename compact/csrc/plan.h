@@ -77,6 +77,10 @@ extern "C" {
 void p3d_run_avx512(const P3DPlan* p);
 void p3d_run_avx2(const P3DPlan* p);
 void p3d_run_generic(const P3DPlan* p);
+// the fp32 input packed for p's reduced precision into `out`; returns the packed per-sample stride
+int64_t p3d_pack_avx512(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out);
+int64_t p3d_pack_avx2(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out);
+int64_t p3d_pack_generic(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out);
 // one precision each, with the CPU's dot-product instructions
 void p3d_run_avx512_bf16(const P3DPlan* p);
 void p3d_run_avx512_vnni(const P3DPlan* p);
