@@ -245,3 +245,49 @@ def test_benchmark_times_reduced_precisions_in_the_same_rounds():
     for p, row in r["precisions"].items():
         assert row["ms"] > 0 and row["max_rel_err"] < 0.1 and row["speedup_vs_fp32_paired"] > 0, p
     assert "int8:" in compact.format_table(r)
+
+
+def test_cli_evaluates_each_precision_and_keeps_the_scales_in_the_checkpoint(synthetic, tmp_path, capsys):
+    """--evaluate --precision runs the compact model; int8 without scales is refused in one line, --calibrate N
+    measures them on training clips and stores them in the checkpoint, which int8 then reads; a bad precision and
+    --calibrate without int8 are one line each."""
+    from models import build_model
+    from opt_main import cli
+    from pruning import hard_prune
+    from pruning.profile import load_profile
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("c3d", 3, width_mult=0.25, clip_len=8, crop_size=32)
+    masks = hard_prune(model, load_profile("c3d_kgrc_3.04x").resolve(model))
+    ckpt = tmp_path / "pruned.pth"
+    save_checkpoint({"model": model.state_dict(), "masks": masks, "args": {"norm": "kinetics"}}, ckpt)
+    run = ["--evaluate", "--arch", "c3d", "--width-mult", "0.25", "--clip-len", "8", "--crop-size", "32",
+           "--short-side", "40", "--data-location", str(synthetic["lmdb"]), "--dataset", "synthetic",
+           "--load-path", str(ckpt), "--device", "cpu", "--batch-size", "4", "--workers", "0"]
+
+    def one_line_error(args: list[str]) -> str:
+        assert cli(run + args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    assert "add --calibrate N" in one_line_error(["--precision", "int8"])
+    assert "--precision: 'fp16' is not allowed" in one_line_error(["--precision", "fp16"])
+    assert "add --precision int8" in one_line_error(["--precision", "bf16", "--calibrate", "4"])
+    assert cli(run + ["--precision", "int8", "--calibrate", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 4 training clips" in out and '"precision": "int8"' in out
+    stored = load_checkpoint(ckpt)["calibration"]
+    assert stored["method"] == "minmax" and set(stored["ranges"]) >= {"conv1", "conv5b"}
+    assert cli(run + ["--precision", "int8"]) == 0  # the stored scales
+    again = capsys.readouterr().out
+    assert '"precision": "int8"' in again and json_metric(again) == json_metric(out)
+    for p in ("fp32", "bf16"):
+        assert cli(run + ["--precision", p]) == 0 and f'"precision": "{p}"' in capsys.readouterr().out
+
+
+def json_metric(out: str) -> float:
+    import json
+
+    return json.loads(out[out.index("{"):])["clip_top1"]
