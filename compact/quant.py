@@ -72,11 +72,11 @@ def quantize_input(x: torch.Tensor, q: InputQuant) -> torch.Tensor:
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 values as int32, float32 scale per output channel): symmetric, scale = max |w| / 127."""
+    """(int8 values, float32 scale per output channel): symmetric, scale = max |w| / 127."""
     w = w.detach().float()
     amax = w.abs().flatten(1).amax(1)
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    q = torch.clamp(torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))), -127, 127).to(torch.int32)
+    q = torch.clamp(torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))), -127, 127).to(torch.int8)
     return q, scale
 
 
@@ -87,7 +87,7 @@ def bf16_round(t: torch.Tensor) -> torch.Tensor:
 @dataclass
 class QuantState:
     """What one conv needs at a reduced precision: for int8 the input quantization, the int8 weight (the masked
-    dense shape, as int32 values) and the per-filter output scale and zero-point term."""
+    dense shape) and the per-filter output scale and zero-point term."""
 
     precision: str
     iq: InputQuant | None = None
@@ -106,7 +106,7 @@ def quant_state(weight: torch.Tensor, precision: str, act_range: tuple[float, fl
     iq = input_quant(*act_range)
     qw, wscale = quantize_weight(weight)
     row_scale = torch.tensor(iq.scale, dtype=torch.float32) * wscale
-    row_comp = (qw.flatten(1).sum(1) * iq.zero).to(torch.int32)
+    row_comp = (qw.flatten(1).sum(1, dtype=torch.int64) * iq.zero).to(torch.int32)
     return QuantState(precision, iq, qw, row_scale.contiguous(), row_comp.contiguous())
 
 
