@@ -12,13 +12,19 @@ A model type gets its compile passes (and, optionally, an engine of its own) fro
 (SparseConv3d, AutoConv3d), `chain` and `residual` (convs and residual stages run in the kernels' layout),
 `c3d_engine` (C3D end to end), `convert` (passes, registry, compile_sparse), `surgery`, `bench`, `export`,
 `peers` (other runtimes the benchmark runs beside the compact model: ONNX Runtime, OpenVINO, DeepSparse through
-`deepsparse_worker`; a new one is a small `Peer` class under `@register_peer`).
+`deepsparse_worker`; a new one is a small `Peer` class under `@register_peer`), `quant` (bf16 and int8: calibration,
+`set_precision`, the packed plans, the reference arithmetic):
+
+    ranges = compact.quant.calibrate(masked_dense_model, clips)          # {conv name: [lo, hi]}
+    cm = compact.compile_sparse(model, masks, rules=rules, precision="int8", ranges=ranges)
 
 The kernel call is typed: `ext.sparse_conv(input=, ctx=, bias=, out=, write=)` takes a `layout.LayoutCtx` (the
 prepared input and its `plan.KernelPlan`) and a `layout.OutputSpec` (where and how to write) and reads their fields
 by name. A new plan field is one line in `csrc/plan.h` (`P3D_PLAN_ARRAYS` / `P3D_PLAN_SCALARS`) and one field of
 `KernelPlan` (filled in `plan.kernel_plan`); `tests/compact/test_plan.py` checks that the two agree.
 
+The kernel is one template over its arithmetic (csrc/kernel_impl.h: fp32, bf16 pairs, int8 quads; the bf16 and
+int8 dot-product instructions in kern_avx512_bf16.cpp / kern_avx512_vnni.cpp, portable code everywhere else).
 The C++ kernels (AVX-512 / AVX2 / generic, OpenMP) are built with torch.utils.cpp_extension on first use and
 cached; without a compiler everything runs through a pure-PyTorch path with the same results (logged once).
 """
