@@ -133,18 +133,45 @@ def plan_values(plan: ConvPlan, weight: torch.Tensor) -> np.ndarray:
     counts = np.diff(plan.task_pstart)
     if counts.sum() == 0:
         return np.zeros_like(plan.weights)
-    ntask = len(counts)
-    task_of_pair = np.repeat(np.arange(ntask), counts)
-    gp = plan.task_G[task_of_pair].astype(np.int64)
-    pair = np.repeat(np.arange(len(task_of_pair)), gp)
-    g = np.arange(len(pair)) - np.repeat(np.cumsum(gp) - gp, gp)
-    t = task_of_pair[pair]
+    task_of_pair = np.repeat(np.arange(len(counts)), counts)
+    pair, g, t = _pair_filters(task_of_pair, plan.task_G)
     chunk_of_task = np.repeat(np.arange(len(plan.chunk_tstart) - 1), np.diff(plan.chunk_tstart))
     filt = plan.chunk_filters[plan.chunk_fstart[chunk_of_task[t]] + plan.task_rows[t * 8 + g]]
     pos = plan.task_wstart[t] + (pair - plan.task_pstart[t]) * plan.task_G[t] + g
     out = np.zeros_like(plan.weights)
     out[pos] = wflat[filt, plan.pair_c[pair] * k + plan.pair_tap[pair]]
     return out
+
+
+def _pair_filters(task_of_pair: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pair, g, task) of every (pair, filter) of a plan whose pairs belong to `task_of_pair` (G filters a task)."""
+    gp = G[task_of_pair].astype(np.int64)
+    pair = np.repeat(np.arange(len(task_of_pair)), gp)
+    g = np.arange(len(pair)) - np.repeat(np.cumsum(gp) - gp, gp)
+    return pair, g, task_of_pair[pair]
+
+
+def _words(kp: KernelPlan, task_of_pair: np.ndarray, new_of_pair: np.ndarray, lane: np.ndarray,
+           new_task: np.ndarray, values: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(task_pstart, task_wstart, weight words) of a packed plan: old pair p (weights `values` in `kp`'s order) goes
+    to lane `lane[p]` of new pair `new_of_pair[p]`; `new_task`: the task of each new pair (task-major)."""
+    G = kp.task_G.numpy().astype(np.int64)
+    pstart, wstart = kp.task_pstart.numpy(), kp.task_wstart.numpy()
+    ntask = len(G)
+    task_pstart = np.searchsorted(new_task, np.arange(ntask + 1)).astype(np.int64)
+    task_wstart = np.r_[0, np.cumsum(np.diff(task_pstart) * G)][:ntask].astype(np.int64)
+    pair, g, t = _pair_filters(task_of_pair, G)
+    src = wstart[t] + (pair - pstart[t]) * G[t] + g
+    word = task_wstart[t] + (new_of_pair[pair] - task_pstart[t]) * G[t] + g
+    nwords = max(int((np.diff(task_pstart) * G).sum()), 1)
+    k = LANES[precision]
+    if precision == "bf16":
+        lanes_arr = np.zeros(nwords * k, np.int16)
+        lanes_arr[word * k + lane[pair]] = torch.from_numpy(values[src]).to(torch.bfloat16).view(torch.int16).numpy()
+    else:
+        lanes_arr = np.zeros(nwords * k, np.int8)
+        lanes_arr[word * k + lane[pair]] = plan_int8(values[src])
+    return task_pstart, task_wstart, torch.from_numpy(lanes_arr.view(np.float32).copy())
 
 
 def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: int, vchannels: int) -> KernelPlan:
@@ -158,8 +185,6 @@ def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: in
     quad, lane = vc // lanes, vc % lanes
     prange = kp.piece_range.numpy()
     ptask = kp.piece_task.numpy().astype(np.int64)
-    G = kp.task_G.numpy().astype(np.int64)
-    pstart, wstart = kp.task_pstart.numpy(), kp.task_wstart.numpy()
     n = len(off)
     if n == 0:
         return kp._replace(precision=CODES[q.precision], in_chan_stride=chan_stride, in_vchannels=vchannels,
@@ -177,30 +202,11 @@ def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: in
     nnew = int(new_sorted[-1]) + 1
     new_piece = np.empty(nnew, np.int64)
     new_piece[new_sorted] = key_p
-    new_task = ptask[new_piece]
-    ntask = len(G)
-    task_pstart = np.searchsorted(new_task, np.arange(ntask + 1)).astype(np.int64)
-    task_wstart = np.r_[0, np.cumsum(np.diff(task_pstart) * G)][:ntask].astype(np.int64)
+    task_pstart, task_wstart, words = _words(kp, ptask[piece], new, lane, ptask[new_piece], values, q.precision)
     cnt = np.bincount(new_piece, minlength=len(ptask))[by_begin]  # new pairs of each piece, in begin order
     piece_range = np.empty((len(ptask), 2), np.int64)
     piece_range[by_begin, 0] = np.cumsum(cnt) - cnt
     piece_range[by_begin, 1] = np.cumsum(cnt)
-    # every (old pair, filter) into its word and lane
-    task_of_pair = ptask[piece]
-    gp = G[task_of_pair]
-    pair = np.repeat(np.arange(n), gp)
-    g = np.arange(len(pair)) - np.repeat(np.cumsum(gp) - gp, gp)
-    t = task_of_pair[pair]
-    src = wstart[t] + (pair - pstart[t]) * G[t] + g
-    word = task_wstart[t] + (new[pair] - task_pstart[t]) * G[t] + g
-    nwords = int((np.diff(task_pstart) * G).sum())
-    if q.precision == "int8":
-        lanes_arr = np.zeros(max(nwords, 1) * 4, np.int8)
-        lanes_arr[word * 4 + lane[pair]] = plan_int8(values[src])
-    else:
-        lanes_arr = np.zeros(max(nwords, 1) * 2, np.int16)
-        lanes_arr[word * 2 + lane[pair]] = torch.from_numpy(values[src]).to(torch.bfloat16).view(torch.int16).numpy()
-    words = torch.from_numpy(lanes_arr.view(np.float32).copy())
     t_ = torch.from_numpy
     return kp._replace(
         piece_range=t_(np.ascontiguousarray(piece_range)), task_pstart=t_(task_pstart), task_wstart=t_(task_wstart),
@@ -220,8 +226,6 @@ def gather_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: 
     off = kp.pair_off.numpy()
     prange = kp.piece_range.numpy()
     ptask = kp.piece_task.numpy().astype(np.int64)
-    G = kp.task_G.numpy().astype(np.int64)
-    pstart, wstart = kp.task_pstart.numpy(), kp.task_wstart.numpy()
     n, npieces = len(off), len(ptask)
     by_begin = np.argsort(prange[:, 0], kind="stable")
     length = prange[:, 1] - prange[:, 0]
@@ -235,25 +239,13 @@ def gather_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: 
     offs = np.repeat(off[prange[by_begin, 0]], 4 * ngroup[by_begin])  # padding lanes read the piece's first row
     offs[group * 4 + lane] = off
     group_task = np.repeat(ptask[by_begin], ngroup[by_begin])
-    ntask = len(G)
-    task_pstart = np.searchsorted(group_task, np.arange(ntask + 1)).astype(np.int64)
-    task_wstart = np.r_[0, np.cumsum(np.diff(task_pstart) * G)][:ntask].astype(np.int64)
+    task_pstart, task_wstart, words = _words(kp, ptask[piece], group, lane, group_task, values, "int8")
     piece_range = np.stack([gstart, gstart + ngroup], 1).astype(np.int64)
-    task_of_pair = ptask[piece]
-    gp = G[task_of_pair]
-    pair = np.repeat(np.arange(n), gp)
-    g = np.arange(len(pair)) - np.repeat(np.cumsum(gp) - gp, gp)
-    t = task_of_pair[pair]
-    src = wstart[t] + (pair - pstart[t]) * G[t] + g
-    word = task_wstart[t] + (group[pair] - task_pstart[t]) * G[t] + g
-    nwords = int((np.diff(task_pstart) * G).sum())
-    lanes_arr = np.zeros(max(nwords, 1) * 4, np.int8)
-    lanes_arr[word * 4 + lane[pair]] = plan_int8(values[src])
     t_ = torch.from_numpy
     return kp._replace(
         piece_range=t_(np.ascontiguousarray(piece_range)), task_pstart=t_(task_pstart), task_wstart=t_(task_wstart),
         pair_off=t_(np.ascontiguousarray(offs[:4 * total], dtype=np.int64)),
-        weights=t_(lanes_arr.view(np.float32).copy()), precision=INT8_GATHER, in_chan_stride=int(chan_stride),
+        weights=words, precision=INT8_GATHER, in_chan_stride=int(chan_stride),
         in_vchannels=int(vchannels), **_int8_fields(q))
 
 
