@@ -580,6 +580,9 @@ def conv_input_ranges(args: argparse.Namespace, model: torch.nn.Module, masks: d
         if args.precision == "int8" and not stored:
             raise UserError(f"--precision int8 needs calibrated input ranges and {ckpt_path or 'no checkpoint'} has "
                             "none: add --calibrate N (N training clips, e.g. 32)")
+        if args.precision == "int8" and stored.get("masks") != mask_digest(masks):
+            raise UserError(f"{ckpt_path}: its calibration was measured with other masks than it holds now: add "
+                            "--calibrate N to measure again")
         return stored["ranges"] if stored else None
     shape = (3, args.clip_len, args.crop_size, args.crop_size)
     batches, source = calibration_batches(args, args.calibrate, shape)
@@ -589,7 +592,8 @@ def conv_input_ranges(args: argparse.Namespace, model: torch.nn.Module, masks: d
               "clips": source, "masks": mask_digest(masks)}
     if ckpt_path and args.data_location:
         ckpt["calibration"] = record
-        save_checkpoint(ckpt, ckpt_path)
+        if dist_utils.is_main():  # one writer under torchrun
+            save_checkpoint(ckpt, ckpt_path)
         print(f"calibrated on {source} ({args.calibrate_method}); the ranges are stored in {ckpt_path}")
     else:
         print(f"calibrated on {source} ({args.calibrate_method})")

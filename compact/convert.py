@@ -242,7 +242,7 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
     job = CompileJob(masks, rules or {}, fuse if dense_layers is None else dense_layers)
     for run in engine_passes(model) if fuse else (swap_pruned_convs,):
         model = run(model, job)
-    return set_precision(model, precision, ranges) if precision != "fp32" else model
+    return set_precision(model, precision, ranges)
 
 
 def __getattr__(name: str):

@@ -291,3 +291,27 @@ def json_metric(out: str) -> float:
     import json
 
     return json.loads(out[out.index("{"):])["clip_top1"]
+
+
+def test_cli_refuses_scales_measured_for_other_masks(synthetic, tmp_path, capsys):
+    """A checkpoint whose masks changed after calibration (e.g. retrained to another profile) is refused in one
+    line rather than run with stale ranges."""
+    from models import build_model
+    from opt_main import cli, mask_digest
+    from pruning import hard_prune
+    from pruning.profile import load_profile
+    from training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("c3d", 3, width_mult=0.25, clip_len=8, crop_size=32)
+    masks = hard_prune(model, load_profile("c3d_kgrc_3.04x").resolve(model))
+    other = {k: torch.ones_like(v) for k, v in masks.items()}
+    ckpt = tmp_path / "pruned.pth"
+    stale = {"ranges": {}, "method": "minmax", "masks": mask_digest(other)}
+    save_checkpoint({"model": model.state_dict(), "masks": masks, "args": {"norm": "kinetics"},
+                     "calibration": stale}, ckpt)
+    assert cli(["--evaluate", "--arch", "c3d", "--width-mult", "0.25", "--clip-len", "8", "--crop-size", "32",
+                "--short-side", "40", "--data-location", str(synthetic["lmdb"]), "--dataset", "synthetic",
+                "--load-path", str(ckpt), "--device", "cpu", "--workers", "0", "--precision", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other masks" in err[0] and "--calibrate N" in err[0]
