@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import scratch
 from ._ext import load_kernels
 from .convert import CompileJob, register_engine, swap_pruned_convs
 from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, fastest_mode, onednn_conv, run_dense
 from .layout import SLACK, OutputSpec, flat_layout, interior
 from .modules import SparseConv3d
-from .scratch import SCRATCH
 
 ONE = (1, 1, 1)  # every C3D conv: 3x3x3 taps, padding 1, the padding of the layout between convs
 
@@ -103,11 +103,11 @@ class CompactC3D(nn.Module):
         if mode != KERNEL:  # PyTorch's dense conv: leave and re-enter the layout
             dense = self.dense_convs[name] if name in self.dense_convs else conv
             y = torch.relu_(run_dense(dense, interior(act.buf, n, c, grid, s, ONE, dims), mode))
-            out = SCRATCH.take(n * cout * s + SLACK, act.buf, zero=True)
+            out = scratch.SCRATCH.take(n * cout * s + SLACK, act.buf, zero=True)
             interior(out, n, cout, grid, s, (0, 0, 0) if pooled else ONE, dims).copy_(y)
             return out
         ctx = conv.layout_ctx(n, dims, grid, s)
-        out = SCRATCH.take(n * cout * s + SLACK, act.buf)
+        out = scratch.SCRATCH.take(n * cout * s + SLACK, act.buf)
         if pooled:
             write = OutputSpec(sample_stride=cout * s, chan_stride=s, chan_len=s, relu=True)
         else:  # shifted by one plane, row and column into the padding; separators and borders zeroed
@@ -137,7 +137,7 @@ class CompactC3D(nn.Module):
                 modes = (KERNEL, CONTIGUOUS, CHANNELS_LAST)
                 if onednn_conv(self.dense_convs[name]) is not None:
                     modes += (ONEDNN,)
-                mode = fastest_mode(lambda m: SCRATCH.give(self._conv_step(ext, name, m, act)), modes)
+                mode = fastest_mode(lambda m: scratch.SCRATCH.give(self._conv_step(ext, name, m, act)), modes)
             self._choice[key] = mode
         return mode
 
@@ -149,7 +149,7 @@ class CompactC3D(nn.Module):
         n, c = x.shape[:2]
         dims = tuple(x.shape[2:])
         grid, s = flat_layout(dims, ONE)
-        buf = SCRATCH.take(n * c * s + SLACK, x, zero=True)
+        buf = scratch.SCRATCH.take(n * c * s + SLACK, x, zero=True)
         interior(buf, n, c, grid, s, ONE, dims).copy_(x)
         act = Activation(buf, n, c, dims, grid, s)
         for name in self.conv_names:
@@ -158,7 +158,7 @@ class CompactC3D(nn.Module):
             if name in self.dense_convs:  # unpruned layer: the kernel or oneDNN, whichever ran faster here
                 mode = self._choose(ext, name, act)
             out = self._conv_step(ext, name, mode, act)
-            SCRATCH.give(act.buf)
+            scratch.SCRATCH.give(act.buf)
             c = conv.out_channels
             if name not in self.pool_of:
                 act = act._replace(buf=out, c=c)
@@ -174,12 +174,12 @@ class CompactC3D(nn.Module):
                 g2, s2, chan_stride, shift = pdims, 0, pdims[0] * pdims[1] * pdims[2], 0
             else:  # the next conv's padded input
                 g2, s2 = flat_layout(pdims, ONE)
-                dest = SCRATCH.take(n * c * s2 + SLACK, x, zero=True)
+                dest = scratch.SCRATCH.take(n * c * s2 + SLACK, x, zero=True)
                 chan_stride, shift = s2, g2[1] * g2[2] + g2[2] + 1
             ext.maxpool(input=out, out=dest, planes=n * c, in_chan_stride=act.s, Hg=act.grid[1], Wg=act.grid[2],
                         T=t, H=h, W=w, kt=kt, kh=kh, kw=kw, ph=ph, pw=pw, To=pdims[0], Ho=pdims[1], Wo=pdims[2],
                         out_chan_stride=chan_stride, oH=g2[1], oW=g2[2], out_off=shift)
-            SCRATCH.give(out)
+            scratch.SCRATCH.give(out)
             if last:
                 return dest.view(n, c, *pdims)
             act = Activation(dest, n, c, pdims, g2, s2)

@@ -11,28 +11,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import scratch
 from ._ext import load_kernels
 from .layout import SLACK, LayoutCtx, flat_layout
 from .modules import SparseConv3d
-from .scratch import SCRATCH
 
 
 def run_into(ext, conv: SparseConv3d, buf: torch.Tensor, ctx: LayoutCtx,
              nxt: SparseConv3d) -> tuple[torch.Tensor, LayoutCtx]:
     """Run `conv` on its prepared input; returns `nxt`'s prepared input (a SCRATCH buffer and its context). A
-    stride-1 `nxt` gets `conv`'s output written straight into its padded layout; a strided one gets it through a
-    dense scratch tensor and its own `prepare`."""
+    stride-1 `nxt` gets `conv`'s output written straight into its padded layout (at bf16 / int8, packed as its plan
+    reads it); a strided one gets it through a dense scratch tensor and its own `prepare`."""
     n, outd, c = ctx.n, ctx.outd, conv.out_channels
+    f32 = conv.weight_compact  # (buf may be a packed input: not the dtype of what is written here)
     if nxt.stride == (1, 1, 1):
         grid, s = flat_layout(outd, nxt.padding)
-        dest = SCRATCH.take_padded(n, c, grid, s, nxt.padding, outd, buf, SLACK)[0]
+        if nxt.precision != "fp32":  # written as nxt's packed input: no fp32 activation, no packing pass of its own
+            nctx = nxt.layout_ctx(n, outd, grid, s, packed=True)
+            dest = nxt.take_packed_input(nctx, outd, nxt.padding)
+            conv.write(ext, buf, ctx, dest, grid, nxt.padding, s, pack=nctx.plan)
+            return dest, nctx
+        dest = scratch.SCRATCH.take_padded(n, c, grid, s, nxt.padding, outd, f32, SLACK)[0]
         conv.write(ext, buf, ctx, dest, grid, nxt.padding, s)
         return dest, nxt.layout_ctx(n, outd, grid, s)
-    dense = SCRATCH.take(n * c * outd[0] * outd[1] * outd[2], buf)
+    dense = scratch.SCRATCH.take(n * c * outd[0] * outd[1] * outd[2], f32)
     y = dense.view(n, c, *outd)
     conv.write(ext, buf, ctx, y, outd)
     nbuf, nctx = nxt.prepare(y)
-    SCRATCH.give(dense)
+    scratch.SCRATCH.give(dense)
     return nbuf, nctx
 
 
@@ -59,9 +65,9 @@ class SparseConvPair(nn.Module):
             return self.second.forward_torch(self.first.forward_torch(x))
         buf, ctx = self.first.prepare(x)
         mid, ctx2 = run_into(ext, self.first, buf, ctx, self.second)
-        SCRATCH.give(buf)
+        scratch.SCRATCH.give(buf)
         out = self.second.compute(ext, mid, ctx2)
-        SCRATCH.give(mid)
+        scratch.SCRATCH.give(mid)
         return out
 
 

@@ -39,21 +39,22 @@ def interior(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) ->
     return v[:, :, pad[0]:pad[0] + dims[0], pad[1]:pad[1] + dims[1], pad[2]:pad[2] + dims[2]]
 
 
-def zero_padding(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims) -> torch.Tensor:
-    """Zero every position of a flat padded buffer (and its slack) that is not data; returns the data view
-    [n, c, T, H, W]. Only the padding is written: the data positions are left for the caller to fill."""
-    buf[n * c * s_chan:].zero_()
+def zero_padding(buf: torch.Tensor, n: int, c: int, grid, s_chan: int, pad, dims, value=0) -> torch.Tensor:
+    """Set every position of a flat padded buffer (and its slack) that is not data to zero (or `value`: a packed
+    layout's encoding of zero); returns the data view [n, c, T, H, W]. Only the padding is written: the data
+    positions are left for the caller to fill."""
+    buf[n * c * s_chan:].fill_(value)
     chans = buf[:n * c * s_chan].view(n, c, s_chan)
     vol = grid[0] * grid[1] * grid[2]
-    chans[:, :, vol:].zero_()
+    chans[:, :, vol:].fill_(value)
     v = chans[:, :, :vol].unflatten(2, tuple(grid))
-    v[:, :, :pad[0]].zero_()
-    v[:, :, pad[0] + dims[0]:].zero_()
+    v[:, :, :pad[0]].fill_(value)
+    v[:, :, pad[0] + dims[0]:].fill_(value)
     mid = v[:, :, pad[0]:pad[0] + dims[0]]
     if pad[1]:
-        mid[:, :, :, :pad[1]].zero_()
+        mid[:, :, :, :pad[1]].fill_(value)
     if pad[2]:
-        mid[:, :, :, pad[1]:, :pad[2]].zero_()
+        mid[:, :, :, pad[1]:, :pad[2]].fill_(value)
     return mid[:, :, :, pad[1]:, pad[2]:]
 
 
@@ -131,6 +132,7 @@ class LayoutCtx:
     q: int
     outd: tuple[int, int, int]
     grid: tuple[int, int, int]
+    packed: bool = False  # the input is already in `plan`'s bf16 / int8 layout (`per_sample` in its elements)
 
 
 class OutputSpec(NamedTuple):
@@ -139,7 +141,10 @@ class OutputSpec(NamedTuple):
     Output position q of filter f, sample i goes to `i * sample_stride + f * chan_stride + shift + q` of the output
     tensor, or with `runs` to the destinations those give within the channel. `zero_rest` also zeroes the rest of
     each channel's `chan_len` floats; `valid` (float [q], 0/1) multiplies each position (zeros at separators);
-    `accumulate` (with `runs`) adds the value already there before the ReLU (a fused residual).
+    `accumulate` (with `runs`) adds the value already there before the ReLU (a fused residual). `pack` (with
+    `runs`): the output is written as the next conv's packed bf16 / int8 input (its plan's precision code,
+    `pack_inv_scale` and `pack_zero` its input quantization; strides in that layout's elements, `chan_stride` one
+    plane's positions), what its kernel call would otherwise pack from fp32, bit for bit.
     """
 
     sample_stride: int
@@ -151,3 +156,6 @@ class OutputSpec(NamedTuple):
     valid: torch.Tensor | None = None
     runs: OutputRuns | None = None
     accumulate: bool = False
+    pack: int = 0
+    pack_inv_scale: float = 0.0
+    pack_zero: int = 0

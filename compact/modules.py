@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import scratch
 from ._ext import load_kernels
 from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, canonical_path, fastest_mode, onednn_conv, run_dense
 from .layout import (
@@ -22,10 +23,20 @@ from .layout import (
     flat_positions,
     output_runs,
     scatter_index,
+    zero_padding,
 )
 from .plan import KernelPlan, build_plan, kernel_plan
-from .quant import QuantState, int8_plan, pack_plan, plan_values, quant_state, reference_conv
-from .scratch import SCRATCH
+from .quant import (
+    PACKED_ELEMENTS,
+    PACKED_SLACK,
+    QuantState,
+    int8_plan,
+    pack_plan,
+    packed_per_sample,
+    plan_values,
+    quant_state,
+    reference_conv,
+)
 from .surgery import kept_mask
 
 
@@ -115,14 +126,38 @@ class SparseConv3d(nn.Module):
             self._kernel_plans[(q.precision, *key)] = packed
         return packed
 
-    def layout_ctx(self, n: int, dims, grid, s_chan: int) -> LayoutCtx:
+    def layout_ctx(self, n: int, dims, grid, s_chan: int, packed: bool = False) -> LayoutCtx:
         """Kernel context for an input of `n` samples already in the flat layout `flat_layout(dims, padding)`
-        (every input channel, in order): what a conv writing straight into this one's input hands over."""
+        (every input channel, in order): what a conv writing straight into this one's input hands over. `packed`
+        (bf16 / int8): that layout already packed as this conv's plan reads it (`take_packed_input`)."""
         assert self.stride == (1, 1, 1), "the flat layout without stride phases is for stride-1 convs"
         outd = tuple(d + 2 * p - k + 1 for d, p, k in zip(dims, self.padding, self.kernel_size))
         kp = self.kernel_plan(("flat", tuple(grid), s_chan), np.arange(self.in_channels), (1, 1, 1), tuple(grid),
                               s_chan)
-        return LayoutCtx(n, kp, self.in_channels * s_chan, flat_positions(outd, grid), outd, tuple(grid))
+        per_sample = packed_per_sample(kp, self.in_channels, s_chan) if packed else self.in_channels * s_chan
+        return LayoutCtx(n, kp, per_sample, flat_positions(outd, grid), outd, tuple(grid), packed)
+
+    def take_packed_input(self, ctx: LayoutCtx, dims, pad) -> torch.Tensor:
+        """A scratch buffer for `ctx` (a `layout_ctx(..., packed=True)`): uint8, every position that is not data
+        holding the packed zero (the input zero point; bf16 0), as the packing of a zero-padded layout gives."""
+        kp = ctx.plan
+        k, _ = PACKED_ELEMENTS[kp.precision]
+        z = kp.in_zero if k != 2 else 0
+        c, n = self.in_channels, ctx.n
+        if k == 1:  # plain uint8 planes
+            like, planes, value, slack = torch.empty(0, dtype=torch.uint8), c, z, PACKED_SLACK
+        else:  # 32-bit words of k channels; zero point z in each byte
+            word = z * 0x01010101 if k == 4 else 0
+            like, planes, value, slack = (torch.empty(0, dtype=torch.int32), -(-c // k),
+                                          word - (1 << 32) if word >= 1 << 31 else word, PACKED_SLACK // 4)
+        key = ("packed", kp.precision, z, n, c, ctx.grid, tuple(pad), tuple(dims))
+        buf, fresh = scratch.SCRATCH.take_zero_padded(key, n * ctx.per_sample + slack, like)
+        if fresh:  # data positions are rewritten by every call; the rest keeps this
+            if k > 1 and c % k:  # lanes past the last channel too (zero weights; bf16 must not read a NaN there)
+                buf.fill_(value)
+            else:
+                zero_padding(buf, n, planes, ctx.grid, ctx.per_sample // planes, pad, dims, value)
+        return buf
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         """Pure-PyTorch path: the compact dense weight on the kept channels, bias for the dropped filters (at bf16 /
@@ -151,7 +186,7 @@ class SparseConv3d(nn.Module):
     def forward_kernel(self, ext, x: torch.Tensor) -> torch.Tensor:
         buf, ctx = self.prepare(x)
         out = self.compute(ext, buf, ctx)
-        SCRATCH.give(buf)
+        scratch.SCRATCH.give(buf)
         return out
 
     def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, LayoutCtx]:
@@ -174,14 +209,14 @@ class SparseConv3d(nn.Module):
         if nph == 1:
             grid, s_chan = flat_layout(dims, pad)
             per_sample = c * s_chan
-            buf, data = SCRATCH.take_padded(n, c, grid, s_chan, pad, dims, x, SLACK)
+            buf, data = scratch.SCRATCH.take_padded(n, c, grid, s_chan, pad, dims, x, SLACK)
             data.copy_(x)
         else:  # stride phases: input position s*i + r of a dimension goes to phase r, index i
             grid = [-(-pd // st) for pd, st in zip(padded, stride)]
             s_chan = grid[0] * grid[1] * grid[2]
             per_sample = c * nph * s_chan
             key = ("phases", n, c, tuple(stride), tuple(grid), tuple(pad), tuple(dims))
-            buf, fresh = SCRATCH.take_zero_padded(key, n * per_sample + SLACK, x)
+            buf, fresh = scratch.SCRATCH.take_zero_padded(key, n * per_sample + SLACK, x)
             if fresh:  # the copies below write data positions only: the zeros stay for the next call
                 buf.zero_()
             phases = buf[:n * per_sample].view(n, c, stride[0], stride[1], stride[2], *grid)
@@ -193,23 +228,32 @@ class SparseConv3d(nn.Module):
     def compute(self, ext, buf: torch.Tensor, ctx: LayoutCtx) -> torch.Tensor:
         """The kernel call alone, writing the final [N, Cout, T, H, W] output (what the per-layer benchmark times)."""
         n, outd = ctx.n, ctx.outd
-        out = buf.new_empty((n, self.out_channels, *outd))
+        out = torch.empty((n, self.out_channels, *outd))  # (buf may be a packed input)
         self.write(ext, buf, ctx, out, outd)
         return out
 
     def write(self, ext, buf: torch.Tensor, ctx: LayoutCtx, dest: torch.Tensor, dest_grid, offset=(0, 0, 0),
-              chan_len: int | None = None, *, relu: bool | None = None, accumulate: bool = False) -> None:
+              chan_len: int | None = None, *, relu: bool | None = None, accumulate: bool = False,
+              pack: KernelPlan | None = None) -> None:
         """Run on a prepared input, writing output (t, h, w) of every channel at (t, h, w) + `offset` of `dest`:
         dense [N, Cout, *dest_grid] planes, or with `chan_len` the flat layout of `dest_grid` (`flat_layout`).
-        `accumulate` adds the value already there (a residual) before the ReLU."""
+        `accumulate` adds the value already there (a residual) before the ReLU. `pack`: the next conv's bf16 / int8
+        plan; `dest` (`take_packed_input`) gets that flat layout packed as the plan reads it."""
         q, outd = ctx.q, ctx.outd
         per = chan_len if chan_len is not None else dest_grid[0] * dest_grid[1] * dest_grid[2]
         key = (q, outd, ctx.grid, tuple(dest_grid), tuple(offset))
         runs = self._runs.get(key)
         if runs is None:
             runs = self._runs[key] = output_runs(scatter_index(q, ctx.grid, outd, dest_grid, offset))
-        spec = OutputSpec(sample_stride=self.out_channels * per, chan_stride=per, chan_len=per,
-                          relu=self.relu if relu is None else relu, runs=runs, accumulate=accumulate)
+        relu = self.relu if relu is None else relu
+        if pack is not None:
+            k, _ = PACKED_ELEMENTS[pack.precision]
+            spec = OutputSpec(sample_stride=-(-self.out_channels // k) * k * per, chan_stride=per, chan_len=per,
+                              relu=relu, runs=runs, pack=pack.precision, pack_inv_scale=pack.in_inv_scale,
+                              pack_zero=pack.in_zero)
+        else:
+            spec = OutputSpec(sample_stride=self.out_channels * per, chan_stride=per, chan_len=per, relu=relu,
+                              runs=runs, accumulate=accumulate)
         ext.sparse_conv(input=buf, ctx=ctx, bias=self.bias, out=dest, write=spec)
 
 

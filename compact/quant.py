@@ -33,6 +33,16 @@ log = logging.getLogger("prune3d.compact")
 PRECISIONS = ("fp32", "bf16", "int8")
 CODES = {"fp32": 0, "bf16": 1, "int8": 2}  # plan.h P3D_FP32, P3D_BF16, P3D_INT8
 LANES = {"bf16": 2, "int8": 4}
+# a packed input's channels per plane and element size (bytes), by plan precision code (plan.h)
+PACKED_ELEMENTS = {1: (2, 2), 2: (4, 1), 3: (1, 1)}
+PACKED_SLACK = 4 * (2 * 192 + 256)  # bytes a kernel call may read past the last position (ext.cpp pack_input)
+
+
+def packed_per_sample(kp: KernelPlan, channels: int, chan_stride: int) -> int:
+    """Per-sample stride of `kp`'s packed input, in the units its kernel loads (32-bit words of K channels; bytes
+    for the gathered int8 plan's plain uint8 planes)."""
+    k, _ = PACKED_ELEMENTS[kp.precision]
+    return channels * chan_stride if k == 1 else -(-channels // k) * chan_stride
 CALIBRATION_METHODS = ("minmax", "percentile")
 
 
@@ -366,5 +376,11 @@ def _say_without_dot_products(precision: str) -> None:
     if ext is None or ext.has_dot_products(precision) or precision in _SAID:
         return
     _SAID.add(precision)
-    log.warning("compact: this CPU has no %s for the %s kernels: they run portable %s code (same results, slower)",
-                DOT_PRODUCTS[precision], precision, kernel_isa())
+    isa = kernel_isa()
+    if precision == "int8" and isa in ("avx2", "avx512"):
+        how = (f"{isa} code with vpmaddwd (same results, about fp32's speed: time both with "
+               "scripts/bench_compact.py --precisions int8)")
+    else:
+        how = f"portable {isa} code (same results, slower than fp32: keep fp32 on this CPU)"
+    log.warning("compact: this CPU has no %s for the %s kernels: they run %s", DOT_PRODUCTS[precision], precision,
+                how)

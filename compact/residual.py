@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torchvision.models.video.resnet import BasicBlock, VideoResNet
 
+from . import scratch
 from ._ext import load_kernels
 from .chain import SparseConvPair, run_into
 from .dense_paths import KERNEL
 from .layout import SLACK, flat_layout, interior
 from .modules import AutoConv3d, SparseConv3d
-from .scratch import SCRATCH
 from .surgery import set_submodule
 
 
@@ -71,7 +71,7 @@ class SparseResidualStage(nn.Sequential):
             return super().forward(torch.relu(entry.forward_torch(x)) if entry is not None else x)
         y, buf = self.run_in_layout(x, entry)
         y = y.contiguous()  # never hand out scratch
-        SCRATCH.give(buf)
+        scratch.SCRATCH.give(buf)
         return y
 
     def run_in_layout(self, x: torch.Tensor, entry: SparseConv3d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,9 +85,9 @@ class SparseResidualStage(nn.Sequential):
             ebuf, ectx = entry.prepare(x)
             c, dims = entry.out_channels, ectx.outd
             grid, s = flat_layout(dims, self.pad)
-            buf = SCRATCH.take_padded(n, c, grid, s, self.pad, dims, x, SLACK)[0]
+            buf = scratch.SCRATCH.take_padded(n, c, grid, s, self.pad, dims, x, SLACK)[0]
             entry.write(ext, ebuf, ectx, buf, grid, self.pad, s, relu=True)
-            SCRATCH.give(ebuf)
+            scratch.SCRATCH.give(ebuf)
             act = (buf, c, dims, grid, s)
         for i, (block, convs) in enumerate(zip(self, self.block_conv_lists)):
             head = convs[0]
@@ -96,25 +96,25 @@ class SparseResidualStage(nn.Sequential):
                 res = block.downsample(xd) if block.downsample is not None else xd
                 c, dims = res.shape[1], tuple(res.shape[2:])
                 grid, s = flat_layout(dims, self.pad)
-                buf, data = SCRATCH.take_padded(n, c, grid, s, self.pad, dims, res, SLACK)
+                buf, data = scratch.SCRATCH.take_padded(n, c, grid, s, self.pad, dims, res, SLACK)
                 data.copy_(res)
                 if self._head_reads_layout(i):
                     hbuf, hctx, own = buf, head.layout_ctx(n, dims, grid, s), False
                 else:
                     (hbuf, hctx), own = head.prepare(xd), True
                 if act is not None:
-                    SCRATCH.give(act[0])
+                    scratch.SCRATCH.give(act[0])
                 act = (buf, c, dims, grid, s)
             else:  # the block input is the stage buffer, already in the head's layout
                 hbuf, hctx, own = act[0], head.layout_ctx(n, act[2], act[3], act[4]), False
             for conv, nxt in zip(convs, convs[1:]):
                 nbuf, nctx = run_into(ext, conv, hbuf, hctx, nxt)
                 if own:
-                    SCRATCH.give(hbuf)
+                    scratch.SCRATCH.give(hbuf)
                 hbuf, hctx, own = nbuf, nctx, True
             convs[-1].write(ext, hbuf, hctx, act[0], act[3], self.pad, act[4], relu=True, accumulate=True)
             if own:
-                SCRATCH.give(hbuf)
+                scratch.SCRATCH.give(hbuf)
         return interior(act[0], n, act[1], act[3], act[4], self.pad, act[2]), act[0]
 
 
@@ -172,11 +172,11 @@ class StemIntoStageVideoResNet(VideoResNet):
         for stage in (self.layer2, self.layer3, self.layer4):
             y, nbuf = stage.run_in_layout(x) if isinstance(stage, SparseResidualStage) else (stage(x), None)
             if buf is not None:
-                SCRATCH.give(buf)
+                scratch.SCRATCH.give(buf)
             x, buf = y, nbuf
         if buf is not None:
             x = x.contiguous()
-            SCRATCH.give(buf)
+            scratch.SCRATCH.give(buf)
         return self.fc(self.avgpool(x).flatten(1))
 
 

@@ -7,6 +7,8 @@
         --deepsparse-python /opt/deepsparse-venv/bin/python      # other runtimes in the same rounds
     python scripts/bench_compact.py --arch c3d --batch-size 1 \
         --against openvino,openvino-bf16,openvino-int8,onnxruntime-int8   # reduced precision (pip install nncf)
+    python scripts/bench_compact.py --arch r2+1d --profile r2+1d_kgrc_3.05x --batch-size 8 --scratch-ab
+    python scripts/bench_compact.py --arch c3d --precisions int8 --isa avx2   # what a CPU without AVX-512 runs
 
 The same code as `opt_main.py --benchmark` (the model, masks and rules of `opt_main.pruned_model`, then
 `compact.benchmark` and `compact.format_table`), for several batch sizes in one run and one JSON file: weights are
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import compact  # noqa: E402
 from compact.bench import interleaved  # noqa: E402
 from compact.quant import calibrate  # noqa: E402
+from compact.scratch import ScratchPool, using  # noqa: E402
 from compact.surgery import masked_dense_copy  # noqa: E402
 from models.c3d import CONVS  # noqa: E402
 from opt_main import pruned_model, resolve_defaults  # noqa: E402
@@ -73,6 +76,12 @@ def parse(argv=None):
                    help="also time the compact model at these precisions in the same rounds, e.g. bf16,int8 (int8 "
                         "calibrated on the same clips as the int8 peers: --calibration, or --calibration-clips random "
                         "normal clips with seed 0)")
+    p.add_argument("--isa", choices=("avx512", "avx2", "generic"), default=None,
+                   help="run the compact kernels of this ISA (at most the CPU's), e.g. avx2 to time on an AVX-512 "
+                        "machine what a CPU without AVX-512 runs (its int8 without VNNI: vpmaddwd)")
+    p.add_argument("--scratch-ab", action="store_true",
+                   help="also time the compact model with its scratch buffers under the default byte budget and "
+                        "without one, side by side, and report each one's peak scratch memory")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
@@ -82,6 +91,14 @@ def parse(argv=None):
     args.precisions = precisions
     if args.channel_pruned_equal_macs and args.arch != "c3d":
         p.error("--channel-pruned-equal-macs is implemented for --arch c3d only")
+    if args.isa:
+        ext = compact.load_kernels()
+        if ext is None:
+            p.error(f"--isa {args.isa}: the compact kernels did not build on this machine")
+        try:
+            ext.set_isa(args.isa)
+        except RuntimeError:
+            p.error(f"--isa {args.isa}: this CPU does not run it (the best it runs: {ext.isa()})")
     return args
 
 
@@ -178,6 +195,28 @@ def torch_pruned_c3d(model, target: float, input_shape, tol: float = 0.005, max_
 
 
 @torch.no_grad()
+def scratch_ab(model, masks, rules, input_shape, bs, args) -> dict:
+    """The compact model on a scratch pool with the default byte budget and on one without, interleaved."""
+    torch.set_num_threads(args.threads)
+    cm = compact.compile_sparse(model, masks, rules=rules)
+    x = torch.randn(bs, *input_shape)
+    pools = {"default_budget": ScratchPool(), "no_budget": ScratchPool(budget=1 << 62)}
+
+    def run(pool):
+        with using(pool):
+            cm(x)
+
+    t = interleaved({k: (lambda p=p: run(p)) for k, p in pools.items()}, args.repeats, args.warmup)
+    res = {k: {"ms": t[k], "peak_mb": p.peak / 2**20, "budget_mb": p.limit / 2**20 if p.budget is None else None}
+           for k, p in pools.items()}
+    d, u = res["default_budget"], res["no_budget"]
+    print(f"== scratch buffers, batch {bs} (interleaved): default budget ({d['budget_mb']:.0f} MB) {d['ms']:.1f} ms, "
+          f"peak {d['peak_mb']:.0f} MB | no budget {u['ms']:.1f} ms, peak {u['peak_mb']:.0f} MB | time ratio "
+          f"{d['ms'] / u['ms']:.3f}", flush=True)
+    return {"batch_size": bs, "scratch_ab": res}
+
+
+@torch.no_grad()
 def side_by_side(model, masks, small, rules, input_shape, bs, args, info):
     """Interleaved: full dense, Torch-Pruning's channel-pruned dense `small` (both contiguous and channels_last, best
     taken) and the kernel-group compact model."""
@@ -243,6 +282,8 @@ def main(argv=None) -> int:
         r.update(arch=args.arch, profile=args.profile)
         print(compact.format_table(r, f"== {args.arch} {args.profile}, batch {bs}"), flush=True)
         results.append(r)
+        if args.scratch_ab:
+            results.append(scratch_ab(model, masks, rules, input_shape, bs, args))
         if small is not None:
             results.append(side_by_side(model, masks, small, rules, input_shape, bs, args, info))
     if args.json:

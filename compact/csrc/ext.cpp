@@ -17,7 +17,7 @@ namespace {
 int detect_isa() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return 2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return 2;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
   return 0;
@@ -114,8 +114,19 @@ std::vector<uint32_t> g_packed;  // reused: a fresh buffer would be page-faulted
 // plan), the output goes into `out` as `write` says (compact.layout.OutputSpec); both are read by field name.
 void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::optional<torch::Tensor>& bias,
                  torch::Tensor& out, const py::object& write) {
-  check(input, torch::kFloat, "input");
-  check(out, torch::kFloat, "out");
+  // `packed`: the input is already in the plan's packed layout (written so by the conv before, `out_pack`)
+  const bool packed = ctx.attr("packed").cast<bool>();
+  const int out_pack = write.attr("pack").cast<int>();
+  if (packed) {
+    TORCH_CHECK(input.is_contiguous() && input.device().is_cpu(), "input: expected a contiguous CPU tensor");
+  } else {
+    check(input, torch::kFloat, "input");
+  }
+  if (out_pack) {
+    TORCH_CHECK(out.is_contiguous() && out.device().is_cpu(), "out: expected a contiguous CPU tensor");
+  } else {
+    check(out, torch::kFloat, "out");
+  }
   P3DPlan p{};
   const py::object plan = ctx.attr("plan");
   // the locals keep the tensors (and so the pointers) alive for the call
@@ -129,14 +140,14 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
   TORCH_CHECK(piece_range.numel() == 2 * piece_task.numel(), "piece_range: [npieces, 2]");
   TORCH_CHECK(piece_last.numel() == piece_task.numel(), "piece_last: one entry per piece");
   p.nchunks = static_cast<int>(chunk_fstart.numel() - 1);
-  p.in = input.data_ptr<float>();
+  p.in = input.data_ptr();
   p.in_sample_stride = ctx.attr("per_sample").cast<int64_t>();
   p.N = ctx.attr("n").cast<int64_t>();
   p.Q = ctx.attr("q").cast<int64_t>();
   p.bias = nullptr;
   if (bias.has_value() && bias->defined()) { check(*bias, torch::kFloat, "bias"); p.bias = ptr<float>(*bias); }
 
-  p.out = out.data_ptr<float>();
+  p.out = static_cast<float*>(out.data_ptr());
   p.out_sample_stride = write.attr("sample_stride").cast<int64_t>();
   p.out_chan_stride = write.attr("chan_stride").cast<int64_t>();
   p.out_shift = write.attr("shift").cast<int64_t>();
@@ -144,6 +155,10 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
   p.zero_rest = write.attr("zero_rest").cast<bool>() ? 1 : 0;
   p.relu = write.attr("relu").cast<bool>() ? 1 : 0;
   p.accumulate = write.attr("accumulate").cast<bool>() ? 1 : 0;
+  p.out_pack = out_pack;
+  p.out_inv_scale = write.attr("pack_inv_scale").cast<float>();
+  p.out_zero = write.attr("pack_zero").cast<int32_t>();
+  TORCH_CHECK(out_pack >= P3D_FP32 && out_pack <= P3D_INT8_GATHER, "pack: unknown code ", out_pack);
   const torch::Tensor valid = array_field<float>(write, "valid", true);
   p.valid = data_or_null<float>(valid);
   const py::object out_runs = write.attr("runs");
@@ -156,6 +171,8 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
   p.runs = data_or_null<int32_t>(runs);
   p.tile_runs = data_or_null<int32_t>(tile_runs);
   TORCH_CHECK(!p.accumulate || p.runs, "accumulate needs output runs");
+  TORCH_CHECK(!p.out_pack || (p.runs && !p.accumulate), "a packed output needs runs and no accumulate");
+  TORCH_CHECK(!packed || p.precision != P3D_FP32, "a packed input needs a bf16 / int8 plan");
   if (p.nchunks <= 0 || p.N <= 0 || p.Q <= 0) return;
   TORCH_CHECK(p.precision >= P3D_FP32 && p.precision <= P3D_INT8_GATHER, "precision: unknown code ", p.precision);
   if (p.precision == P3D_INT8 || p.precision == P3D_INT8_GATHER) {
@@ -165,7 +182,7 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
                 "int8 plan: row_scale and row_comp need one entry per output channel");
   }
   std::unique_lock<std::mutex> hold(g_pack_lock, std::defer_lock);
-  if (p.precision != P3D_FP32 && pair_off.numel() > 0) {  // (no pairs: every output is the bias, nothing read)
+  if (p.precision != P3D_FP32 && pair_off.numel() > 0 && !packed) {  // (no pairs: the bias alone, nothing read)
     hold.lock();
     p.in_sample_stride = pack_input(input.data_ptr<float>(), p.N, p.in_sample_stride, p, g_packed);
     p.in = g_packed.data();

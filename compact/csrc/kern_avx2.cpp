@@ -5,6 +5,7 @@
 #define NV_FOR(G) ((G) <= 2 ? 6 : (G) == 3 ? 4 : 3)
 #include <immintrin.h>
 #define P3D_BCAST _mm256_set1_ps
+#define P3D_MADD16(x, w) ((vi)_mm256_madd_epi16((__m256i)(x), _mm256_set1_epi32((int)(w))))
 #define P3D_RUN p3d_run_avx2
 #define P3D_PACK p3d_pack_avx2
 #include "kernel_impl.h"

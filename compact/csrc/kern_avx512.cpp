@@ -1,10 +1,12 @@
 #if defined(__x86_64__) || defined(__i386__)
-#pragma GCC target("avx512f,fma")
+#pragma GCC target("avx512f,avx512bw,fma")
 #define VW 16
 #define GB_MAX 8
 #define NV_FOR(G) ((G) <= 4 ? 6 : 3)
 #include <immintrin.h>
 #define P3D_BCAST _mm512_set1_ps
+#define P3D_MASKED_STORES  // avx512bw: write_run_packed
+#define P3D_MADD16(x, w) ((vi)_mm512_madd_epi16((__m512i)(x), _mm512_set1_epi32((int)(w))))
 #define P3D_RUN p3d_run_avx512
 #define P3D_PACK p3d_pack_avx512
 #include "kernel_impl.h"

@@ -6,6 +6,7 @@
 #define NV_FOR(G) ((G) <= 4 ? 6 : 3)
 #include <immintrin.h>
 #define P3D_BCAST _mm512_set1_ps
+#define P3D_MASKED_STORES  // avx512bw: write_run_packed
 #include "kernel_impl.h"
 
 struct ArithI8Dot : PlainLoad<uint32_t, vu> {

@@ -82,12 +82,25 @@ static inline vi dot4_portable(vi a, vu x, uint32_t w) {
   return a;
 }
 
+// Without VNNI, a TU that defines P3D_MADD16(x, w) (vpmaddwd: int16 pairs of x times the int16 pair w broadcast,
+// each pair's two products summed into int32) widens lanes 0,2 and 1,3 of each word to int16 and needs two of them:
+// exact, unlike pmaddubsw, whose int16 sums saturate (2 x 255 x 127 > 32767).
+#ifdef P3D_MADD16
+static inline vi dot4(vi a, vu x, uint32_t w) {
+  const uint32_t we = (uint16_t)(int8_t)w | (uint32_t)(uint16_t)(int8_t)(w >> 16) << 16;
+  const uint32_t wo = (uint16_t)(int8_t)(w >> 8) | (uint32_t)(uint16_t)(int8_t)(w >> 24) << 16;
+  return a + P3D_MADD16(x & 0x00ff00ffu, we) + P3D_MADD16((x >> 8) & 0x00ff00ffu, wo);
+}
+#else
+static inline vi dot4(vi a, vu x, uint32_t w) { return dot4_portable(a, x, w); }
+#endif
+
 struct ArithI8 : PlainLoad<uint32_t, vu> {  // four channel planes interleaved per word (P3D_INT8)
   typedef uint32_t word;
   typedef vi acc;
   typedef vu in;
   static constexpr bool int_acc = true;
-  static inline acc mac(acc a, in x, word w) { return dot4_portable(a, x, w); }
+  static inline acc mac(acc a, in x, word w) { return dot4(a, x, w); }
 };
 
 // int8 over plain uint8 planes (P3D_INT8_GATHER): a pair is four kept (channel, tap) pairs of one task, whatever
@@ -111,7 +124,7 @@ struct ArithI8Gather {
       for (int v = 0; v < NV; ++v) x[v] |= __builtin_convertvector(loadu<vb>(ip + v * VW), vu) << (8 * l);
     }
   }
-  static inline acc mac(acc a, in x, word w) { return dot4_portable(a, x, w); }
+  static inline acc mac(acc a, in x, word w) { return dot4(a, x, w); }
 };
 
 // Position within a 64-position block of accumulator slot r of an arithmetic with `permuted` (the order AVX-512's
@@ -205,6 +218,84 @@ static inline void write_run(float* __restrict d, const float* __restrict src, f
   }
 }
 
+// One value as the packer stores it (P3D_PACK below): uint8 = clamp(round(x / scale) + zero, 0, 255), rounding half
+// to even by the float adder; bf16 bits rounded to nearest even.
+static inline uint32_t quantize_one(float x, float inv, int32_t zero) {
+  float f = x * inv;
+  f = f < -512.f ? -512.f : f > 512.f ? 512.f : f;
+  const int32_t v = (int32_t)((f + 12582912.f) - 12582912.f) + zero;
+  return (uint32_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+static inline uint32_t bf16_bits(uint32_t b) { return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16; }
+
+static inline vi quantize_vec(vf x, float inv, int32_t zero) {
+  vf f = x * inv;
+  f = f < -512.f ? bcast(-512.f) : f;
+  f = f > 512.f ? bcast(512.f) : f;
+  f = (f + 12582912.f) - 12582912.f;
+  vi v = __builtin_convertvector(f, vi) + zero;
+  v = v < 0 ? (vi){} : v;
+  return v > 255 ? (vi){} + 255 : v;
+}
+
+// One run of outputs (bias, ReLU) stored as the next conv's packed input: element d of a run lands at dst[d * K],
+// lane `lane` of its word. AVX-512 TUs store VW elements at once into their lane of VW words (byte / word-masked
+// stores: other lanes, other output channels, may be written by the other thread at the same time).
+template <bool RELU>
+static inline void write_run_packed(const P3DPlan* P, void* dst, int lane, const float* __restrict src, float b,
+                                    int n) {
+  int i = 0;
+#ifdef P3D_MASKED_STORES
+  if (P->out_pack == P3D_BF16) {
+    char* w = (char*)dst - 2 * lane;
+    for (; i + VW <= n; i += VW) {
+      vf v = loadu<vf>(src + i) + b;
+      if (RELU) v = v > 0.f ? v : (vf){};
+      vu bits;
+      memcpy(&bits, &v, sizeof v);
+      const vu h = ((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16) << (16 * lane);
+      _mm512_mask_storeu_epi16(w + 4 * i, (__mmask32)(0x55555555u << lane), (__m512i)h);
+    }
+  } else if (P->out_pack == P3D_INT8) {
+    char* w = (char*)dst - lane;
+    for (; i + VW <= n; i += VW) {
+      vf v = loadu<vf>(src + i) + b;
+      if (RELU) v = v > 0.f ? v : (vf){};
+      const vi q = quantize_vec(v, P->out_inv_scale, P->out_zero) << (8 * lane);
+      _mm512_mask_storeu_epi8(w + 4 * i, (__mmask64)(0x1111111111111111ull << lane), (__m512i)q);
+    }
+  } else {
+    for (; i + VW <= n; i += VW) {
+      vf v = loadu<vf>(src + i) + b;
+      if (RELU) v = v > 0.f ? v : (vf){};
+      _mm_storeu_si128((__m128i*)((char*)dst + i), _mm512_cvtepi32_epi8((__m512i)quantize_vec(v, P->out_inv_scale,
+                                                                                                P->out_zero)));
+    }
+  }
+#else
+  (void)lane;
+#endif
+  if (P->out_pack == P3D_BF16) {
+    uint16_t* o = (uint16_t*)dst;
+    for (; i < n; ++i) {
+      float v = src[i] + b;
+      v = RELU ? (v > 0.f ? v : 0.f) : v;
+      uint32_t bits;
+      memcpy(&bits, &v, 4);
+      o[2 * i] = (uint16_t)bf16_bits(bits);
+    }
+  } else {
+    const int K = P->out_pack == P3D_INT8 ? 4 : 1;
+    uint8_t* o = (uint8_t*)dst;
+    for (; i < n; ++i) {
+      float v = src[i] + b;
+      v = RELU ? (v > 0.f ? v : 0.f) : v;
+      o[K * i] = (uint8_t)quantize_one(v, P->out_inv_scale, P->out_zero);
+    }
+  }
+}
+
 // Bias, ReLU and the store of one finished accumulator row (output channel m) of one tile. An int8 row holds int32
 // sums: they become floats first, (sum - zero-point term) x scale, in place.
 template <class A>
@@ -228,6 +319,18 @@ static void write_row(const P3DPlan* P, float* a, int m, int64_t n, int64_t tile
   }
   const int64_t qbase = tile * P3D_TILE, qn = qlim;
   const float b = P->bias ? P->bias[m] : 0.f;
+  if (P->out_pack) {  // the next conv's packed input, run by run (ext.cpp: runs, no accumulate)
+    const int K = P->out_pack == P3D_BF16 ? 2 : P->out_pack == P3D_INT8 ? 4 : 1;
+    const int64_t esize = P->out_pack == P3D_BF16 ? 2 : 1;
+    const int64_t base = n * P->out_sample_stride + (int64_t)(m / K) * P->out_chan_stride * K + m % K;
+    for (int s = P->tile_runs[tile]; s < P->tile_runs[tile + 1]; ++s) {
+      const int32_t* R = P->runs + 3 * (int64_t)s;
+      void* d = (char*)P->out + (base + (int64_t)R[2] * K) * esize;
+      P->relu ? write_run_packed<true>(P, d, m % K, a + (R[0] - qbase), b, R[1])
+              : write_run_packed<false>(P, d, m % K, a + (R[0] - qbase), b, R[1]);
+    }
+    return;
+  }
   float* chan = P->out + n * P->out_sample_stride + (int64_t)m * P->out_chan_stride;
   float* dst = chan + P->out_shift + qbase;
   if (P->runs) {  // straight into the output's own layout, run by run
@@ -354,24 +457,7 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
 // rounding half to even by the float adder after the clamp (as torch.round; |v| < 2^22), bf16 to nearest even.
 // `out` holds N x (packed per-sample stride) elements; returns that stride.
 #ifdef P3D_PACK
-static inline vi quantize_vec(vf x, float inv, int32_t zero) {
-  vf f = x * inv;
-  f = f < -512.f ? bcast(-512.f) : f;
-  f = f > 512.f ? bcast(512.f) : f;
-  f = (f + 12582912.f) - 12582912.f;
-  vi v = __builtin_convertvector(f, vi) + zero;
-  v = v < 0 ? (vi){} : v;
-  return v > 255 ? (vi){} + 255 : v;
-}
 
-static inline uint32_t quantize_one(float x, float inv, int32_t zero) {
-  float f = x * inv;
-  f = f < -512.f ? -512.f : f > 512.f ? 512.f : f;
-  const int32_t v = (int32_t)((f + 12582912.f) - 12582912.f) + zero;
-  return (uint32_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-}
-
-static inline uint32_t bf16_bits(uint32_t b) { return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16; }
 
 extern "C" int64_t P3D_PACK(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out) {
   const float inv = p->in_inv_scale;

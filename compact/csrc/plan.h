@@ -68,6 +68,12 @@ typedef struct P3DPlan {
                                 // outputs as runs of consecutive positions, none crossing a tile boundary
   const int32_t* tile_runs;     // [ntiles+1] into runs: the runs of each tile
   int accumulate;               // with runs: add the value already there before the ReLU (a fused residual)
+  int out_pack;                 // with runs: 0, or the next conv's packed input written directly (P3D_BF16,
+                                // P3D_INT8, P3D_INT8_GATHER: as its kernel call would pack it); `out` is then
+                                // that layout's elements (uint16 / uint8), output channel m at lane m % K of plane
+                                // m / K (K = 2, 4, 1), strides in elements: sample, and chan = one plane's positions
+  float out_inv_scale;          // int8: 1 / the next conv's input scale
+  int32_t out_zero;             // int8: its zero point
 } P3DPlan;
 
 #ifdef __cplusplus

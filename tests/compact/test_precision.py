@@ -35,14 +35,31 @@ def _ext_or_skip():
     return ext
 
 
+def _lower_isas(ext) -> list[str]:
+    """The ISAs below the best one this CPU runs (their TUs: AVX2's vpmaddwd int8, the generic vector code)."""
+    order = ["generic", "avx2", "avx512"]
+    return order[:order.index(ext.isa())]
+
+
 def _both_paths(ext, sc: SparseConv3d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(output with the dot-product instructions where the CPU has them, output of the portable code)."""
+    """(output with the dot-product instructions where the CPU has them, output of the portable code). The portable
+    code of every lower ISA must give the same output as this ISA's (checked here, bit for bit at int8, to 1e-6 at
+    bf16: the TUs' vector widths sum in other orders)."""
     with torch.no_grad():
         y = sc(x)
         ext.use_dot_products(False)
+        best = ext.isa()
         try:
             y_portable = sc(x)
+            for isa in _lower_isas(ext):
+                ext.set_isa(isa)
+                y_lower = sc(x)
+                if sc.precision == "int8":
+                    assert torch.equal(y_lower, y_portable), isa
+                else:
+                    assert rel_err(y_lower, y_portable) < 1e-6, isa
         finally:
+            ext.set_isa(best)
             ext.use_dot_products(True)
     return y, y_portable
 
@@ -227,13 +244,16 @@ def test_without_dot_products_said_once(monkeypatch, caplog):
     best = ext.isa()
     try:
         ext.set_isa("avx2" if best == "avx512" else best)
+        ranges = calibrate(masked_dense_copy(model, masks).eval(), [torch.randn(1, 3, 8, 32, 32)])
         with caplog.at_level(logging.WARNING, logger="prune3d.compact"):
-            compile_sparse_at(model, masks, rules, "bf16", None)
-            compile_sparse_at(model, masks, rules, "bf16", None)
+            for p in ("bf16", "bf16", "int8", "int8"):
+                compile_sparse_at(model, masks, rules, p, ranges)
     finally:
         ext.set_isa(best)
     said = [r.getMessage() for r in caplog.records if "no AVX512_BF16" in r.getMessage()]
-    assert len(said) == 1 and "same results" in said[0]
+    assert len(said) == 1 and "same results" in said[0] and "keep fp32" in said[0]
+    said = [r.getMessage() for r in caplog.records if "no AVX512_VNNI" in r.getMessage()]
+    assert len(said) == 1 and "vpmaddwd" in said[0] and "same results" in said[0]
 
 
 def test_benchmark_times_reduced_precisions_in_the_same_rounds():
@@ -315,3 +335,59 @@ def test_cli_refuses_scales_measured_for_other_masks(synthetic, tmp_path, capsys
                 "--load-path", str(ckpt), "--device", "cpu", "--workers", "0", "--precision", "int8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other masks" in err[0] and "--calibrate N" in err[0]
+
+
+@pytest.mark.parametrize("kind", ["kgrc", "kgs", "gathered"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_a_conv_writes_the_next_convs_packed_input_bit_for_bit(monkeypatch, kind, relu):
+    """At int8 / bf16 a chained conv writes the next conv's packed input itself (no fp32 activation, no packing
+    pass): the pair equals the pure-PyTorch path bit for bit at int8, with a ReLU between (zero point 0) or not
+    (zero point 128: the padding holds it), for the channel-interleaved and the gathered plan (45 channels: a last
+    word not full); bf16 equals the unfused kernel path."""
+    from compact import chain, quant
+    from compact.chain import SparseConvPair
+
+    _ext_or_skip()
+    if kind == "gathered":
+        monkeypatch.setattr(quant, "GATHER_COST", 0.0)
+    first, m1 = make_conv(12, 45, (1, 3, 3), (1, 1, 1), (0, 1, 1), True, "kgs" if kind == "gathered" else kind)
+    second, m2 = make_conv(45, 20, (3, 1, 1), (1, 1, 1), (1, 0, 0), True, "kgrc", seed=1)
+    a, b = SparseConv3d(first, m1), SparseConv3d(second, m2)
+    a.relu = relu
+    pair = SparseConvPair(a, b)
+    x = torch.randn(2, 12, *SPATIAL)
+    with torch.no_grad():
+        mid = a.forward_torch(x)
+    packs = []
+    real = SparseConv3d.take_packed_input
+    monkeypatch.setattr(SparseConv3d, "take_packed_input", lambda *args: packs.append(1) or real(*args))
+    a.set_precision("int8", (float(x.min()), float(x.max())))
+    b.set_precision("int8", (float(mid.min()), float(mid.max())))
+    assert (b.quant.iq.zero == 0) == relu
+    with torch.no_grad():
+        y = pair(x)
+        assert torch.equal(y, b.forward_torch(a.forward_torch(x)))
+        assert packs and b.prepare(mid)[1].plan.precision == (quant.INT8_GATHER if kind == "gathered" else 2)
+        assert torch.equal(pair(x), y)  # the second call reuses the packed buffer and its padding
+    a.set_precision("bf16")
+    b.set_precision("bf16")
+    with torch.no_grad():
+        y = pair(x)
+        monkeypatch.setattr(chain, "run_into", _unpacked_run_into(chain.run_into))
+        assert torch.equal(y, pair(x))
+
+
+def _unpacked_run_into(run_into):
+    """run_into with the next conv handed fp32 (packed by its own kernel call): the path before the packed handoff."""
+    def run(ext, conv, buf, ctx, nxt):
+        keep = nxt.quant
+        nxt.quant = quant_state(nxt.dense_weight(), "fp32")
+        try:
+            dest, _ = run_into(ext, conv, buf, ctx, nxt)
+        finally:
+            nxt.quant = keep
+        from compact.layout import flat_layout
+
+        grid, s = flat_layout(ctx.outd, nxt.padding)
+        return dest, nxt.layout_ctx(ctx.n, ctx.outd, grid, s)
+    return run

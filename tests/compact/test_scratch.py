@@ -19,7 +19,7 @@ from tests.compact.conftest import (
 def test_scratch_pool_reuses_best_fit_and_keeps_only_the_largest():
     from compact.scratch import ScratchPool
 
-    pool = ScratchPool(max_buffers=2)
+    pool = ScratchPool(max_buffers=2, budget=1 << 40)  # no byte budget here
     like = torch.zeros(1)
     a, b = pool.take(1000, like), pool.take(5000, like)
     pa, pb = a.data_ptr(), b.data_ptr()
@@ -32,14 +32,14 @@ def test_scratch_pool_reuses_best_fit_and_keeps_only_the_largest():
     pool.give(c)
     pool.give(pool.take(7000, like))
     pool.give(pool.take(8000, like))
-    assert sorted(t.numel() for t in pool._free) == [7000, 8000]
+    assert sorted(t.numel() for t in pool._free) == [7000 * 4 + 32, 8000 * 4]  # bytes, rounded up to 64
 
 
 def test_scratch_pool_padded_buffers_keep_their_zero_padding_per_layout():
     from compact.layout import flat_layout
     from compact.scratch import ScratchPool
 
-    pool = ScratchPool(max_buffers=4)
+    pool = ScratchPool(max_buffers=4, budget=1 << 40)
     like = torch.zeros(1)
     dims, pad = (3, 4, 5), (1, 1, 1)
     grid, s = flat_layout(dims, pad)
@@ -130,3 +130,93 @@ def test_every_autograd_mode_in_any_order(arch, profile, clip, first):
     for mode in order:
         with modes[mode]():
             assert rel_err(cm(x).detach(), ref) < TOL, mode
+
+
+def test_scratch_pool_stays_within_its_byte_budget():
+    """Over the budget a layout takes another layout's buffer (its padding zeroed again) instead of a new one, free
+    buffers are dropped until the pool owns at most the budget, and a buffer a caller never gives back leaves the
+    count when it is freed."""
+    import gc
+
+    from compact.layout import flat_layout
+    from compact.scratch import ScratchPool
+
+    like = torch.zeros(1)
+    pad = (1, 1, 1)
+    layouts = [(d, *flat_layout(d, pad)) for d in ((3, 4, 5), (3, 5, 4), (4, 4, 4), (2, 6, 5))]
+    sizes = [2 * 3 * s + 7 for _, _, s in layouts]
+    budget = 2 * max(sizes) * 4  # two of the largest
+    pool = ScratchPool(budget=budget)
+    made = []
+    for _ in range(3):
+        for dims, grid, s in layouts:
+            buf, data = pool.take_padded(2, 3, grid, s, pad, dims, like, 7)
+            data.fill_(0)
+            assert float(buf.abs().sum()) == 0  # whoever held it before, its padding is zero for this layout
+            data.fill_(7.0)
+            pool.give(buf)
+            assert pool._owned <= budget
+        made.append(pool.allocations)
+    assert made[0] < len(layouts) and made[0] == made[-1]  # layouts share the budget's buffers, none made later
+    unbounded = ScratchPool(budget=1 << 40)
+    for dims, grid, s in layouts:
+        unbounded.give(unbounded.take_padded(2, 3, grid, s, pad, dims, like, 7)[0])
+    assert unbounded.allocations == len(layouts) and unbounded._owned == sum(-(-4 * n // 64) * 64 for n in sizes)
+
+    lost = pool.take(10 * max(sizes), like)  # nothing fits: served over the budget, then never given back
+    assert pool._owned > budget and pool.peak == pool._owned
+    del lost
+    gc.collect()
+    assert pool._owned <= budget and pool._lending == 0
+
+
+def test_default_budget_is_twice_the_largest_request_or_what_is_lent_at_once():
+    from compact.scratch import ScratchPool
+
+    like = torch.zeros(1)
+    pool = ScratchPool()
+    a = pool.take(1024, like)
+    assert pool.limit == 2 * 4096
+    b, c = pool.take(1024, like), pool.take(1024, like)  # three lent at once: no reuse can avoid 12288 bytes
+    assert pool.limit == 3 * 4096
+    for t in (a, b, c):
+        pool.give(t)
+    assert pool._owned == 12288 and pool.allocations == 3
+    del a, b, c, t  # the caller's views keep the buffers alive
+    pool.clear()
+    assert pool._owned == 0 and pool.limit == 0
+
+
+@pytest.mark.parametrize("arch", ["c3d", "r2+1d"])
+def test_models_reach_a_steady_state_within_the_default_budget(arch):
+    """With the default budget the compact model makes no new buffer after its first calls, owns at most the
+    budget, gives the masked dense model's output, and owns less than without a budget (R(2+1)D: a layout per
+    conv)."""
+    from compact import scratch
+    from compact.scratch import ScratchPool
+
+    torch.manual_seed(0)
+    if arch == "c3d":
+        model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+        x = torch.randn(2, 3, 8, 32, 32)
+    else:
+        model = build_model(arch, 10).eval()
+        rules = load_profile("r2+1d_kgrc_3.05x").resolve(model)
+        masks = hard_prune(model, rules)
+        x = torch.randn(1, 3, 4, 24, 24)
+    owned = {}
+    cm = compile_sparse(model, masks, rules=rules)
+    default = scratch.SCRATCH
+    for budget in (None, 1 << 40):
+        with scratch.using(ScratchPool(budget=budget)) as pool, torch.no_grad():
+            ref = model(x)
+            for _ in range(3):
+                assert rel_err(cm(x), ref) < TOL
+            made = pool.allocations
+            cm(x)
+        assert pool.allocations == made, budget  # steady state: every buffer reused
+        assert pool._owned <= pool.limit
+        owned[budget] = pool._owned
+    assert scratch.SCRATCH is default
+    if arch == "r2+1d":
+        assert owned[None] < owned[1 << 40]
