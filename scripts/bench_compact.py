@@ -80,8 +80,9 @@ def parse(argv=None):
                    help="run the compact kernels of this ISA (at most the CPU's), e.g. avx2 to time on an AVX-512 "
                         "machine what a CPU without AVX-512 runs (its int8 without VNNI: vpmaddwd)")
     p.add_argument("--scratch-ab", action="store_true",
-                   help="also time the compact model with its scratch buffers under the default byte budget and "
-                        "without one, side by side, and report each one's peak scratch memory")
+                   help="instead of the comparison with dense runtimes, time the compact model with its scratch "
+                        "buffers under the default byte budget and without one, side by side, and report each one's "
+                        "peak scratch memory")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
@@ -273,6 +274,9 @@ def main(argv=None) -> int:
         ranges = calibrate(masked_dense_copy(model, masks).eval(), [c[None] for c in clips])
     results = []
     for bs in args.batch_size:
+        if args.scratch_ab:
+            results.append(scratch_ab(model, masks, rules, input_shape, bs, args))
+            continue
         r = compact.benchmark(model, masks, input_shape, batch_size=bs, threads=args.threads, repeats=args.repeats,
                               warmup=args.warmup, rules=rules, against=args.against.split(",") if args.against else (),
                               peer_options={"deepsparse_python": args.deepsparse_python,
@@ -282,8 +286,6 @@ def main(argv=None) -> int:
         r.update(arch=args.arch, profile=args.profile)
         print(compact.format_table(r, f"== {args.arch} {args.profile}, batch {bs}"), flush=True)
         results.append(r)
-        if args.scratch_ab:
-            results.append(scratch_ab(model, masks, rules, input_shape, bs, args))
         if small is not None:
             results.append(side_by_side(model, masks, small, rules, input_shape, bs, args, info))
     if args.json:
