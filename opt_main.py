@@ -107,7 +107,9 @@ def make_model(args: argparse.Namespace, pretrained: bool = False) -> torch.nn.M
                               clip_len=args.clip_len, crop_size=args.crop_size, dropout=args.dropout)
     runs = args.phase not in ("report", "target_reduction", "plots")  # the phases that run the model on data
     check_memory(build, args.arch, (3, args.clip_len, args.crop_size, args.crop_size),
-                 args.batch_size or 1 if runs else 0, trains_or_prunes(args))
+                 args.batch_size or 1 if runs else 0, trains_or_prunes(args),
+                 build_at=lambda t, c: build_model(args.arch, args.num_classes, width_mult=args.width_mult,
+                                                   clip_len=t, crop_size=c))
     return build(pretrained=pretrained)
 
 
