@@ -26,7 +26,7 @@ from .chain import SparseConvPair
 from .convert import compile_sparse, fold_batchnorm
 from .dense_paths import DENSE_PATHS, KERNEL, DenseConv, run_dense
 from .modules import AutoConv3d, SparseConv3d
-from .peers import Against, Timed
+from .peers import Against, Stopped, Timed
 from .quant import set_precision
 from .residual import StemIntoStageVideoResNet
 from .surgery import masked_dense_copy, set_submodule
@@ -37,15 +37,22 @@ if TYPE_CHECKING:
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
                 best: dict[str, float] | None = None, raw: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median ms of each callable, calls interleaved round-robin after `warmup` rounds (a callable returning a
-    `peers.Timed` is taken at its own word); `best` (if given) receives
+    `peers.Timed` is taken at its own word; one returning `peers.STOPPED` is left out); `best` (if given) receives
     each callable's fastest ms, the figure least disturbed by other jobs on a shared machine, and `raw` every
     round's ms (for ratios taken within a round)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
+    stopped: set[str] = set()
     for r in range(warmup + repeats):
         for k, f in fns.items():
+            if k in stopped:
+                continue
             t0 = time.perf_counter()
             own = f()
             dt = (time.perf_counter() - t0) * 1e3
+            if isinstance(own, Stopped):  # failed during the timing (peers.Against.fns): no times at all
+                stopped.add(k)
+                del times[k]
+                continue
             if isinstance(own, Timed):  # timed by the callee (a worker process, without the pipe's round trip)
                 dt = float(own)
             if r >= warmup:

@@ -144,7 +144,8 @@ class OutputSpec(NamedTuple):
     `accumulate` (with `runs`) adds the value already there before the ReLU (a fused residual). `pack` (with
     `runs`): the output is written as the next conv's packed bf16 / int8 input (its plan's precision code,
     `pack_inv_scale` and `pack_zero` its input quantization; strides in that layout's elements, `chan_stride` one
-    plane's positions), what its kernel call would otherwise pack from fp32, bit for bit.
+    plane's positions), what its kernel call would otherwise pack from fp32, bit for bit; with `pack_into`, the
+    fp32 output is written as usual and its packed copy (residual and ReLU included) goes there.
     """
 
     sample_stride: int
@@ -159,3 +160,5 @@ class OutputSpec(NamedTuple):
     pack: int = 0
     pack_inv_scale: float = 0.0
     pack_zero: int = 0
+    pack_into: torch.Tensor | None = None  # with pack: fp32 output as usual, and a packed copy here
+    pack_sample_stride: int = 0  # (its sample stride in elements)

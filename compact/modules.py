@@ -234,11 +234,12 @@ class SparseConv3d(nn.Module):
 
     def write(self, ext, buf: torch.Tensor, ctx: LayoutCtx, dest: torch.Tensor, dest_grid, offset=(0, 0, 0),
               chan_len: int | None = None, *, relu: bool | None = None, accumulate: bool = False,
-              pack: KernelPlan | None = None) -> None:
+              pack: KernelPlan | None = None, pack_into: torch.Tensor | None = None) -> None:
         """Run on a prepared input, writing output (t, h, w) of every channel at (t, h, w) + `offset` of `dest`:
         dense [N, Cout, *dest_grid] planes, or with `chan_len` the flat layout of `dest_grid` (`flat_layout`).
         `accumulate` adds the value already there (a residual) before the ReLU. `pack`: the next conv's bf16 / int8
-        plan; `dest` (`take_packed_input`) gets that flat layout packed as the plan reads it."""
+        plan; `dest` (`take_packed_input`) gets that flat layout packed as the plan reads it, or with `pack_into`
+        (`take_packed_input`), `dest` gets the fp32 output and `pack_into` its packed copy."""
         q, outd = ctx.q, ctx.outd
         per = chan_len if chan_len is not None else dest_grid[0] * dest_grid[1] * dest_grid[2]
         key = (q, outd, ctx.grid, tuple(dest_grid), tuple(offset))
@@ -248,9 +249,11 @@ class SparseConv3d(nn.Module):
         relu = self.relu if relu is None else relu
         if pack is not None:
             k, _ = PACKED_ELEMENTS[pack.precision]
-            spec = OutputSpec(sample_stride=-(-self.out_channels // k) * k * per, chan_stride=per, chan_len=per,
-                              relu=relu, runs=runs, pack=pack.precision, pack_inv_scale=pack.in_inv_scale,
-                              pack_zero=pack.in_zero)
+            packed_stride = -(-self.out_channels // k) * k * per
+            spec = OutputSpec(sample_stride=packed_stride if pack_into is None else self.out_channels * per,
+                              chan_stride=per, chan_len=per, relu=relu, runs=runs, accumulate=accumulate,
+                              pack=pack.precision, pack_inv_scale=pack.in_inv_scale, pack_zero=pack.in_zero,
+                              pack_into=pack_into, pack_sample_stride=packed_stride)
         else:
             spec = OutputSpec(sample_stride=self.out_channels * per, chan_stride=per, chan_len=per, relu=relu,
                               runs=runs, accumulate=accumulate)

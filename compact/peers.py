@@ -61,6 +61,14 @@ class Timed(float):
     around the call (a worker process times its runtime without the pipe's round trip)."""
 
 
+class Stopped:
+    """What a runtime's timed call returns once it has failed during the timing (`Against.fns`): `bench.interleaved`
+    drops that callable's times, so the others' rounds stay paired."""
+
+
+STOPPED = Stopped()
+
+
 class PeerUnavailable(Exception):
     """The runtime cannot run here; the message is one line saying how to get it."""
 
@@ -585,8 +593,24 @@ class Against:
                 self.say(line)
 
     def fns(self) -> dict[str, Callable[[], object]]:
-        """Callables for `interleaved`, keyed "runtime:variant"."""
-        return {f"{n}:{v}": r.run for (n, v), r in self.runners.items()}
+        """Callables for `interleaved`, keyed "runtime:variant". A runtime that fails during the timing (a worker
+        that dies, an inference that raises) is said in one line and returns `STOPPED` from then on: its times are
+        left out, the rest is timed on."""
+        return {f"{n}:{v}": self._guarded(n, v, r.run) for (n, v), r in self.runners.items()}
+
+    def _guarded(self, name: str, variant: str, run: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            if variant in self.errors.get(name, {}):
+                return STOPPED
+            try:
+                return run()
+            except Exception as e:  # noqa: BLE001 - a runtime's failure is a result of the comparison
+                msg = str(e).strip().splitlines()
+                self.errors.setdefault(name, {})[variant] = \
+                    f"stopped during the timing: {type(e).__name__}: {msg[-1][:300] if msg else ''}"
+                self.say(f"{name}: the {variant} model {self.errors[name][variant]}; its times are left out")
+                return STOPPED
+        return call
 
     def summary(self, ms: Mapping[str, float], rounds: Mapping[str, list[float]], best: Mapping[str, float],
                 compact_key: str) -> dict[str, dict]:

@@ -81,6 +81,7 @@ class SparseResidualStage(nn.Sequential):
         ext = load_kernels()
         n = x.shape[0]
         act = None  # (buffer, channels, dims, grid, per-channel length) of the activation between blocks
+        packed_head = None  # (buffer, ctx): the next head's packed input, written with the stage buffer
         if entry is not None:
             ebuf, ectx = entry.prepare(x)
             c, dims = entry.out_channels, ectx.outd
@@ -105,6 +106,8 @@ class SparseResidualStage(nn.Sequential):
                 if act is not None:
                     scratch.SCRATCH.give(act[0])
                 act = (buf, c, dims, grid, s)
+            elif packed_head is not None:  # the stage buffer's packed copy the block before wrote for this head
+                (hbuf, hctx), own = packed_head, True
             else:  # the block input is the stage buffer, already in the head's layout
                 hbuf, hctx, own = act[0], head.layout_ctx(n, act[2], act[3], act[4]), False
             for conv, nxt in zip(convs, convs[1:]):
@@ -112,7 +115,15 @@ class SparseResidualStage(nn.Sequential):
                 if own:
                     scratch.SCRATCH.give(hbuf)
                 hbuf, hctx, own = nbuf, nctx, True
-            convs[-1].write(ext, hbuf, hctx, act[0], act[3], self.pad, act[4], relu=True, accumulate=True)
+            packed_head = None
+            nh = self.block_conv_lists[i + 1][0] if i + 1 < len(self) else None
+            if nh is not None and nh.precision != "fp32" and self._head_reads_layout(i + 1):
+                # the next head's packed input too, from the same output write (no packing pass of its own)
+                nctx = nh.layout_ctx(n, act[2], act[3], act[4], packed=True)
+                packed_head = (nh.take_packed_input(nctx, act[2], self.pad), nctx)
+            convs[-1].write(ext, hbuf, hctx, act[0], act[3], self.pad, act[4], relu=True, accumulate=True,
+                            pack=packed_head[1].plan if packed_head else None,
+                            pack_into=packed_head[0] if packed_head else None)
             if own:
                 scratch.SCRATCH.give(hbuf)
         return interior(act[0], n, act[1], act[3], act[4], self.pad, act[2]), act[0]

@@ -66,20 +66,32 @@ class ScratchPool:
         """A buffer in the flat padded layout (`layout.flat_layout`) with every position that is not data zero,
         and the view of its data positions [n, c, T, H, W] (contents undefined). The holder writes data positions
         only (the kernels' output runs, copies into the view), so a buffer given back keeps its zero padding and
-        the next request for the same layout skips the zeroing (several ms per clip on R(2+1)D)."""
-        key = ("flat", n, c, tuple(grid), s_chan, tuple(pad), tuple(dims))
-        buf, fresh = self.take_zero_padded(key, n * c * s_chan + slack, like)
-        return buf, (zero_padding if fresh else interior)(buf, n, c, grid, s_chan, pad, dims)
+        the next request for the same layout skips the zeroing (several ms per clip on R(2+1)D). Layouts of one
+        geometry (grid, padding) share buffers whatever their sample and channel counts: every channel plane of
+        such a buffer keeps its padding zero, and only the slack after the planes asked for is zeroed again."""
+        key = ("flat", tuple(grid), s_chan, tuple(pad), tuple(dims))
+        numel = n * c * s_chan + slack
+        buf, fresh = self.take_zero_padded(key, numel, like, any_size=True)
+        if fresh:  # the whole buffer past the planes asked for too, for a later request with more of them
+            buf._p3d_base[n * c * s_chan * like.element_size():].zero_()
+            return buf, zero_padding(buf, n, c, grid, s_chan, pad, dims)
+        buf[n * c * s_chan:numel].zero_()
+        return buf, interior(buf, n, c, grid, s_chan, pad, dims)
 
-    def take_zero_padded(self, key: tuple, numel: int, like: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def take_zero_padded(self, key: tuple, numel: int, like: torch.Tensor,
+                         any_size: bool = False) -> tuple[torch.Tensor, bool]:
         """(buffer, fresh) for a layout named by `key` whose non-data positions the holder never writes: the
-        buffer given back for the same key and size, as it was (fresh False), or another one (fresh True: the
-        caller zeroes what is not data). Each key keeps a buffer of its own while the budget allows."""
-        key = (numel, like.dtype, *key)
+        buffer given back for the same key and size (`any_size`: the smallest of that key that holds `numel`), as
+        it was (fresh False), or another one (fresh True: the caller zeroes what is not data). Each key keeps a
+        buffer of its own while the budget allows."""
+        nbytes = numel * like.element_size()
+        key = (like.dtype, *key) if any_size else (numel, like.dtype, *key)
         with self._lock:
             same = [i for i, b in enumerate(self._free) if getattr(b, "_p3d_layout", None) == key
-                    and b.device == like.device]
-            base = self._free.pop(same[0]) if same else None
+                    and b.device == like.device and b.numel() >= nbytes]
+            if same:
+                self._largest = max(self._largest, nbytes)
+            base = self._free.pop(min(same, key=lambda i: self._free[i].numel())) if same else None
             if base is not None:
                 self._lent(base)
         if base is not None:

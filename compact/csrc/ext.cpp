@@ -171,7 +171,17 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
   p.runs = data_or_null<int32_t>(runs);
   p.tile_runs = data_or_null<int32_t>(tile_runs);
   TORCH_CHECK(!p.accumulate || p.runs, "accumulate needs output runs");
-  TORCH_CHECK(!p.out_pack || (p.runs && !p.accumulate), "a packed output needs runs and no accumulate");
+  const py::object pack_into = write.attr("pack_into");
+  torch::Tensor pack_buf;
+  if (!pack_into.is_none()) {
+    pack_buf = pack_into.cast<torch::Tensor>();
+    TORCH_CHECK(out_pack && pack_buf.is_contiguous() && pack_buf.device().is_cpu(),
+                "pack_into: a contiguous CPU tensor, with pack set");
+    p.pack_out = pack_buf.data_ptr();
+    p.pack_sample_stride = write.attr("pack_sample_stride").cast<int64_t>();
+  }
+  TORCH_CHECK(!p.out_pack || (p.runs && (p.pack_out || !p.accumulate)),
+              "a packed output needs runs (and, instead of the fp32 one, no accumulate)");
   TORCH_CHECK(!packed || p.precision != P3D_FP32, "a packed input needs a bf16 / int8 plan");
   if (p.nchunks <= 0 || p.N <= 0 || p.Q <= 0) return;
   TORCH_CHECK(p.precision >= P3D_FP32 && p.precision <= P3D_INT8_GATHER, "precision: unknown code ", p.precision);

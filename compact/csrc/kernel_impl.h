@@ -319,9 +319,9 @@ static void write_row(const P3DPlan* P, float* a, int m, int64_t n, int64_t tile
   }
   const int64_t qbase = tile * P3D_TILE, qn = qlim;
   const float b = P->bias ? P->bias[m] : 0.f;
-  if (P->out_pack) {  // the next conv's packed input, run by run (ext.cpp: runs, no accumulate)
-    const int K = P->out_pack == P3D_BF16 ? 2 : P->out_pack == P3D_INT8 ? 4 : 1;
-    const int64_t esize = P->out_pack == P3D_BF16 ? 2 : 1;
+  const int K = P->out_pack == P3D_BF16 ? 2 : P->out_pack == P3D_INT8 ? 4 : 1;
+  const int64_t esize = P->out_pack == P3D_BF16 ? 2 : 1;
+  if (P->out_pack && !P->pack_out) {  // the next conv's packed input, run by run (ext.cpp: runs, no accumulate)
     const int64_t base = n * P->out_sample_stride + (int64_t)(m / K) * P->out_chan_stride * K + m % K;
     for (int s = P->tile_runs[tile]; s < P->tile_runs[tile + 1]; ++s) {
       const int32_t* R = P->runs + 3 * (int64_t)s;
@@ -342,6 +342,10 @@ static void write_row(const P3DPlan* P, float* a, int m, int64_t n, int64_t tile
         P->relu ? write_run<true, true>(d, src, b, R[1]) : write_run<true, false>(d, src, b, R[1]);
       else
         P->relu ? write_run<false, true>(d, src, b, R[1]) : write_run<false, false>(d, src, b, R[1]);
+      if (P->pack_out) {  // and the packed copy of what was just written (residual and ReLU in it)
+        const int64_t base = n * P->pack_sample_stride + (int64_t)(m / K) * P->out_chan_stride * K + m % K;
+        write_run_packed<false>(P, (char*)P->pack_out + (base + (int64_t)R[2] * K) * esize, m % K, d, 0.f, R[1]);
+      }
     }
   } else if (P->valid) {
     const float* vm = P->valid + qbase;

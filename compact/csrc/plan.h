@@ -74,6 +74,9 @@ typedef struct P3DPlan {
                                 // m / K (K = 2, 4, 1), strides in elements: sample, and chan = one plane's positions
   float out_inv_scale;          // int8: 1 / the next conv's input scale
   int32_t out_zero;             // int8: its zero point
+  void* pack_out;               // with out_pack: NULL (`out` is the packed input), or where a packed copy of the
+                                // fp32 output written to `out` goes (after the residual and ReLU)
+  int64_t pack_sample_stride;   // its sample stride, in elements (its plane stride: out_chan_stride)
 } P3DPlan;
 
 #ifdef __cplusplus

@@ -367,3 +367,34 @@ def test_deepsparse_worker_crash_is_reported_and_the_next_model_gets_a_new_worke
     d = r["against"]["deepsparse"]
     assert d["errors"] == {"dense": "PeerError: the worker died (Received signal: Segmentation fault)"}
     assert d["dense_ms"] is None and d["pruned_ms"] == 7.0 and d["version"] == "fake"
+
+
+def test_runtime_that_fails_during_the_timing_is_said_once_and_left_out(c3d, fake_registry):
+    """A worker that dies after loading (DeepSparse did, mid-timing) or an inference that raises: one line, that
+    variant's times left out, the other variants and runtimes still timed in paired rounds."""
+    @register_peer
+    class Flaky(Peer):
+        name, install = "flaky", "-"
+
+        def load(self, key, onnx_path, x):
+            calls = [0]
+            out = compact.masked_dense_copy(*c3d[:2])(torch.from_numpy(x)).detach().numpy()
+
+            def run():
+                calls[0] += 1
+                if key == "pruned" and calls[0] > 2:
+                    raise peers.PeerError("the worker died (Received signal 11)")
+                return Timed(2.0)
+            return Runner(run, lambda: out)
+
+    model, masks, rules = c3d
+    lines: list[str] = []
+    r = compact.benchmark(model, masks, SHAPE, batch_size=2, threads=1, repeats=4, warmup=0, rules=rules,
+                          per_layer=False, against=["flaky"], say=lines.append)
+    f = r["against"]["flaky"]
+    assert f["pruned_ms"] is None and f["dense_ms"] == 2.0 and f["speedup_vs_dense_paired"] > 0
+    assert f["errors"] == {"pruned": "stopped during the timing: PeerError: the worker died (Received signal 11)"}
+    said = [ln for ln in lines if "flaky" in ln]
+    assert len(said) == 1 and "its times are left out" in said[0] and "\n" not in said[0]
+    assert r["fastest_dense"]["name"] == "flaky" and r["compact_ms"] > 0
+    assert "flaky pruned: did not run (stopped during the timing" in compact.format_table(r)

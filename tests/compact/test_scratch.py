@@ -53,11 +53,19 @@ def test_scratch_pool_padded_buffers_keep_their_zero_padding_per_layout():
     assert padding_sum(buf, data) == 0  # a fresh buffer: zeroed everywhere but the data
     data.fill_(1.0)
     assert float(buf.sum()) == data.numel()
-    buf[-1] = 5.0  # breaks the holder's contract on purpose, to see whether the next take zeroes again
+    buf[0] = 5.0  # (a padding position) breaks the holder's contract on purpose, to see whether the next take
+    buf[-1] = 6.0  # zeroes again; the slack after the planes is zeroed on every take
     ptr = buf.data_ptr()
     pool.give(buf)
     again, data2 = pool.take_padded(2, 3, grid, s, pad, dims, like, 7)
-    assert again.data_ptr() == ptr and float(again[-1]) == 5.0  # same layout: reused as it was, no zeroing
+    assert again.data_ptr() == ptr and float(again[0]) == 5.0 and float(again[-1]) == 0  # reused as it was
+    again[0] = 0.0
+    pool.give(again)
+    fewer, _ = pool.take_padded(1, 2, grid, s, pad, dims, like, 7)  # same geometry, fewer planes: the same buffer
+    assert fewer.data_ptr() == ptr and float(fewer[2 * s:2 * s + 7].abs().sum()) == 0  # its slack zeroed
+    pool.give(fewer)
+    again, _ = pool.take_padded(2, 3, grid, s, pad, dims, like, 7)
+    assert again.data_ptr() == ptr
     pool.give(again)
     other_dims = (3, 5, 4)  # another layout that would fit: it gets a buffer of its own, zeroed for it
     g2, s2 = flat_layout(other_dims, pad)
@@ -220,3 +228,24 @@ def test_models_reach_a_steady_state_within_the_default_budget(arch):
     assert scratch.SCRATCH is default
     if arch == "r2+1d":
         assert owned[None] < owned[1 << 40]
+
+
+def test_layouts_of_one_geometry_share_a_buffer_and_every_plane_keeps_its_zero_padding():
+    """A buffer first taken for fewer planes (made larger by best fit), then for more: the planes the first holder
+    never saw have zero padding too, and data written by either holder never lands in padding."""
+    from compact.layout import flat_layout
+    from compact.scratch import ScratchPool
+
+    pool = ScratchPool(budget=1 << 40)
+    like = torch.zeros(1)
+    dims, pad = (3, 4, 5), (1, 1, 1)
+    grid, s = flat_layout(dims, pad)
+    pool.give(pool.take(4 * 5 * s + 7, like).fill_(3.0))  # a used plain buffer, big enough for both requests
+    small, data = pool.take_padded(1, 2, grid, s, pad, dims, like, 7)
+    data.fill_(1.0)
+    assert float(small.sum()) == data.numel()
+    pool.give(small)
+    big, data = pool.take_padded(4, 5, grid, s, pad, dims, like, 7)
+    assert big.data_ptr() == small.data_ptr()
+    data.fill_(0.0)
+    assert float(big.abs().sum()) == 0  # every plane's padding and the slack are zero
