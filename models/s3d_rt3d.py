@@ -109,7 +109,8 @@ class S3DRT3D(nn.Module):
         x = F.max_pool3d(x, 2, stride=(ts, 2, 2))
         x = self.inception5b(self.inception5a(x))
         # Classify each remaining frame, then average the logits over time.
-        x = F.adaptive_avg_pool3d(x, (x.shape[2], 1, 1)).flatten(2).transpose(1, 2)  # N x T x 1024
+        x = x.mean(dim=(3, 4)).transpose(1, 2)  # N x T x 1024 (a spatial mean: exports to ONNX, unlike an
+        # adaptive pool whose output size is the traced frame count)
         n, t, c = x.shape
         logits = self.fc(self.dropout(x.reshape(n * t, c))).view(n, t, -1)
         return logits.mean(1)

@@ -22,7 +22,9 @@ class S3DHeadPool(nn.Module):
     instead: identical to torchvision's at 224 (so its published weights still apply), and valid at 112."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t, h, w = x.shape[2:]
+        # int(): under ONNX export's tracing the sizes are traced values, which avg_pool3d's kernel cannot be; the
+        # export then holds this clip size's kernel (only the batch axis is dynamic there)
+        t, h, w = (int(d) for d in x.shape[2:])
         return nn.functional.avg_pool3d(x, kernel_size=(min(2, t), h, w), stride=1)
 
 
