@@ -562,8 +562,16 @@ class Against:
             return
         shape = tuple(x.shape[1:])
         dense = refilled(model, masks, self.seed)
-        paths = {"pruned": export_onnx(model, dict(masks), self.workdir / "pruned.onnx", shape),
-                 "dense": export_onnx(dense, {}, self.workdir / "dense.onnx", shape)}
+        try:
+            paths = {"pruned": export_onnx(model, dict(masks), self.workdir / "pruned.onnx", shape),
+                     "dense": export_onnx(dense, {}, self.workdir / "dense.onnx", shape)}
+        except Exception as e:  # noqa: BLE001 - no ONNX model, no runtime to compare: said, the rest benchmarked
+            msg = str(e).strip().splitlines()
+            why = f"{type(e).__name__}: {msg[0][:200] if msg else ''}"
+            for name in list(self.peers):
+                del self.peers[name]
+                self._skip(name, f"{name}: skipped, the model did not export to ONNX ({why})")
+            return
         for v, p in paths.items():
             self.onnx[v] = {"file": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size, "opset": 17,
                             "exporter": f"torch {torch.__version__} torch.onnx.export (compact.export_onnx)"}

@@ -398,3 +398,26 @@ def test_runtime_that_fails_during_the_timing_is_said_once_and_left_out(c3d, fak
     assert len(said) == 1 and "its times are left out" in said[0] and "\n" not in said[0]
     assert r["fastest_dense"]["name"] == "flaky" and r["compact_ms"] > 0
     assert "flaky pruned: did not run (stopped during the timing" in compact.format_table(r)
+
+
+def test_a_model_that_does_not_export_skips_the_runtimes_in_one_line_each(c3d, monkeypatch, fake_registry):
+    """No ONNX file, nothing for the runtimes to run: each is skipped with one line, PyTorch and compact still
+    timed (before, the exporter's traceback ended the benchmark)."""
+    @register_peer
+    class Echo(Peer):
+        name, install = "echo", "-"
+
+        def load(self, key, onnx_path, x):
+            raise AssertionError("not reached")
+
+    def no_export(*a, **k):
+        raise RuntimeError("Failed to export a node '%399' because it is not constant\nmore")
+
+    monkeypatch.setattr(peers, "export_onnx", no_export)
+    model, masks, rules = c3d
+    lines: list[str] = []
+    r = run_bench(model, masks, rules, ["echo"], say=lines.append)
+    assert lines == ["echo: skipped, the model did not export to ONNX (RuntimeError: Failed to export a node '%399' "
+                     "because it is not constant)"]
+    assert r["against"] == {} and "echo" in r["against_skipped"] and r["compact_ms"] > 0
+    assert r["fastest_dense"]["name"] == "pytorch"
