@@ -422,6 +422,11 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser | None = 
         error(f"--{'precision' if args.precision else 'calibrate'} is for --evaluate, --benchmark and --export")
     if args.calibrate and args.precision in (None, "fp32", "bf16"):
         error("--calibrate measures the ranges int8 needs: add --precision int8")
+    phase = phase_of(args)
+    if args.resume == "auto" and phase not in (None, "train", "admm", "rew", "masked_retrain"):
+        # (an args.yaml saved by a run started with --resume auto carries it into --report and the like)
+        error(f"--resume auto continues a training phase's run folder; --{phase.replace('_', '-')} reads a "
+              "checkpoint: pass its path, --resume PATH")
     if args.device is not None:
         problem = device_problem(args.device)
         if problem:

@@ -160,6 +160,7 @@ ARGS_FILES = [  # (content, what the line must also say)
     (b"group_size: [8, 0]\n", "group_size (--group-size): '0'"),
     (b"data_location: [a, b]\n", "data_location (--data-location)"),
     (b"device: tpu9\n", "--device: 'tpu9'"),
+    (b"resume: auto\n", "--resume auto continues a training phase's run folder; --report reads a checkpoint"),
 ]
 
 
@@ -169,7 +170,7 @@ def test_bad_args_file_is_one_line(content, says, tmp_path, capfd):
     path.write_bytes(content)
     line = one_error_line(capfd, cli([*REPORT, "--args-file", str(path)]))
     assert says in line, line
-    assert says.startswith("--device") or f"--args-file {path}:" in line, line
+    assert says.startswith(("--device", "--resume")) or f"--args-file {path}:" in line, line
 
 
 def test_args_file_missing_or_a_folder(tmp_path, capfd):
