@@ -141,23 +141,33 @@ def source_digest(items: list[tuple[str, int]], class_names: list[str], stamps: 
 @contextmanager
 def build_lock(out: Path, split: str) -> Iterator[None]:
     """An exclusive flock on ``<out>/<split>.lmdb.lock`` for the build: a second build of the same database stops
-    with one line instead of racing the first one to the final rename. The OS drops it with the process."""
+    with one line instead of racing the first one to the final rename. The OS drops it with the process; a build
+    that ends removes the file (a killed one leaves it, unlocked: the next build takes it)."""
     path = out / f"{split}.lmdb.lock"
-    f = open(path, "a+")  # noqa: SIM115 (held open for the build: closing it releases the lock)
-    try:
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 (held open for the build: closing it releases the lock)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
+            f.close()
             raise DataError(f"{out / (split + '.lmdb')}: another build holds it ({holder}, lock {path.name}); "
                             "wait for it to end (run again afterwards if it fails)") from None
+        try:  # the file locked must still be the one at `path` (a build ending now removes it): else again
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}")
         f.flush()
         yield
     finally:
+        path.unlink(missing_ok=True)  # while still locked: a build that opened it meanwhile sees it is gone
         f.close()
 
 

@@ -282,9 +282,20 @@ def test_a_second_concurrent_build_of_one_output_gets_one_line(synthetic, tmp_pa
     assert f"{out / 'val.lmdb'}: another build holds it (pid {os.getpid()}" in res.stderr
     one_line(res.stderr)
     assert not (out / "val.lmdb.partial").exists() and not (out / "val.lmdb").exists()
+    assert not (out / "val.lmdb.lock").exists()  # the first build ended: no lock file left behind
     res = cli("datasets/create_lmdb.py", "--frames", str(synthetic["frames"]), "--out", str(out),
               "--split-name", "val")
     assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["val.lmdb"]  # nothing else left in the output folder
+
+
+def test_a_lock_file_left_by_a_killed_build_is_taken_by_the_next(tmp_path):
+    out = tmp_path / "db"
+    out.mkdir()
+    (out / "val.lmdb.lock").write_text("pid 999999")  # a build killed with SIGKILL: the file, no lock on it
+    with cl.build_lock(out, "val"):
+        assert (out / "val.lmdb.lock").read_text() == f"pid {os.getpid()}"
+    assert not (out / "val.lmdb.lock").exists()
 
 
 class _FullDiskTxn:
