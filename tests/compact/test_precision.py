@@ -158,12 +158,13 @@ def test_quantization_formulas():
 
 
 def test_whole_models_at_reduced_precision_equal_their_reference():
-    """C3D (its engine: convs writing into each other's layout, C++ pooling) and R(2+1)D (fused stem, residual
-    stages, (2+1)D pairs, unpruned convs through AutoConv3d): int8 with the kernels equals the pure-PyTorch path bit
-    for bit; bf16 stays within its rounding of the dense fp32 model."""
+    """C3D (its engine: convs writing into each other's layout, C++ pooling), R(2+1)D (fused stem, residual
+    stages, (2+1)D pairs, unpruned convs through AutoConv3d) and S3D (conv pairs): int8 with the kernels equals the
+    pure-PyTorch path bit for bit; bf16 stays within its rounding of the dense fp32 model."""
     _ext_or_skip()
     for build, x in ((lambda: small_c3d("c3d_kgrc_3.04x"), torch.randn(2, 3, 8, 32, 32)),
-                     (lambda: r21d("r2+1d_kgrc_3.05x"), torch.randn(2, 3, 4, 24, 24))):
+                     (lambda: r21d("r2+1d_kgrc_3.05x"), torch.randn(2, 3, 4, 24, 24)),
+                     (_s3d, torch.randn(1, 3, 8, 32, 32))):  # S3D: its (1x3x3 -> 3x1x1) pairs hand over packed
         model, masks, rules = build()
         dense = masked_dense_copy(model, masks).eval()
         ranges = calibrate(dense, [x])
@@ -176,6 +177,19 @@ def test_whole_models_at_reduced_precision_equal_their_reference():
             assert torch.equal(y, torch_path)
             bf = compile_sparse_at(model, masks, rules, "bf16", None)
             assert rel_err(bf(x), ref) < 0.05
+
+
+def _s3d():
+    from models import build_model
+    from pruning import hard_prune
+    from pruning.profile import load_profile
+    from tests.compact.conftest import randomize_bn_stats
+
+    torch.manual_seed(0)
+    model = build_model("s3d", 10).eval()
+    randomize_bn_stats(model)  # (random BatchNorm statistics keep S3D's activations from vanishing)
+    rules = load_profile("s3d_kgs_1.84x").resolve(model)
+    return model, hard_prune(model, rules), rules
 
 
 def compile_sparse_at(model, masks, rules, precision, ranges):
