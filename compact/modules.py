@@ -142,12 +142,12 @@ class SparseConv3d(nn.Module):
         holding the packed zero (the input zero point; bf16 0), as the packing of a zero-padded layout gives."""
         kp = ctx.plan
         k, _ = PACKED_ELEMENTS[kp.precision]
-        z = kp.in_zero if k != 2 else 0
+        z = kp.in_zero  # (bf16: 0)
         c, n = self.in_channels, ctx.n
         if k == 1:  # plain uint8 planes
             like, planes, value, slack = torch.empty(0, dtype=torch.uint8), c, z, PACKED_SLACK
         else:  # 32-bit words of k channels; zero point z in each byte
-            word = z * 0x01010101 if k == 4 else 0
+            word = z * 0x01010101
             like, planes, value, slack = (torch.empty(0, dtype=torch.int32), -(-c // k),
                                           word - (1 << 32) if word >= 1 << 31 else word, PACKED_SLACK // 4)
         key = ("packed", kp.precision, z, n, c, ctx.grid, tuple(pad), tuple(dims))

@@ -69,6 +69,13 @@ class Stopped:
 STOPPED = Stopped()
 
 
+def _said(e: BaseException, first: bool = False) -> str:
+    """An exception in one line: its type and its last line (runtimes end with the cause), or `first` (the
+    exporter starts with it)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(lines[0][:200] if first else lines[-1][:300]) if lines else ''}"
+
+
 class PeerUnavailable(Exception):
     """The runtime cannot run here; the message is one line saying how to get it."""
 
@@ -566,8 +573,7 @@ class Against:
             paths = {"pruned": export_onnx(model, dict(masks), self.workdir / "pruned.onnx", shape),
                      "dense": export_onnx(dense, {}, self.workdir / "dense.onnx", shape)}
         except Exception as e:  # noqa: BLE001 - no ONNX model, no runtime to compare: said, the rest benchmarked
-            msg = str(e).strip().splitlines()
-            why = f"{type(e).__name__}: {msg[0][:200] if msg else ''}"
+            why = _said(e, first=True)
             for name in list(self.peers):
                 del self.peers[name]
                 self._skip(name, f"{name}: skipped, the model did not export to ONNX ({why})")
@@ -591,8 +597,7 @@ class Against:
                     runner = peer.load(v, paths[v], xn)
                     err = _rel_err(runner.output(), refs[v])
                 except Exception as e:  # noqa: BLE001 - a runtime's failure is a result of the comparison
-                    msg = str(e).strip().splitlines()
-                    self.errors.setdefault(name, {})[v] = f"{type(e).__name__}: {msg[-1][:300] if msg else ''}"
+                    self.errors.setdefault(name, {})[v] = _said(e)
                     self.say(f"{name}: the {v} model did not run ({self.errors[name][v]})")
                     continue
                 self.runners[(name, v)] = runner
@@ -613,9 +618,7 @@ class Against:
             try:
                 return run()
             except Exception as e:  # noqa: BLE001 - a runtime's failure is a result of the comparison
-                msg = str(e).strip().splitlines()
-                self.errors.setdefault(name, {})[variant] = \
-                    f"stopped during the timing: {type(e).__name__}: {msg[-1][:300] if msg else ''}"
+                self.errors.setdefault(name, {})[variant] = f"stopped during the timing: {_said(e)}"
                 self.say(f"{name}: the {variant} model {self.errors[name][variant]}; its times are left out")
                 return STOPPED
         return call

@@ -26,16 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .plan import ConvPlan, KernelPlan
+from .plan import TILE, ConvPlan, KernelPlan
 
 log = logging.getLogger("prune3d.compact")
 
 PRECISIONS = ("fp32", "bf16", "int8")
 CODES = {"fp32": 0, "bf16": 1, "int8": 2}  # plan.h P3D_FP32, P3D_BF16, P3D_INT8
+INT8_GATHER = 3  # plan.h P3D_INT8_GATHER
 LANES = {"bf16": 2, "int8": 4}
 # a packed input's channels per plane and element size (bytes), by plan precision code (plan.h)
-PACKED_ELEMENTS = {1: (2, 2), 2: (4, 1), 3: (1, 1)}
-PACKED_SLACK = 4 * (2 * 192 + 256)  # bytes a kernel call may read past the last position (ext.cpp pack_input)
+PACKED_ELEMENTS = {CODES["bf16"]: (2, 2), CODES["int8"]: (4, 1), INT8_GATHER: (1, 1)}
+PACKED_SLACK = 4 * (2 * TILE + 256)  # bytes a kernel call may read past the last position (ext.cpp pack_input)
 
 
 def packed_per_sample(kp: KernelPlan, channels: int, chan_stride: int) -> int:
@@ -225,7 +226,6 @@ def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: in
         **_int8_fields(q))
 
 
-INT8_GATHER = 3  # plan.h P3D_INT8_GATHER
 GATHER_COST = 1.5  # a gathered pair's cost in channel-interleaved pairs: 8 byte/word unpacks per 16 dot products
 
 

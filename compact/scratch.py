@@ -42,7 +42,7 @@ class ScratchPool:
         self._owned = 0  # bytes of the pool's buffers alive (lent or free)
         self._lending = 0  # bytes lent out now
         self._lent_peak = 0
-        self.peak = 0  # the most bytes owned at once (`reset_peak`)
+        self.peak = 0  # the most bytes owned at once (since `clear`)
         self.allocations = 0  # buffers made (a steady-state call should make none)
 
     @property
@@ -51,10 +51,6 @@ class ScratchPool:
         if self.budget is not None:
             return self.budget
         return max(int(self.factor * self._largest), self._lent_peak)
-
-    def reset_peak(self) -> None:
-        with self._lock:
-            self.peak = self._owned
 
     def take(self, numel: int, like: torch.Tensor, zero: bool = False) -> torch.Tensor:
         """A flat buffer of `numel` elements of `like`'s dtype and device (contents undefined unless `zero`)."""

@@ -227,7 +227,9 @@ static inline uint32_t quantize_one(float x, float inv, int32_t zero) {
   return (uint32_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-static inline uint32_t bf16_bits(uint32_t b) { return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16; }
+// (for a uint32_t or a vector of them)
+template <class U>
+static inline U bf16_bits(U b) { return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16; }
 
 static inline vi quantize_vec(vf x, float inv, int32_t zero) {
   vf f = x * inv;
@@ -254,7 +256,7 @@ static inline void write_run_packed(const P3DPlan* P, void* dst, int lane, const
       if (RELU) v = v > 0.f ? v : (vf){};
       vu bits;
       memcpy(&bits, &v, sizeof v);
-      const vu h = ((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16) << (16 * lane);
+      const vu h = bf16_bits(bits) << (16 * lane);
       _mm512_mask_storeu_epi16(w + 4 * i, (__mmask32)(0x55555555u << lane), (__m512i)h);
     }
   } else if (P->out_pack == P3D_INT8) {
@@ -461,8 +463,6 @@ extern "C" void P3D_RUN(const P3DPlan* P) {
 // rounding half to even by the float adder after the clamp (as torch.round; |v| < 2^22), bf16 to nearest even.
 // `out` holds N x (packed per-sample stride) elements; returns that stride.
 #ifdef P3D_PACK
-
-
 extern "C" int64_t P3D_PACK(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out) {
   const float inv = p->in_inv_scale;
   const int32_t zero = (int32_t)p->in_zero;
@@ -497,7 +497,7 @@ extern "C" int64_t P3D_PACK(const float* x, int64_t N, int64_t per_sample, const
           vu w = {};
           for (int j = 0; j < lanes; ++j) {
             const vu b = loadu<vu>(src[j] + i);
-            w |= ((b + 0x7fffu + ((b >> 16) & 1u)) >> 16) << (16 * j);
+            w |= bf16_bits(b) << (16 * j);
           }
           storeu(dst + i, w);
         }
