@@ -36,6 +36,8 @@ from .quant import (
     plan_values,
     quant_state,
     reference_conv,
+    runs_on_tiles,
+    with_tiles,
 )
 from .surgery import kept_mask
 
@@ -119,10 +121,14 @@ class SparseConv3d(nn.Module):
             return kp
         packed = self._kernel_plans.get((q.precision, *key))
         if packed is None:
-            w = q.qweight if q.precision == "int8" else self.dense_weight()
+            values = plan_values(self.plan, q.qweight if q.precision == "int8" else self.dense_weight())
             vchannels = (int(channel_index.max()) + 1) * stride[0] * stride[1] * stride[2]
             make = int8_plan if q.precision == "int8" else pack_plan
-            packed = make(kp, plan_values(self.plan, w), q, chan_stride, vchannels)
+            if runs_on_tiles(q.precision):  # AMX: its own schedule, one piece per task, where the tasks fill tiles
+                whole = kernel_plan(self.plan, channel_index, stride, grid, chan_stride, whole_tasks=True)
+                packed = with_tiles(make(whole, values, q, chan_stride, vchannels), q.precision)
+            if packed is None:
+                packed = make(kp, values, q, chan_stride, vchannels)
             self._kernel_plans[(q.precision, *key)] = packed
         return packed
 

@@ -206,6 +206,9 @@ class KernelPlan(NamedTuple):
     in_vchannels: int = 0  # channel planes per sample of that input
     in_inv_scale: float = 0.0  # int8: 1 / input scale
     in_zero: int = 0  # int8: input zero point
+    # bf16, int8 on AMX tiles (quant.tile_layout): each task's words again as 8 rows (filters) of np + 16 words
+    weights_t: torch.Tensor = torch.zeros(0)  # float32-typed words
+    task_tstart: torch.Tensor = torch.zeros(0, dtype=torch.int64)  # int64 [ntasks] into weights_t
 
 
 def tile_channels(kernel: tuple[int, int, int], stride: tuple[int, int, int], grid: tuple[int, int, int],
@@ -256,12 +259,13 @@ def piece_schedule(plan: ConvPlan, buffer_channel: np.ndarray, seg_channels: int
 
 
 def kernel_plan(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, int, int], grid: tuple[int, int, int],
-                chan_stride: int) -> KernelPlan:
+                chan_stride: int, whole_tasks: bool = False) -> KernelPlan:
     """`plan` for a virtual input laid out as [channel][phase][grid] flat planes: where every pair reads, the piece
     schedule, and the plan's own arrays as tensors.
 
     `channel_index` maps original input channels to their position in the buffer; `stride` phases: input
-    (padded) position s*i + r lives in phase r at i, so tap d reads phase d % s at offset d // s.
+    (padded) position s*i + r lives in phase r at i, so tap d reads phase d % s at offset d // s. `whole_tasks`: one
+    piece per task (the AMX kernel, whose tile sums pay a fixed cost per piece, keeps them in tiles across it).
     """
     kt, kh, kw = plan.kernel
     st, sh, sw = stride
@@ -275,6 +279,8 @@ def kernel_plan(plan: ConvPlan, channel_index: np.ndarray, stride: tuple[int, in
     # accumulator traffic than they save in L1 misses
     seg = max(1, tile_channels(plan.kernel, stride, grid, chan_stride, L1_BUDGET) // SEG_ALIGN) * SEG_ALIGN
     sb = tile_channels(plan.kernel, stride, grid, chan_stride, L2_BUDGET)
+    if whole_tasks:
+        seg = sb = len(channel_index) * stride[0] * stride[1] * stride[2] + 1
     sched = piece_schedule(plan, channel_index[plan.pair_c], seg, sb)
     # taps along time only read rows whole planes apart, more streams than the hardware prefetchers follow: the
     # kernel prefetches every line of each row for the thread's next tile (a gain where the input outgrows L3,

@@ -185,6 +185,47 @@ def _words(kp: KernelPlan, task_of_pair: np.ndarray, new_of_pair: np.ndarray, la
     return task_pstart, task_wstart, torch.from_numpy(lanes_arr.view(np.float32).copy())
 
 
+def runs_on_tiles(precision: str) -> bool:
+    """Whether the kernels run `precision` on AMX tiles on this CPU (kern_amx.cpp)."""
+    from ._ext import load_kernels
+
+    ext = load_kernels()
+    return ext is not None and ext.has_tiles(precision)
+
+
+TILE_ROWS, TILE_K = 8, 16  # kern_amx.cpp: filters per weight tile (MAX_G), words per tile row
+# A tile product costs the same whatever part of it a task fills (its G of 8 rows, its words of each 16), so a conv
+# runs on tiles only where its tasks fill at least this share; below it the dot-product kernel is faster (int8's
+# vpdpbusd is cheap, bf16's vdpbf16ps is not): docs/bench/history.md.
+TILE_MIN_FILL = {"bf16": 0.3, "int8": 0.9}
+
+
+def tile_fill(kp: KernelPlan) -> float:
+    """The share of the tile products' multiply-adds that are a task's (G filters x its words)."""
+    n = np.diff(kp.task_pstart.numpy())
+    done = float((np.ceil(n / TILE_K) * TILE_K * TILE_ROWS).sum())
+    return float((n * kp.task_G.numpy()).sum()) / done if done else 0.0
+
+
+def with_tiles(kp: KernelPlan, precision: str) -> KernelPlan | None:
+    """`kp` (a bf16 / int8 plan with one piece per task) with the AMX kernel's weight layout, or None where its tasks
+    fill the tiles too little (TILE_MIN_FILL)."""
+    if len(kp.pair_off) == 0 or tile_fill(kp) < TILE_MIN_FILL[precision]:
+        return None
+    G = kp.task_G.numpy().astype(np.int64)
+    n = np.diff(kp.task_pstart.numpy()).astype(np.int64)
+    # task t's words ([n][G], pair-major) as TILE_ROWS rows of n + TILE_K words, filter-major: a tile load of any
+    # TILE_K consecutive pairs reads every filter's row at one stride; rows past G and words past n stay zero
+    ld = n + TILE_K
+    tstart = np.r_[0, np.cumsum(TILE_ROWS * ld)].astype(np.int64)
+    out = np.zeros(int(tstart[-1]) + TILE_ROWS * TILE_K, np.uint32)
+    t = np.repeat(np.arange(len(n)), n * G)
+    k = np.arange(len(t)) - np.repeat(np.cumsum(n * G) - n * G, n * G)  # index within the task's words
+    pair, g = k // G[t], k % G[t]
+    out[tstart[t] + g * ld[t] + pair] = kp.weights.numpy().view(np.uint32)[kp.task_wstart.numpy()[t] + k]
+    return kp._replace(weights_t=torch.from_numpy(out.view(np.float32)), task_tstart=torch.from_numpy(tstart[:-1]))
+
+
 def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: int, vchannels: int) -> KernelPlan:
     """`kp` (an fp32 plan on a layout of `vchannels` planes of `chan_stride` floats per sample) for the packed
     layout of `q.precision`: a piece's pairs that read the same word (same K-plane group, same offset) merged into
@@ -255,8 +296,8 @@ def gather_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: 
     return kp._replace(
         piece_range=t_(np.ascontiguousarray(piece_range)), task_pstart=t_(task_pstart), task_wstart=t_(task_wstart),
         pair_off=t_(np.ascontiguousarray(offs[:4 * total], dtype=np.int64)),
-        weights=words, precision=INT8_GATHER, in_chan_stride=int(chan_stride),
-        in_vchannels=int(vchannels), **_int8_fields(q))
+        weights=words, precision=INT8_GATHER, in_chan_stride=int(chan_stride), in_vchannels=int(vchannels),
+        **_int8_fields(q))
 
 
 def int8_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: int, vchannels: int) -> KernelPlan:

@@ -12,6 +12,12 @@
 
 #include "plan.h"
 
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace {
 
 int detect_isa() {
@@ -60,6 +66,30 @@ bool cpu_has(int precision) {
 }
 
 bool uses_dot(int precision) { return g_dot && isa_level() == 2 && cpu_has(precision); }
+
+// AMX tiles (kern_amx.cpp) for bf16 and int8: the CPU has AMX-TILE, -INT8 and -BF16 (and the AVX-512 the kernel
+// file is built for), and Linux grants this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once:
+// without it the first tile instruction faults).
+bool amx_ok() {
+  static const bool ok = [] {
+#if defined(__x86_64__) && defined(__linux__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool cpu = (d >> 22 & 1) && (d >> 24 & 1) && (d >> 25 & 1);  // AMX-BF16, AMX-TILE, AMX-INT8
+    __builtin_cpu_init();
+    if (!cpu || !__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512vnni")) return false;
+    const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+bool g_tiles = true;  // switched off by tests and benchmarks to compare with the dot-product kernels
+
+bool uses_tiles(int precision) { return g_tiles && uses_dot(precision) && amx_ok(); }
 
 void set_isa(const std::string& name) {
   int want = name == "avx512" ? 2 : name == "avx2" ? 1 : name == "generic" ? 0 : -1;
@@ -197,6 +227,11 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
     p.in_sample_stride = pack_input(input.data_ptr<float>(), p.N, p.in_sample_stride, p, g_packed);
     p.in = g_packed.data();
   }
+  if (p.precision != P3D_FP32 && weights_t.numel() > 0 && uses_tiles(static_cast<int>(p.precision))) {
+    TORCH_CHECK(task_tstart.numel() == task_G.numel(), "task_tstart: one entry per task");
+    p3d_run_amx(&p);
+    return;
+  }
   if (p.precision != P3D_FP32 && uses_dot(static_cast<int>(p.precision))) {
     p.precision == P3D_BF16 ? p3d_run_avx512_bf16(&p) : p3d_run_avx512_vnni(&p);  // (vnni: both int8 kinds)
     return;
@@ -279,6 +314,13 @@ bool has_dot_products(const std::string& precision) {
 
 void use_dot_products(bool on) { g_dot = on; }
 
+// Whether "bf16" / "int8" run on AMX tiles here; and the switch (on by default).
+bool has_tiles(const std::string& precision) {
+  return uses_tiles(precision == "bf16" ? P3D_BF16 : precision == "int8" ? P3D_INT8 : -1);
+}
+
+void use_tiles(bool on) { g_tiles = on; }
+
 void set_num_threads(int64_t n) { omp_set_num_threads(static_cast<int>(n)); }
 
 int64_t get_max_threads() { return omp_get_max_threads(); }
@@ -290,6 +332,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def("has_dot_products", &has_dot_products, py::arg("precision"));
   m.def("use_dot_products", &use_dot_products, py::arg("on"));
+  m.def("has_tiles", &has_tiles, py::arg("precision"));
+  m.def("use_tiles", &use_tiles, py::arg("on"));
   // keyword-only: call sites name what they pass
   m.def("sparse_conv", &sparse_conv, py::kw_only(), py::arg("input"), py::arg("ctx"), py::arg("bias") = py::none(),
         py::arg("out"), py::arg("write"));

@@ -19,30 +19,18 @@ struct ArithI8Dot : PlainLoad<uint32_t, vu> {
   }
 };
 
-// The four rows of a pair interleaved by in-lane unpacks (bytes, then words): 64 positions in four vectors, slot
-// 16v + j of vector v holding position 16(j/4) + 4v + j%4 (`permuted_position`), which write_row puts back in order.
+// The four rows of a pair interleaved as they are loaded (interleave4): 64 positions in four permuted vectors.
 struct ArithI8GatherDot {
   typedef uint8_t elem;
   typedef uint32_t word;
   typedef vi acc;
   typedef vi in;
   static constexpr int offs = 4, nv = 4, gb_max = 4;  // 4 filters x 4 vectors of sums + 12 for the rows
-  static constexpr bool int_acc = true, permuted = true;
+  static constexpr bool int_acc = true, permuted = true, tiles = false;
   template <int NV, bool PF>
   static inline void load(const uint8_t* in, const int64_t* off, int q, int64_t pf, vi* x) {
     static_assert(NV == 4, "64 positions per block");
-    __m512i r[4];
-    for (int l = 0; l < 4; ++l) {
-      const uint8_t* ip = in + off[l] + q;
-      if (PF) __builtin_prefetch(ip + pf, 0, 3);
-      r[l] = _mm512_loadu_si512(ip);
-    }
-    const __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
-    const __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
-    x[0] = (vi)_mm512_unpacklo_epi16(t0, t2);
-    x[1] = (vi)_mm512_unpackhi_epi16(t0, t2);
-    x[2] = (vi)_mm512_unpacklo_epi16(t1, t3);
-    x[3] = (vi)_mm512_unpackhi_epi16(t1, t3);
+    interleave4(in, off, q, PF ? pf : 0, (__m512i*)x);
   }
   static inline acc mac(acc a, in x, word w) {
     return (vi)_mm512_dpbusd_epi32((__m512i)a, (__m512i)x, _mm512_set1_epi32((int)w));

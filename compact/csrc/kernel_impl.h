@@ -33,11 +33,13 @@ static inline vf bcast(float s) {
 // How an arithmetic reads its input: `load` fills the NV input vectors of pair p (offsets `off`, `offs` per pair) at
 // position q; `nv` fixes NV (0: NV_FOR), `gb_max` caps the filters per register pass (0: GB_MAX), and `permuted`
 // says the accumulators hold each 64-position block in the order `permuted_position` gives (write_row undoes it).
+// `tiles`: the arithmetic runs whole pieces itself on AMX tiles (kern_amx.cpp: `piece`, `thread_begin`, `thread_end`)
+// instead of the register blocks below.
 template <class Elem, class In>
 struct PlainLoad {
   typedef Elem elem;
   static constexpr int offs = 1, nv = 0, gb_max = 0;
-  static constexpr bool permuted = false;
+  static constexpr bool permuted = false, tiles = false;
   template <int NV, bool PF>
   static inline void load(const Elem* in, const int64_t* off, int q, int64_t pf, In* x) {
     const Elem* ip = in + off[0] + q;
@@ -114,7 +116,7 @@ struct ArithI8Gather {
   typedef vi acc;
   typedef vu in;
   static constexpr int offs = 4, nv = 0, gb_max = 0;
-  static constexpr bool int_acc = true, permuted = false;
+  static constexpr bool int_acc = true, permuted = false, tiles = false;
   template <int NV, bool PF>
   static inline void load(const uint8_t* in, const int64_t* off, int q, int64_t pf, vu* x) {
     for (int v = 0; v < NV; ++v) x[v] = (vu){};
@@ -130,6 +132,26 @@ struct ArithI8Gather {
 // Position within a 64-position block of accumulator slot r of an arithmetic with `permuted` (the order AVX-512's
 // in-lane byte and word unpacks leave four interleaved rows in: slot 16v + j holds position 16(j/4) + 4v + j%4).
 static inline int permuted_position(int r) { return 16 * ((r & 15) >> 2) + 4 * (r >> 4) + (r & 3); }
+
+#ifdef P3D_MASKED_STORES  // (avx512bw)
+// The rows of four gathered pairs (byte offsets off[0..3]) at positions q..q+63 interleaved by in-lane unpacks
+// (bytes, then words) into four vectors of 32-bit words, lane l of a word from row l: slot 16v + j of vector v holds
+// position 16(j/4) + 4v + j%4 (`permuted_position`, which write_row puts back in order). pf: prefetch distance or 0.
+static inline void interleave4(const uint8_t* in, const int64_t* off, int q, int64_t pf, __m512i* x) {
+  __m512i r[4];
+  for (int l = 0; l < 4; ++l) {
+    const uint8_t* ip = in + off[l] + q;
+    if (pf) __builtin_prefetch(ip + pf, 0, 3);
+    r[l] = _mm512_loadu_si512(ip);
+  }
+  const __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
+  const __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
+  x[0] = _mm512_unpacklo_epi16(t0, t2);
+  x[1] = _mm512_unpackhi_epi16(t0, t2);
+  x[2] = _mm512_unpacklo_epi16(t1, t3);
+  x[3] = _mm512_unpackhi_epi16(t1, t3);
+}
+#endif
 
 // GB filters x NV vectors of positions held in registers; one load per vector and one broadcast per weight
 // for every kept (channel, tap) pair (or word of packed pairs).
@@ -404,6 +426,7 @@ static void run_plan(const P3DPlan* P) {
     unsigned char done[P3D_CHMAX];
     float* rows[8];
     const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    if constexpr (A::tiles) A::thread_begin();
     // unit u goes to the thread whose share of the total holds the middle of u's work
     int64_t bounds[2];
     for (int e = 0; e < 2; ++e) {
@@ -429,8 +452,12 @@ static void run_plan(const P3DPlan* P) {
         const int32_t* trow = P->task_rows + t * 8;
         for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)trow[g] * P3D_TILE;
         const int64_t p0 = P->piece_range[2 * i], p1 = P->piece_range[2 * i + 1];
-        run_piece<A>(in, P->pair_off + p0 * A::offs, (const word*)P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G,
-                     G, p1 - p0, rows, qlim, P->prefetch);
+        if constexpr (A::tiles)
+          A::piece(P, t, p0, p1, in, rows, G, qlim);
+        else
+          run_piece<A>(in, P->pair_off + p0 * A::offs,
+                       (const word*)P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G, G, p1 - p0, rows,
+                       qlim, P->prefetch);
         // rows this piece completes go out now, while hot, between pieces rather than in one burst at the end
         for (int32_t last = P->piece_last[i]; last; last &= last - 1) {
           const int g = __builtin_ctz(last), r = trow[g];
@@ -441,6 +468,7 @@ static void run_plan(const P3DPlan* P) {
       for (int r = 0; r < nf; ++r)  // rows no piece adds to: the bias alone
         if (!done[r]) write_row<A>(P, acc + (int64_t)r * P3D_TILE, P->chunk_filters[f0 + r], n, tile, ntile, qlim);
     }
+    if constexpr (A::tiles) A::thread_end();
   }
   free(cc);
   free(cum);

@@ -27,6 +27,8 @@
   X(task_wstart, int64_t)    /* [ntasks] into weights (npairs * G floats, pair-major) */                        \
   X(pair_off, int64_t)       /* input offset of each (channel, tap) pair, relative to the sample base */        \
   X(weights, float)          /* fp32 weights, or (bf16, int8) 32-bit words of 2 or 4 packed lanes */            \
+  X(weights_t, float)        /* bf16, int8: the words again, per task 8 rows (filters) of np + 16 words, or [] */ \
+  X(task_tstart, int64_t)    /* [ntasks] into weights_t, or [] (no AMX tiles: kern_amx.cpp) */                  \
   X(row_scale, float)        /* int8: [Cout] output scale (input scale x the filter's weight scale), else [] */  \
   X(row_comp, int32_t)       /* int8: [Cout] the input zero point x the filter's kept weight sum, else [] */
 #define P3D_PLAN_SCALARS(X)                                                                                    \
@@ -93,6 +95,8 @@ int64_t p3d_pack_generic(const float* x, int64_t N, int64_t per_sample, const P3
 // one precision each, with the CPU's dot-product instructions
 void p3d_run_avx512_bf16(const P3DPlan* p);
 void p3d_run_avx512_vnni(const P3DPlan* p);
+// bf16 and int8 (both kinds) on AMX tiles; needs weights_t and the OS's permission for tile data
+void p3d_run_amx(const P3DPlan* p);
 #ifdef __cplusplus
 }
 #endif

@@ -28,6 +28,15 @@ from tests.compact.conftest import GEOMETRIES, SHAPES, SPATIAL, TYPES, make_conv
 BF16_TOL = 1.5e-2  # against fp32: inputs and weights each rounded to 8 significant bits
 
 
+@pytest.fixture(autouse=True)
+def every_conv_on_tiles(monkeypatch):
+    """Where the CPU has AMX, every conv of these tests runs on tiles (not only those whose tasks fill them), so that
+    `_both_paths` compares the tile kernel with the dot-product one on every shape and pattern."""
+    from compact import quant
+
+    monkeypatch.setattr(quant, "TILE_MIN_FILL", {"bf16": 0.0, "int8": 0.0})
+
+
 def _ext_or_skip():
     ext = _ext.load_kernels()
     if ext is None:
@@ -44,9 +53,17 @@ def _lower_isas(ext) -> list[str]:
 def _both_paths(ext, sc: SparseConv3d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(output with the dot-product instructions where the CPU has them, output of the portable code). The portable
     code of every lower ISA must give the same output as this ISA's (checked here, bit for bit at int8, to 1e-6 at
-    bf16: the TUs' vector widths sum in other orders)."""
+    bf16: the TUs' vector widths sum in other orders); where the CPU has AMX, the output on tiles (the default) must
+    equal the dot-product kernels' the same way."""
     with torch.no_grad():
         y = sc(x)
+        if ext.has_tiles(sc.precision):
+            ext.use_tiles(False)
+            try:
+                y_dot = sc(x)
+            finally:
+                ext.use_tiles(True)
+            assert torch.equal(y, y_dot) if sc.precision == "int8" else rel_err(y, y_dot) < 1e-6
         ext.use_dot_products(False)
         best = ext.isa()
         try:
@@ -141,6 +158,49 @@ def test_packed_plan_merges_pairs_that_share_a_word():
     n32 = len(dense.prepare(x)[1].plan.pair_off)
     dense.set_precision("int8", (-1.0, 1.0))
     assert len(dense.prepare(x)[1].plan.pair_off) * 4 == n32
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_tile_layout_holds_each_tasks_words_filter_major(precision):
+    """The AMX kernel's weights (quant.with_tiles): word (pair p, filter g) of task t at task_tstart[t] + g x (n + 16)
+    + p, zero elsewhere; every task's words are there once; a plan whose tasks fill tiles too little gets none."""
+    from compact import quant
+    from compact.plan import kernel_plan
+
+    conv, mask = make_conv(24, 20, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "kgrc")
+    sc = SparseConv3d(conv, mask)
+    x = torch.randn(1, 24, *SPATIAL)
+    sc.set_precision(precision, (float(x.min()), float(x.max())))
+    sc.prepare(x)
+    _, _, g3, stride, s_chan = next(k for k in sc._kernel_plans if k[:2] == ("fp32", "plain"))  # its geometry
+    chan_index = sc._chan_index
+    whole = kernel_plan(sc.plan, chan_index, stride, g3, s_chan, whole_tasks=True)
+    assert len(whole.piece_task) == len(whole.task_G)  # one piece per task
+    make = quant.int8_plan if precision == "int8" else quant.pack_plan
+    vch = (int(np.max(chan_index)) + 1) * int(np.prod(stride))
+    packed = make(whole, plan_values(sc.plan, sc.quant.qweight if precision == "int8" else sc.dense_weight()),
+                  sc.quant, s_chan, vch)
+    tiled = quant.with_tiles(packed, precision)
+    assert tiled is not None
+    words = packed.weights.numpy().view(np.uint32)
+    wt = tiled.weights_t.numpy().view(np.uint32)
+    seen = np.zeros(len(wt), bool)
+    for t, G in enumerate(packed.task_G.numpy()):
+        n = int(packed.task_pstart[t + 1] - packed.task_pstart[t])
+        block = wt[tiled.task_tstart[t]:tiled.task_tstart[t] + 8 * (n + 16)].reshape(8, n + 16)
+        mine = words[packed.task_wstart[t]:packed.task_wstart[t] + n * G].reshape(n, G).T
+        np.testing.assert_array_equal(block[:G, :n], mine)
+        seen[tiled.task_tstart[t]:tiled.task_tstart[t] + 8 * (n + 16)] = True
+        assert not block[G:].any() and not block[:, n:].any()
+    assert not wt[~seen].any()
+    fill = quant.tile_fill(packed)
+    assert 0 < fill <= 1
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(quant, "TILE_MIN_FILL", {precision: fill + 1e-6})
+    try:
+        assert quant.with_tiles(packed, precision) is None
+    finally:
+        monkeypatch.undo()
 
 
 def test_quantization_formulas():
