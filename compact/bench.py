@@ -27,7 +27,7 @@ from .convert import compile_sparse, fold_batchnorm
 from .dense_paths import DENSE_PATHS, KERNEL, DenseConv, run_dense
 from .modules import AutoConv3d, SparseConv3d
 from .peers import Against, Stopped, Timed
-from .quant import set_precision
+from .quant import convs_on_tiles, set_precision
 from .residual import StemIntoStageVideoResNet
 from .surgery import masked_dense_copy, set_submodule
 
@@ -226,7 +226,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         for p in reduced:
             key = f"compact:{p}"
             row = {"ms": t[key], "min_ms": fastest_ms[key], "max_rel_err": reduced_err[p],
-                   "speedup_vs_fp32_paired": statistics.median(c / r for c, r in zip(rounds["compact"], rounds[key]))}
+                   "speedup_vs_fp32_paired": statistics.median(c / r for c, r in zip(rounds["compact"], rounds[key])),
+                   "convs_on_amx_tiles": list(convs_on_tiles(reduced[p], p))}
             for name, r in others.items():
                 if r.get("dtype") == p and r.get("dense_ms") is not None:
                     row[f"speedup_vs_{name}"] = r["dense_ms"] / t[key]
@@ -313,8 +314,10 @@ def _precision_lines(r: dict) -> list[str]:
     for p, row in r["precisions"].items():
         peers = ", ".join(f"{k[len('speedup_vs_'):]} {v:.2f}x" for k, v in row.items()
                           if k.startswith("speedup_vs_") and not k.endswith("_paired") and k != "speedup_vs_fp32")
+        on, n = row.get("convs_on_amx_tiles", (0, 0))
         lines.append(f"  {p}: {row['ms']:.1f} ms, {row['speedup_vs_fp32_paired']:.2f}x over fp32 (per-round ratio), "
-                     f"max rel err {row['max_rel_err']:.1e} vs dense fp32" + (f"; vs {peers}" if peers else ""))
+                     f"max rel err {row['max_rel_err']:.1e} vs dense fp32" + (f"; vs {peers}" if peers else "")
+                     + (f" (AMX tiles in {on} of {n} convs)" if on else ""))
     return lines
 
 

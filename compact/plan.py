@@ -209,6 +209,7 @@ class KernelPlan(NamedTuple):
     # bf16, int8 on AMX tiles (quant.tile_layout): each task's words again as 8 rows (filters) of np + 16 words
     weights_t: torch.Tensor = torch.zeros(0)  # float32-typed words
     task_tstart: torch.Tensor = torch.zeros(0, dtype=torch.int64)  # int64 [ntasks] into weights_t
+    task_twin: torch.Tensor = torch.zeros(0, dtype=torch.int32)  # int32 [ntasks]: task t+1 reads the same pairs
 
 
 def tile_channels(kernel: tuple[int, int, int], stride: tuple[int, int, int], grid: tuple[int, int, int],

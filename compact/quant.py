@@ -196,8 +196,9 @@ def runs_on_tiles(precision: str) -> bool:
 TILE_ROWS, TILE_K = 8, 16  # kern_amx.cpp: filters per weight tile (MAX_G), words per tile row
 # A tile product costs the same whatever part of it a task fills (its G of 8 rows, its words of each 16), so a conv
 # runs on tiles only where its tasks fill at least this share; below it the dot-product kernel is faster (int8's
-# vpdpbusd is cheap, bf16's vdpbf16ps is not): docs/bench/history.md.
-TILE_MIN_FILL = {"bf16": 0.3, "int8": 0.9}
+# vpdpbusd is cheap; bf16's vdpbf16ps is no faster than fp32 FMAs on such CPUs, tiles win at any fill):
+# docs/bench/history.md.
+TILE_MIN_FILL = {"bf16": 0.0, "int8": 0.6}
 
 
 def tile_fill(kp: KernelPlan) -> float:
@@ -205,6 +206,15 @@ def tile_fill(kp: KernelPlan) -> float:
     n = np.diff(kp.task_pstart.numpy())
     done = float((np.ceil(n / TILE_K) * TILE_K * TILE_ROWS).sum())
     return float((n * kp.task_G.numpy()).sum()) / done if done else 0.0
+
+
+def convs_on_tiles(model: nn.Module, precision: str) -> tuple[int, int]:
+    """(convs of `model` whose `precision` plans run on AMX tiles, all its compact convs), after a forward."""
+    from .modules import SparseConv3d
+
+    convs = [m for m in model.modules() if isinstance(m, SparseConv3d)]
+    on = sum(any(k[0] == precision and kp.weights_t.numel() > 0 for k, kp in m._kernel_plans.items()) for m in convs)
+    return on, len(convs)
 
 
 def with_tiles(kp: KernelPlan, precision: str) -> KernelPlan | None:
@@ -218,12 +228,21 @@ def with_tiles(kp: KernelPlan, precision: str) -> KernelPlan | None:
     # TILE_K consecutive pairs reads every filter's row at one stride; rows past G and words past n stay zero
     ld = n + TILE_K
     tstart = np.r_[0, np.cumsum(TILE_ROWS * ld)].astype(np.int64)
-    out = np.zeros(int(tstart[-1]) + TILE_ROWS * TILE_K, np.uint32)
+    # (+ the rows a 16-row load reads past the last task)
+    out = np.zeros(int(tstart[-1]) + TILE_ROWS * int(ld.max()), np.uint32)
     t = np.repeat(np.arange(len(n)), n * G)
     k = np.arange(len(t)) - np.repeat(np.cumsum(n * G) - n * G, n * G)  # index within the task's words
     pair, g = k // G[t], k % G[t]
     out[tstart[t] + g * ld[t] + pair] = kp.weights.numpy().view(np.uint32)[kp.task_wstart.numpy()[t] + k]
-    return kp._replace(weights_t=torch.from_numpy(out.view(np.float32)), task_tstart=torch.from_numpy(tstart[:-1]))
+    # twins: task t+1 reads the very pairs of task t (its words follow t's 8 rows at the same stride, so one 16-row
+    # tile holds both); the kernel runs them together where t+1's piece comes right after t's in one chunk
+    off = kp.pair_off.numpy().reshape(-1, 4 if kp.precision == INT8_GATHER else 1)
+    ps = kp.task_pstart.numpy()
+    twin = np.zeros(len(n), np.int32)
+    for i in np.flatnonzero(n[:-1] == n[1:]):
+        twin[i] = np.array_equal(off[ps[i]:ps[i + 1]], off[ps[i + 1]:ps[i + 2]])
+    return kp._replace(weights_t=torch.from_numpy(out.view(np.float32)), task_tstart=torch.from_numpy(tstart[:-1]),
+                       task_twin=torch.from_numpy(twin))
 
 
 def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: int, vchannels: int) -> KernelPlan:

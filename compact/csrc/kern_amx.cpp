@@ -3,7 +3,8 @@
 // A piece (G <= 8 filters sharing np kept pairs, plan.h) is a small matrix product per block of 16 positions:
 // C[G x 16 positions] += W[G x pairs] . X[pairs x 16 positions], each pair one 32-bit word of 4 int8 / 2 bf16 lanes.
 // W is the tile-layout copy of the weights (plan.h weights_t: per task 8 rows of np + 16 words, zero-padded), read
-// straight into a tile. X's rows are a pair's words at 16 consecutive positions, 64 contiguous bytes, but the rows
+// straight into a tile, 16 rows at a time: the task's and the next task's, which it computes along when that one
+// reads the same pairs (task_twin: dense convs), as a tile product costs the same for 8 rows as for 16. X's rows are a pair's words at 16 consecutive positions, 64 contiguous bytes, but the rows
 // of one piece lie at unrelated offsets, so each K-step of 16 pairs is first copied to a 64-byte-strided stage (the
 // gathered int8 plan interleaves its four byte rows on the way, as the VNNI kernel does). Four C tiles cover 64
 // positions; their sums go into the unit's accumulator rows, where the register kernels keep theirs.
@@ -30,12 +31,12 @@ enum { KSTEP = 16 };  // pairs (words) per K-step: one 64-byte tile row
 template <bool B, class T, class F> struct pick { typedef T type; };
 template <class T, class F> struct pick<false, T, F> { typedef F type; };
 
-// tmm0..3: C of positions q + 16v (8 rows of 16 sums), tmm4: W (8 rows of 16 words), tmm5, tmm6: X stages.
+// tmm0..3: C of positions q + 16v (16 rows of 16 sums), tmm4: W (16 rows of 16 words), tmm5, tmm6: X stages.
 void configure_tiles() {
   TileConfig c;
   memset(&c, 0, sizeof c);
   c.palette = 1;
-  for (int t = 0; t < 5; ++t) { c.rows[t] = 8; c.colsb[t] = 64; }
+  for (int t = 0; t < 5; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
   for (int t = 5; t < 7; ++t) { c.rows[t] = KSTEP; c.colsb[t] = 64; }
   _tile_loadconfig(&c);
 }
@@ -62,10 +63,11 @@ struct ArithTiles {
 
   // The stage of K-step s+1 is written before step s is multiplied: a tile load that follows the stores of its
   // data too closely waits for them (no store forwarding into tiles).
+  // rows2, G2: the twin's rows (G2 = 0: none; W's rows 8..15 are then whatever follows the task's, unused)
   static void piece(const P3DPlan* P, int t, int64_t p0, int64_t p1, const elem* in, float* const* rows, int G,
-                    int qlim) {
+                    float* const* rows2, int G2, int qlim) {
     alignas(64) uint8_t stages[2][4][KSTEP][64];
-    alignas(64) int32_t sums[4][8][16];
+    alignas(64) int32_t sums[4][16][16];
     const int64_t ps = P->task_pstart[t], ld = P->task_pstart[t + 1] - ps + KSTEP;
     const uint32_t* wt = (const uint32_t*)P->weights_t + P->task_tstart[t] - ps;
     const int nk = (int)((p1 - p0 + KSTEP - 1) / KSTEP), steps = nk * ((qlim + 63) / 64);
@@ -119,10 +121,10 @@ struct ArithTiles {
       _tile_stored(1, sums[1], 64);
       _tile_stored(2, sums[2], 64);
       _tile_stored(3, sums[3], 64);
-      for (int g = 0; g < G; ++g)
+      for (int g = 0; g < G + G2; ++g)
         for (int v = 0; v < 4; ++v) {
-          float* r = rows[g] + q + 16 * v;
-          const __m512i x = _mm512_load_si512(sums[v][g]);
+          float* r = (g < G ? rows[g] : rows2[g - G]) + q + 16 * v;
+          const __m512i x = _mm512_load_si512(sums[v][g < G ? g : 8 + g - G]);
           if constexpr (BF16)
             _mm512_storeu_ps(r, _mm512_add_ps(_mm512_loadu_ps(r), _mm512_castsi512_ps(x)));
           else

@@ -425,6 +425,8 @@ static void run_plan(const P3DPlan* P) {
     float acc[P3D_CHMAX * P3D_TILE] __attribute__((aligned(64)));
     unsigned char done[P3D_CHMAX];
     float* rows[8];
+    float* rows2[8];         // (tiles: the rows of a task computed along with the one before, task_twin)
+    bool twin_done = false;
     const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
     if constexpr (A::tiles) A::thread_begin();
     // unit u goes to the thread whose share of the total holds the middle of u's work
@@ -452,9 +454,19 @@ static void run_plan(const P3DPlan* P) {
         const int32_t* trow = P->task_rows + t * 8;
         for (int g = 0; g < G; ++g) rows[g] = acc + (int64_t)trow[g] * P3D_TILE;
         const int64_t p0 = P->piece_range[2 * i], p1 = P->piece_range[2 * i + 1];
-        if constexpr (A::tiles)
-          A::piece(P, t, p0, p1, in, rows, G, qlim);
-        else
+        if constexpr (A::tiles) {
+          if (twin_done) {
+            twin_done = false;  // computed with the piece before
+          } else {
+            int G2 = 0;
+            if (P->task_twin[t] && i + 1 < P->chunk_pcstart[c + 1] && P->piece_task[i + 1] == t + 1) {
+              G2 = P->task_G[t + 1];
+              for (int g = 0; g < G2; ++g) rows2[g] = acc + (int64_t)P->task_rows[(t + 1) * 8 + g] * P3D_TILE;
+              twin_done = true;
+            }
+            A::piece(P, t, p0, p1, in, rows, G, rows2, G2, qlim);
+          }
+        } else
           run_piece<A>(in, P->pair_off + p0 * A::offs,
                        (const word*)P->weights + P->task_wstart[t] + (p0 - P->task_pstart[t]) * G, G, p1 - p0, rows,
                        qlim, P->prefetch);

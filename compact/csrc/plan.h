@@ -29,6 +29,7 @@
   X(weights, float)          /* fp32 weights, or (bf16, int8) 32-bit words of 2 or 4 packed lanes */            \
   X(weights_t, float)        /* bf16, int8: the words again, per task 8 rows (filters) of np + 16 words, or [] */ \
   X(task_tstart, int64_t)    /* [ntasks] into weights_t, or [] (no AMX tiles: kern_amx.cpp) */                  \
+  X(task_twin, int32_t)      /* [ntasks] with weights_t: 1 if task t+1 reads the same pairs (run together) */   \
   X(row_scale, float)        /* int8: [Cout] output scale (input scale x the filter's weight scale), else [] */  \
   X(row_comp, int32_t)       /* int8: [Cout] the input zero point x the filter's kept weight sum, else [] */
 #define P3D_PLAN_SCALARS(X)                                                                                    \

@@ -203,6 +203,28 @@ def test_tile_layout_holds_each_tasks_words_filter_major(precision):
         monkeypatch.undo()
 
 
+def test_dense_conv_runs_filter_groups_in_pairs_on_tiles():
+    """A dense conv: five groups of 8 filters all reading the same pairs; where the CPU has AMX, groups run two at a
+    time on 16-row tiles (task_twin), the fifth alone, with the dot-product kernel's results (bit for bit at int8)."""
+    from compact import quant
+
+    ext = _ext_or_skip()
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(32, 40, 3, padding=1)
+    x = torch.randn(2, 32, *SPATIAL)
+    for precision in ("bf16", "int8"):
+        sc = SparseConv3d(conv, None)
+        sc.set_precision(precision, (float(x.min()), float(x.max())))
+        y, y_portable = _both_paths(ext, sc, x)
+        plan = sc.prepare(x)[1].plan
+        if precision == "int8":
+            assert torch.equal(y, sc.forward_torch(x)) and torch.equal(y, y_portable)
+        else:
+            assert rel_err(y, y_portable) < 1e-6
+        if quant.runs_on_tiles(precision):
+            assert plan.task_twin.tolist() == [1, 1, 1, 1, 0], precision
+
+
 def test_quantization_formulas():
     """Unsigned after a ReLU (zero 0, scale max/255), else symmetric around 128; round half to even; clamped."""
     q = input_quant(0.0, 2.55)
