@@ -178,16 +178,9 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
   if (bias.has_value() && bias->defined()) { check(*bias, torch::kFloat, "bias"); p.bias = ptr<float>(*bias); }
 
   p.out = static_cast<float*>(out.data_ptr());
-  p.out_sample_stride = write.attr("sample_stride").cast<int64_t>();
-  p.out_chan_stride = write.attr("chan_stride").cast<int64_t>();
-  p.out_shift = write.attr("shift").cast<int64_t>();
-  p.out_chan_len = write.attr("chan_len").cast<int64_t>();
-  p.zero_rest = write.attr("zero_rest").cast<bool>() ? 1 : 0;
-  p.relu = write.attr("relu").cast<bool>() ? 1 : 0;
-  p.accumulate = write.attr("accumulate").cast<bool>() ? 1 : 0;
-  p.out_pack = out_pack;
-  p.out_inv_scale = write.attr("pack_inv_scale").cast<float>();
-  p.out_zero = write.attr("pack_zero").cast<int32_t>();
+#define P3D_READ(member, field, type) p.member = write.attr(#field).cast<type>();
+  P3D_OUTPUT_SCALARS(P3D_READ)
+#undef P3D_READ
   TORCH_CHECK(out_pack >= P3D_FP32 && out_pack <= P3D_INT8_GATHER, "pack: unknown code ", out_pack);
   const torch::Tensor valid = array_field<float>(write, "valid", true);
   p.valid = data_or_null<float>(valid);
@@ -208,7 +201,6 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
     TORCH_CHECK(out_pack && pack_buf.is_contiguous() && pack_buf.device().is_cpu(),
                 "pack_into: a contiguous CPU tensor, with pack set");
     p.pack_out = pack_buf.data_ptr();
-    p.pack_sample_stride = write.attr("pack_sample_stride").cast<int64_t>();
   }
   TORCH_CHECK(!p.out_pack || (p.runs && (p.pack_out || !p.accumulate)),
               "a packed output needs runs (and, instead of the fp32 one, no accumulate)");

@@ -40,6 +40,21 @@
   X(in_inv_scale, float)     /* int8: 1 / the input scale */                                                    \
   X(in_zero, int64_t)        /* int8: the input zero point (0 after a ReLU, else 128) */
 
+// The scalars of how a call writes its output: X(P3DPlan member, field of compact.layout.OutputSpec, type read);
+// ext.cpp reads each, by that name. (Its tensors, valid, runs and pack_into, are read and checked one by one.)
+#define P3D_OUTPUT_SCALARS(X)              \
+  X(out_sample_stride, sample_stride, int64_t) \
+  X(out_chan_stride, chan_stride, int64_t)     \
+  X(out_shift, shift, int64_t)                 \
+  X(out_chan_len, chan_len, int64_t)           \
+  X(zero_rest, zero_rest, bool)                \
+  X(relu, relu, bool)                          \
+  X(accumulate, accumulate, bool)              \
+  X(out_pack, pack, int)                       \
+  X(out_inv_scale, pack_inv_scale, float)      \
+  X(out_zero, pack_zero, int32_t)              \
+  X(pack_sample_stride, pack_sample_stride, int64_t)
+
 // Precisions. fp32 reads the flat fp32 layout itself. bf16 and int8 read it packed: K = 2 (bf16) or 4 (uint8)
 // consecutive channel planes interleaved into one plane of 32-bit words, so that one vector load gives 16 positions
 // x K channels, the operand of the dot-product instructions (vdpbf16ps, vpdpbusd); a pair's offset is in words.
