@@ -133,6 +133,9 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
     `layers` (per conv: dense_ms and its method, compact_ms, speedup, ideal, efficiency); `dense_min_ms`,
     `sparse_min_ms` and `speedup_min` are the fastest repeats and `speedup_paired` the median of the per-round
     ratios (fastest dense path / compact, run back to back), for machines shared with other jobs.
+    `kept_gmac_per_clip` (the report's pruned MACs), `compact_kept_gmacs` (their rate in the compact model) and
+    `fma_peak_gmacs` (this CPU's fp32 multiply-add peak with the kernels' ISA and threads, `ext.fma_peak`) place
+    the compact model against the roofline of a direct kernel.
 
     `against` names other runtimes (`peers.PEERS`: onnxruntime, openvino, deepsparse) to run on the model exported
     to ONNX with the pruned weights and with dense ones, in the same rounds as the whole-model timing; a missing
@@ -254,6 +257,9 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         rest = max(dense_ms - conv_dense, 0.0)
         amdahl = dense_ms / (rest + sum(lr["dense_ms"] / lr["ideal"] for lr in layers))
         speedup = dense_ms / sparse_ms
+        # the roofline: the kept multiply-adds per second against this CPU's fp32 FMA rate (kernels' ISA, threads)
+        kept_gmacs = report.macs_pruned * batch_size / sparse_ms / 1e6
+        peak = ext.fma_peak(200) if ext is not None else None
         return {"input_shape": [batch_size, *input_shape], "batch_size": batch_size, "threads": threads,
                 "repeats": repeats, "isa": kernel_isa(), "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                 "speedup": speedup, "ideal": ideal, "efficiency": speedup / ideal, "amdahl_ideal": amdahl,
@@ -266,7 +272,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
                 "fastest_dense": {"name": bar, "ms": dense_runs[bar][0]},
                 "speedup_vs_fastest_dense": dense_runs[bar][0] / sparse_ms,
                 "speedup_vs_fastest_dense_paired": bar_paired, "precisions": by_precision,
-                "layers": layers}
+                "kept_gmac_per_clip": report.macs_pruned / 1e9, "compact_kept_gmacs": kept_gmacs,
+                "fma_peak_gmacs": peak, "layers": layers}
     finally:
         torch.set_num_threads(prev_threads)
         if ext is not None:
@@ -301,6 +308,11 @@ def format_table(result: dict, title: str = "") -> str:
                  f"{r['amdahl_efficiency']:.2f}; max rel err {r['max_rel_err']:.2e}"
                  + (f" (head input {r['max_rel_err_features']:.2e})" if r.get("max_rel_err_features") is not None
                     else ""))
+    if r.get("fma_peak_gmacs"):
+        lines.append(f"roofline: {r['kept_gmac_per_clip']:.2f} GMAC kept per clip, run at "
+                     f"{r['compact_kept_gmacs']:.0f} GMAC/s = {r['compact_kept_gmacs'] / r['fma_peak_gmacs']:.0%} "
+                     "of this CPU's fp32 FMA peak "
+                     f"({r['fma_peak_gmacs']:.0f} GMAC/s, {r['threads']} threads, {r['isa']})")
     lines.extend(_against_lines(r))
     lines.extend(_precision_lines(r))
     return "\n".join(lines)

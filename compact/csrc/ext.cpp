@@ -313,6 +313,25 @@ bool has_tiles(const std::string& precision) {
 
 void use_tiles(bool on) { g_tiles = on; }
 
+// This machine's fp32 multiply-add rate in GMAC/s with the kernels' ISA and threads: FMA chains for about `ms`.
+double fma_peak(int64_t ms) {
+  auto run = [](int64_t iters) {
+    switch (isa_level()) {
+      case 2: return p3d_peak_avx512(iters);
+      case 1: return p3d_peak_avx2(iters);
+      default: return p3d_peak_generic(iters);
+    }
+  };
+  int64_t iters = 1 << 16;
+  for (;;) {
+    const double t0 = omp_get_wtime();
+    const double macs = run(iters);
+    const double dt = omp_get_wtime() - t0;
+    if (dt * 1e3 >= ms || iters > (int64_t(1) << 40)) return macs / dt / 1e9;
+    iters *= 2;
+  }
+}
+
 void set_num_threads(int64_t n) { omp_set_num_threads(static_cast<int>(n)); }
 
 int64_t get_max_threads() { return omp_get_max_threads(); }
@@ -320,6 +339,7 @@ int64_t get_max_threads() { return omp_get_max_threads(); }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_max_threads", &get_max_threads);
+  m.def("fma_peak", &fma_peak, py::arg("ms") = 200);
   m.def("isa", &isa_name);
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def("has_dot_products", &has_dot_products, py::arg("precision"));

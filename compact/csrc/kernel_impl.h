@@ -562,3 +562,23 @@ extern "C" int64_t P3D_PACK(const float* x, int64_t N, int64_t per_sample, const
   return CQ * S;
 }
 #endif
+
+// This TU's fp32 multiply-add peak, for the benchmark's roofline line: every thread runs 12 independent chains of
+// vector FMAs (enough to cover the latency of two FMA units); returns the multiply-adds done.
+#ifdef P3D_PEAK
+extern "C" double P3D_PEAK(int64_t iters) {
+  double done = 0;
+#pragma omp parallel reduction(+ : done)
+  {
+    vf a[12];
+    for (int i = 0; i < 12; ++i) a[i] = bcast(1e-3f * (float)i);
+    const vf b = bcast(0.999f), c = bcast(1e-4f);
+    for (int64_t n = 0; n < iters; ++n)
+      for (int i = 0; i < 12; ++i) a[i] = a[i] * b + c;
+    float keep = 0;
+    for (int i = 0; i < 12; ++i) keep += a[i][0];
+    done += 12.0 * VW * (double)iters + (keep == 12345.f ? 1 : 0);  // (keep: the chains are not dead code)
+  }
+  return done;
+}
+#endif

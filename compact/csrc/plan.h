@@ -108,6 +108,10 @@ void p3d_run_generic(const P3DPlan* p);
 int64_t p3d_pack_avx512(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out);
 int64_t p3d_pack_avx2(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out);
 int64_t p3d_pack_generic(const float* x, int64_t N, int64_t per_sample, const P3DPlan* p, void* out);
+// the fp32 multiply-adds `iters` rounds of 12 independent FMA chains per thread do (the benchmark's roofline)
+double p3d_peak_avx512(int64_t iters);
+double p3d_peak_avx2(int64_t iters);
+double p3d_peak_generic(int64_t iters);
 // one precision each, with the CPU's dot-product instructions
 void p3d_run_avx512_bf16(const P3DPlan* p);
 void p3d_run_avx512_vnni(const P3DPlan* p);

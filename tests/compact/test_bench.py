@@ -30,6 +30,14 @@ def test_benchmark_smoke():
     assert r["speedup_min"] == pytest.approx(r["dense_min_ms"] / r["sparse_min_ms"])
     assert r["speedup_paired"] == pytest.approx(r["speedup"])  # one round: its ratio is the ratio of the medians
     assert "whole model" in compact.format_table(r) and "fastest of the repeats" in compact.format_table(r)
+    # the roofline line: the report's kept MACs of two clips in the compact model's time, against the FMA peak
+    from pruning import build_report
+
+    kept = build_report(compact.masked_dense_copy(model, masks), masks, "", (3, 8, 32, 32), rules).macs_pruned
+    assert r["kept_gmac_per_clip"] == pytest.approx(kept / 1e9)
+    assert r["compact_kept_gmacs"] == pytest.approx(2 * kept / r["sparse_ms"] / 1e6)
+    if compact.kernels_available():
+        assert r["fma_peak_gmacs"] > 0 and "of this CPU's fp32 FMA peak" in compact.format_table(r)
 
 
 def test_pattern_rates_times_each_pattern_exactly_computed():
