@@ -96,25 +96,20 @@ struct ArithTiles {
       }
       uint8_t(*st)[KSTEP][64] = stages[s & 1];
       _tile_loadd(4, wt + p0 + (int64_t)kq * KSTEP, ld * 4);
-      if constexpr (BF16) {
-        _tile_loadd(5, st[0], 64);
-        _tile_dpbf16ps(0, 4, 5);
-        _tile_loadd(6, st[1], 64);
-        _tile_dpbf16ps(1, 4, 6);
-        _tile_loadd(5, st[2], 64);
-        _tile_dpbf16ps(2, 4, 5);
-        _tile_loadd(6, st[3], 64);
-        _tile_dpbf16ps(3, 4, 6);
-      } else {
-        _tile_loadd(5, st[0], 64);
-        _tile_dpbsud(0, 4, 5);
-        _tile_loadd(6, st[1], 64);
-        _tile_dpbsud(1, 4, 6);
-        _tile_loadd(5, st[2], 64);
-        _tile_dpbsud(2, 4, 5);
-        _tile_loadd(6, st[3], 64);
-        _tile_dpbsud(3, 4, 6);
-      }
+      // (the tile intrinsics take their tile numbers as literals: a macro, not a template)
+#define P3D_PRODUCT(C, X, stage)  \
+  do {                            \
+    _tile_loadd(X, stage, 64);    \
+    if constexpr (BF16)           \
+      _tile_dpbf16ps(C, 4, X);    \
+    else                          \
+      _tile_dpbsud(C, 4, X);      \
+  } while (0)
+      P3D_PRODUCT(0, 5, st[0]);
+      P3D_PRODUCT(1, 6, st[1]);
+      P3D_PRODUCT(2, 5, st[2]);
+      P3D_PRODUCT(3, 6, st[3]);
+#undef P3D_PRODUCT
       if (kq < nk - 1) continue;
       const int q = 64 * (s / nk);
       _tile_stored(0, sums[0], 64);
