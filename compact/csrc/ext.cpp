@@ -220,7 +220,8 @@ void sparse_conv(const torch::Tensor& input, const py::object& ctx, const c10::o
     p.in = g_packed.data();
   }
   if (p.precision != P3D_FP32 && weights_t.numel() > 0 && uses_tiles(static_cast<int>(p.precision))) {
-    TORCH_CHECK(task_tstart.numel() == task_G.numel(), "task_tstart: one entry per task");
+    TORCH_CHECK(task_tstart.numel() == task_G.numel() && task_twin.numel() == task_G.numel(),
+                "task_tstart, task_twin: one entry per task");
     p3d_run_amx(&p);
     return;
   }
