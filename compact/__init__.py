@@ -24,7 +24,8 @@ by name. A new plan field is one line in `csrc/plan.h` (`P3D_PLAN_ARRAYS` / `P3D
 `KernelPlan` (filled in `plan.kernel_plan`); `tests/compact/test_plan.py` checks that the two agree.
 
 The kernel is one template over its arithmetic (csrc/kernel_impl.h: fp32, bf16 pairs, int8 quads; the bf16 and
-int8 dot-product instructions in kern_avx512_bf16.cpp / kern_avx512_vnni.cpp, portable code everywhere else).
+int8 dot-product instructions in kern_avx512_bf16.cpp / kern_avx512_vnni.cpp, AMX tiles in kern_amx.cpp, portable
+code everywhere else); docs/engine.md is the map for changing it.
 The C++ kernels (AVX-512 / AVX2 / generic, OpenMP) are built with torch.utils.cpp_extension on first use and
 cached; without a compiler everything runs through a pure-PyTorch path with the same results (logged once).
 """

@@ -93,6 +93,26 @@ def test_kernel_plan_fields_are_the_ones_plan_h_lists():
     assert all(isinstance(getattr(ctx.plan, name), ptype[t]) for name, t in scalars.items())
 
 
+def test_output_spec_scalars_are_the_ones_plan_h_lists():
+    """csrc/plan.h's P3D_OUTPUT_SCALARS reads OutputSpec's scalar fields, each once, with a type its default has;
+    the fields it leaves out are the tensors ext.cpp reads and checks one by one."""
+    from compact.layout import OutputSpec
+
+    header = (Path(compact.__file__).parent / "csrc" / "plan.h").read_text()
+    body = []
+    for line in header[header.index("#define P3D_OUTPUT_SCALARS(X)"):].splitlines():
+        body.append(line)
+        if not line.rstrip().endswith("\\"):
+            break
+    listed = re.findall(r"X\((\w+), (\w+), (\w+)\)", "\n".join(body))
+    fields = [f for _, f, _ in listed]
+    assert len(fields) == len(set(fields)) and len({m for m, _, _ in listed}) == len(listed)
+    assert set(fields) | {"valid", "runs", "pack_into"} == set(OutputSpec._fields)
+    pytype = {"int64_t": int, "int": int, "int32_t": int, "bool": bool, "float": float}
+    spec = OutputSpec(sample_stride=1, chan_stride=1)
+    assert all(isinstance(getattr(spec, f), pytype[t]) for _, f, t in listed)
+
+
 @pytest.mark.parametrize("kind", ["kgrc", "kgr", "kgc"])
 def test_dropped_filters_never_cost_extra_macs(kind):
     """KGRC-type masks on a (3,1,1) conv with edge groups (20 channels, 36 filters) that drop whole filters: packing
