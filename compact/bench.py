@@ -149,7 +149,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
     `precisions` ("bf16", "int8") adds the compact model at those precisions to the whole-model rounds (int8 with
     `ranges`, {conv name: [lo, hi]} from `quant.calibrate`): key `precisions`, per precision its `ms`, `min_ms`,
     `max_rel_err` against the dense fp32 model, `speedup_vs_fp32_paired` (over the fp32 compact model) and, for
-    each peer of that precision (`against`), `speedup_vs_<peer>` over its dense-weight model.
+    each peer of that precision (`against`), `speedup_vs_<peer>` over its dense-weight model; bf16 also against
+    PyTorch's own bf16 dense model (`pytorch-bf16`: its `ms` and `max_rel_err`, `speedup_vs_pytorch-bf16`).
     """
     from pruning.report import build_report
 
@@ -218,11 +219,19 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
                    "channels_last": lambda: cl(x_cl)}
         reduced = {p: set_precision(compile_sparse(dense, masks, rules=rules), p, ranges) for p in precisions}
         reduced_err = {p: _rel_err(m(x), ref) for p, m in reduced.items()}
+        # PyTorch's own bf16 (the dense model in bfloat16, channels_last: oneDNN, on AMX tiles where the CPU has
+        # them), the bf16 a PyTorch user gets without any other runtime
+        torch_bf16 = {}
+        if "bf16" in precisions:
+            dense_bf16 = copy.deepcopy(dense).to(torch.bfloat16).to(memory_format=torch.channels_last_3d)
+            x_bf16 = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+            torch_bf16 = {"pytorch-bf16": lambda: dense_bf16(x_bf16)}
+            reduced_err["pytorch-bf16"] = _rel_err(dense_bf16(x_bf16).float(), ref)
         with Against(against, threads, options=peer_options, say=say, seed=seed) as peers:
             peers.prepare(dense, masks, x, out)
             t = interleaved({**pytorch, "compact": lambda: compact(x),
-                             **{f"compact:{p}": (lambda m=m: m(x)) for p, m in reduced.items()}, **peers.fns()},
-                            repeats, warmup, fastest_ms, rounds)
+                             **{f"compact:{p}": (lambda m=m: m(x)) for p, m in reduced.items()}, **torch_bf16,
+                             **peers.fns()}, repeats, warmup, fastest_ms, rounds)
             others = peers.summary(t, rounds, fastest_ms, "compact")
             skipped, onnx = dict(peers.skipped), dict(peers.onnx)
         by_precision = {}
@@ -231,6 +240,11 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             row = {"ms": t[key], "min_ms": fastest_ms[key], "max_rel_err": reduced_err[p],
                    "speedup_vs_fp32_paired": statistics.median(c / r for c, r in zip(rounds["compact"], rounds[key])),
                    "convs_on_amx_tiles": list(convs_on_tiles(reduced[p], p))}
+            if p == "bf16":
+                row["pytorch-bf16"] = {"ms": t["pytorch-bf16"], "max_rel_err": reduced_err["pytorch-bf16"]}
+                row["speedup_vs_pytorch-bf16"] = t["pytorch-bf16"] / t[key]
+                row["speedup_vs_pytorch-bf16_paired"] = statistics.median(
+                    d / c for d, c in zip(rounds["pytorch-bf16"], rounds[key]))
             for name, r in others.items():
                 if r.get("dtype") == p and r.get("dense_ms") is not None:
                     row[f"speedup_vs_{name}"] = r["dense_ms"] / t[key]

@@ -361,6 +361,11 @@ def test_benchmark_times_reduced_precisions_in_the_same_rounds():
     for p, row in r["precisions"].items():
         assert row["ms"] > 0 and row["max_rel_err"] < 0.1 and row["speedup_vs_fp32_paired"] > 0, p
     assert "int8:" in compact.format_table(r)
+    # bf16 beside PyTorch's own bf16 dense model, in the same rounds
+    bf = r["precisions"]["bf16"]
+    assert bf["pytorch-bf16"]["ms"] > 0 and bf["pytorch-bf16"]["max_rel_err"] < 0.1
+    assert bf["speedup_vs_pytorch-bf16"] == pytest.approx(bf["pytorch-bf16"]["ms"] / bf["ms"])
+    assert "pytorch-bf16" in compact.format_table(r) and "pytorch-bf16" not in r["precisions"]["int8"]
 
 
 def test_cli_evaluates_each_precision_and_keeps_the_scales_in_the_checkpoint(synthetic, tmp_path, capsys):
