@@ -67,14 +67,14 @@ bool cpu_has(int precision) {
 
 bool uses_dot(int precision) { return g_dot && isa_level() == 2 && cpu_has(precision); }
 
-// AMX tiles (kern_amx.cpp) for bf16 and int8: the CPU has AMX-TILE, -INT8 and -BF16 (and the AVX-512 the kernel
-// file is built for), and Linux grants this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once:
+// AMX tiles (kern_amx.cpp) for bf16 and int8: the compiler built them, the CPU has AMX-TILE, -INT8 and -BF16 (and
+// the AVX-512 the kernel file is built for), and Linux grants this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once:
 // without it the first tile instruction faults).
 bool amx_ok() {
   static const bool ok = [] {
 #if defined(__x86_64__) && defined(__linux__)
     unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!p3d_amx_built() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
     const bool cpu = (d >> 22 & 1) && (d >> 24 & 1) && (d >> 25 & 1);  // AMX-BF16, AMX-TILE, AMX-INT8
     __builtin_cpu_init();
     if (!cpu || !__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512vnni")) return false;

@@ -8,7 +8,8 @@
 // of one piece lie at unrelated offsets, so each K-step of 16 pairs is first copied to a 64-byte-strided stage (the
 // gathered int8 plan interleaves its four byte rows on the way, as the VNNI kernel does). Four C tiles cover 64
 // positions; their sums go into the unit's accumulator rows, where the register kernels keep theirs.
-#if defined(__x86_64__)
+// (AMX intrinsics: GCC 11, clang 12; an older compiler builds the stubs at the end and the tiles are never used)
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #pragma GCC target("avx512f,avx512bw,avx512vnni,avx512bf16,amx-tile,amx-int8,amx-bf16,fma")
 #define VW 16
 #define GB_MAX 8
@@ -131,6 +132,8 @@ struct ArithTiles {
 
 }  // namespace
 
+extern "C" int p3d_amx_built(void) { return 1; }
+
 extern "C" void p3d_run_amx(const P3DPlan* p) {
   switch (p->precision) {
     case P3D_BF16: run_plan<ArithTiles<false, true>>(p); break;
@@ -140,5 +143,6 @@ extern "C" void p3d_run_amx(const P3DPlan* p) {
 }
 #else
 #include "plan.h"
+extern "C" int p3d_amx_built(void) { return 0; }
 extern "C" void p3d_run_amx(const P3DPlan* p) { p3d_run_generic(p); }
 #endif

@@ -117,6 +117,7 @@ void p3d_run_avx512_bf16(const P3DPlan* p);
 void p3d_run_avx512_vnni(const P3DPlan* p);
 // bf16 and int8 (both kinds) on AMX tiles; needs weights_t and the OS's permission for tile data
 void p3d_run_amx(const P3DPlan* p);
+int p3d_amx_built(void);  // 0 where the compiler had no AMX intrinsics (p3d_run_amx is then the generic code)
 #ifdef __cplusplus
 }
 #endif
