@@ -221,12 +221,12 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         reduced_err = {p: _rel_err(m(x), ref) for p, m in reduced.items()}
         # PyTorch's own bf16 (the dense model in bfloat16, channels_last: oneDNN, on AMX tiles where the CPU has
         # them), the bf16 a PyTorch user gets without any other runtime
-        torch_bf16 = {}
+        torch_bf16, torch_bf16_err = {}, None
         if "bf16" in precisions:
             dense_bf16 = copy.deepcopy(dense).to(torch.bfloat16).to(memory_format=torch.channels_last_3d)
             x_bf16 = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
             torch_bf16 = {"pytorch-bf16": lambda: dense_bf16(x_bf16)}
-            reduced_err["pytorch-bf16"] = _rel_err(dense_bf16(x_bf16).float(), ref)
+            torch_bf16_err = _rel_err(dense_bf16(x_bf16).float(), ref)
         with Against(against, threads, options=peer_options, say=say, seed=seed) as peers:
             peers.prepare(dense, masks, x, out)
             t = interleaved({**pytorch, "compact": lambda: compact(x),
@@ -241,7 +241,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
                    "speedup_vs_fp32_paired": statistics.median(c / r for c, r in zip(rounds["compact"], rounds[key])),
                    "convs_on_amx_tiles": list(convs_on_tiles(reduced[p], p))}
             if p == "bf16":
-                row["pytorch-bf16"] = {"ms": t["pytorch-bf16"], "max_rel_err": reduced_err["pytorch-bf16"]}
+                row["pytorch-bf16"] = {"ms": t["pytorch-bf16"], "max_rel_err": torch_bf16_err}
                 row["speedup_vs_pytorch-bf16"] = t["pytorch-bf16"] / t[key]
                 row["speedup_vs_pytorch-bf16_paired"] = statistics.median(
                     d / c for d, c in zip(rounds["pytorch-bf16"], rounds[key]))

@@ -230,14 +230,14 @@ def with_tiles(kp: KernelPlan, precision: str) -> KernelPlan | None:
     tstart = np.r_[0, np.cumsum(TILE_ROWS * ld)].astype(np.int64)
     # (+ the rows a 16-row load reads past the last task)
     out = np.zeros(int(tstart[-1]) + TILE_ROWS * int(ld.max()), np.uint32)
-    t = np.repeat(np.arange(len(n)), n * G)
-    k = np.arange(len(t)) - np.repeat(np.cumsum(n * G) - n * G, n * G)  # index within the task's words
-    pair, g = k // G[t], k % G[t]
-    out[tstart[t] + g * ld[t] + pair] = kp.weights.numpy().view(np.uint32)[kp.task_wstart.numpy()[t] + k]
+    ps = kp.task_pstart.numpy()
+    pair, g, t = _pair_filters(np.repeat(np.arange(len(n)), n), G)
+    local = pair - ps[t]
+    words = kp.weights.numpy().view(np.uint32)
+    out[tstart[t] + g * ld[t] + local] = words[kp.task_wstart.numpy()[t] + local * G[t] + g]
     # twins: task t+1 reads the very pairs of task t (its words follow t's 8 rows at the same stride, so one 16-row
     # tile holds both); the kernel runs them together where t+1's piece comes right after t's in one chunk
     off = kp.pair_off.numpy().reshape(-1, 4 if kp.precision == INT8_GATHER else 1)
-    ps = kp.task_pstart.numpy()
     twin = np.zeros(len(n), np.int32)
     for i in np.flatnonzero(n[:-1] == n[1:]):
         twin[i] = np.array_equal(off[ps[i]:ps[i + 1]], off[ps[i + 1]:ps[i + 2]])

@@ -68,8 +68,8 @@ bool cpu_has(int precision) {
 bool uses_dot(int precision) { return g_dot && isa_level() == 2 && cpu_has(precision); }
 
 // AMX tiles (kern_amx.cpp) for bf16 and int8: the compiler built them, the CPU has AMX-TILE, -INT8 and -BF16 (and
-// the AVX-512 the kernel file is built for), and Linux grants this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once:
-// without it the first tile instruction faults).
+// the AVX-512 the kernel file is built for), and Linux grants this process the tile data state (arch_prctl
+// ARCH_REQ_XCOMP_PERM, asked once: without it the first tile instruction faults).
 bool amx_ok() {
   static const bool ok = [] {
 #if defined(__x86_64__) && defined(__linux__)

@@ -4,9 +4,10 @@
 // C[G x 16 positions] += W[G x pairs] . X[pairs x 16 positions], each pair one 32-bit word of 4 int8 / 2 bf16 lanes.
 // W is the tile-layout copy of the weights (plan.h weights_t: per task 8 rows of np + 16 words, zero-padded), read
 // straight into a tile, 16 rows at a time: the task's and the next task's, which it computes along when that one
-// reads the same pairs (task_twin: dense convs), as a tile product costs the same for 8 rows as for 16. X's rows are a pair's words at 16 consecutive positions, 64 contiguous bytes, but the rows
-// of one piece lie at unrelated offsets, so each K-step of 16 pairs is first copied to a 64-byte-strided stage (the
-// gathered int8 plan interleaves its four byte rows on the way, as the VNNI kernel does). Four C tiles cover 64
+// reads the same pairs (task_twin: dense convs), as a tile product costs the same for 8 rows as for 16. X's rows
+// are a pair's words at 16 consecutive positions, 64 contiguous bytes, but the rows of one piece lie at unrelated
+// offsets, so each K-step of 16 pairs is first copied to a 64-byte-strided stage (the gathered int8 plan
+// interleaves its four byte rows on the way, as the VNNI kernel does). Four C tiles cover 64
 // positions; their sums go into the unit's accumulator rows, where the register kernels keep theirs.
 // (AMX intrinsics: GCC 11, clang 12; an older compiler builds the stubs at the end and the tiles are never used)
 #if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
@@ -32,13 +33,13 @@ enum { KSTEP = 16 };  // pairs (words) per K-step: one 64-byte tile row
 template <bool B, class T, class F> struct pick { typedef T type; };
 template <class T, class F> struct pick<false, T, F> { typedef F type; };
 
-// tmm0..3: C of positions q + 16v (16 rows of 16 sums), tmm4: W (16 rows of 16 words), tmm5, tmm6: X stages.
+// tmm0..3: C of positions q + 16v (16 rows of 16 sums), tmm4: W (16 rows of 16 words), tmm5, tmm6: X stages
+// (KSTEP rows of 16 positions' words): all seven 16 rows of 64 bytes.
 void configure_tiles() {
   TileConfig c;
   memset(&c, 0, sizeof c);
   c.palette = 1;
-  for (int t = 0; t < 5; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
-  for (int t = 5; t < 7; ++t) { c.rows[t] = KSTEP; c.colsb[t] = 64; }
+  for (int t = 0; t < 7; ++t) { c.rows[t] = 16; c.colsb[t] = 64; }
   _tile_loadconfig(&c);
 }
 

@@ -161,7 +161,7 @@ def test_packed_plan_merges_pairs_that_share_a_word():
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_tile_layout_holds_each_tasks_words_filter_major(precision):
+def test_tile_layout_holds_each_tasks_words_filter_major(precision, monkeypatch):
     """The AMX kernel's weights (quant.with_tiles): word (pair p, filter g) of task t at task_tstart[t] + g x (n + 16)
     + p, zero elsewhere; every task's words are there once; a plan whose tasks fill tiles too little gets none."""
     from compact import quant
@@ -195,12 +195,8 @@ def test_tile_layout_holds_each_tasks_words_filter_major(precision):
     assert not wt[~seen].any()
     fill = quant.tile_fill(packed)
     assert 0 < fill <= 1
-    monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(quant, "TILE_MIN_FILL", {precision: fill + 1e-6})
-    try:
-        assert quant.with_tiles(packed, precision) is None
-    finally:
-        monkeypatch.undo()
+    assert quant.with_tiles(packed, precision) is None
 
 
 def test_dense_conv_runs_filter_groups_in_pairs_on_tiles():
