@@ -12,7 +12,7 @@ log = logging.getLogger("prune3d.compact")
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ext.cpp", "kern_avx512.cpp", "kern_avx512_bf16.cpp", "kern_avx512_vnni.cpp", "kern_amx.cpp",
-           "kern_avx2.cpp", "kern_generic.cpp")
+           "kern_avx2.cpp", "kern_generic.cpp", "winograd.cpp")
 _lock = threading.Lock()
 _state: dict = {}
 

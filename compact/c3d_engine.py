@@ -3,7 +3,7 @@
 C3D is a plain stack (conv, ReLU, sometimes a pool), so its activations can stay in the kernels' layout from the
 first conv to the last: each conv writes its output, bias and ReLU fused, straight into the next conv's input layout,
 and a conv followed by a pool writes a grid that the C++ max-pool reads and re-pads. Unpruned convs run the kernel
-with a dense plan or one of PyTorch's dense paths, whichever is faster for the shape (timed on first use).
+with a dense plan, Winograd or one of PyTorch's dense paths, whichever is faster for the shape (timed on first use).
 """
 
 from __future__ import annotations
@@ -14,10 +14,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import scratch
+from . import scratch, winograd
 from ._ext import load_kernels
 from .convert import CompileJob, register_engine, swap_pruned_convs
-from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, fastest_mode, onednn_conv, run_dense
+from .dense_paths import (
+    CHANNELS_LAST,
+    CONTIGUOUS,
+    KERNEL,
+    ONEDNN,
+    WINOGRAD,
+    fastest_mode,
+    onednn_conv,
+    run_dense,
+    run_winograd,
+)
 from .layout import SLACK, OutputSpec, flat_layout, interior
 from .modules import SparseConv3d
 
@@ -54,7 +64,7 @@ class CompactC3D(nn.Module):
         self.convs = nn.ModuleDict()
         self.dense_convs = nn.ModuleDict()  # unpruned convs: the kernel or PyTorch, chosen by timing on first use
         self.autotune = autotune
-        self.dense_mode: str | None = None  # force "kernel" or a dense_paths.DENSE_PATHS for the unpruned convs
+        self.dense_mode: str | None = None  # force an ENGINE_PATHS or DENSE_PATHS mode for the unpruned convs
         self._choice: dict = {}
         for n in self.conv_names:
             m = getattr(model, n)
@@ -100,6 +110,11 @@ class CompactC3D(nn.Module):
         conv = self.convs[name]
         n, c, dims, grid, s, cout = act.n, act.c, act.dims, act.grid, act.s, conv.out_channels
         pooled = name in self.pool_of
+        if mode == WINOGRAD:  # reads the layout's interior, writes the next one's with bias and ReLU
+            out = scratch.SCRATCH.take(n * cout * s + SLACK, act.buf, zero=True)
+            run_winograd(self.dense_convs[name], interior(act.buf, n, c, grid, s, ONE, dims),
+                         out=interior(out, n, cout, grid, s, (0, 0, 0) if pooled else ONE, dims), relu=True)
+            return out
         if mode != KERNEL:  # PyTorch's dense conv: leave and re-enter the layout
             dense = self.dense_convs[name] if name in self.dense_convs else conv
             y = torch.relu_(run_dense(dense, interior(act.buf, n, c, grid, s, ONE, dims), mode))
@@ -137,6 +152,8 @@ class CompactC3D(nn.Module):
                 modes = (KERNEL, CONTIGUOUS, CHANNELS_LAST)
                 if onednn_conv(self.dense_convs[name]) is not None:
                     modes += (ONEDNN,)
+                if winograd.supports(self.dense_convs[name]):
+                    modes += (WINOGRAD,)
                 mode = fastest_mode(lambda m: scratch.SCRATCH.give(self._conv_step(ext, name, m, act)), modes)
             self._choice[key] = mode
         return mode

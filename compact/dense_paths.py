@@ -7,7 +7,8 @@ shape and the machine:
 - "channels_last": F.conv3d on a channels_last_3d input;
 - "onednn": oneDNN with the weight prepacked (torch.utils.mkldnn).
 
-The engine adds a fourth for its own convs, "kernel" (the compiled kernel with a dense plan). Both the engine
+The engine adds two of its own: "kernel" (the compiled kernel with a dense plan) and "winograd" (`winograd.py`,
+for (kt, 3, 3) stride-1 convs: up to 4x fewer multiplies). Both the engine
 (`AutoConv3d`, the C3D engine) and the benchmark (`compact.bench`) use these names and `fastest_mode`; the
 benchmark's JSON fields `dense_method`, `dense_all_ms` and `compact_path` carry them.
 """
@@ -22,11 +23,16 @@ import weakref
 import torch
 from torch import nn
 
+from . import winograd
+from .winograd import WinogradConv3d
+
 KERNEL = "kernel"
+WINOGRAD = "winograd"
 CONTIGUOUS = "contiguous"
 CHANNELS_LAST = "channels_last"
 ONEDNN = "onednn"
-DENSE_PATHS = (CONTIGUOUS, CHANNELS_LAST, ONEDNN)
+DENSE_PATHS = (CONTIGUOUS, CHANNELS_LAST, ONEDNN)  # PyTorch's: the benchmark's dense baseline
+ENGINE_PATHS = (KERNEL, WINOGRAD)
 
 # names the engine used before the vocabulary was shared with the benchmark; a compact model saved then may carry
 # them in its timed choices
@@ -36,8 +42,8 @@ _LEGACY = {"torch": CONTIGUOUS, "torch_cl": CHANNELS_LAST}
 def canonical_path(path: str) -> str:
     """`path` in the shared vocabulary (a legacy engine name mapped); ValueError for an unknown one."""
     path = _LEGACY.get(path, path)
-    if path not in DENSE_PATHS and path != KERNEL:
-        raise ValueError(f"unknown conv path {path!r}: choose one of {', '.join((KERNEL, *DENSE_PATHS))}")
+    if path not in DENSE_PATHS and path not in ENGINE_PATHS:
+        raise ValueError(f"unknown conv path {path!r}: choose one of {', '.join((*ENGINE_PATHS, *DENSE_PATHS))}")
     return path
 
 
@@ -61,6 +67,27 @@ def onednn_conv(conv: nn.Conv3d) -> nn.Module | None:
     return m
 
 
+_WINOGRAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def winograd_conv(conv: nn.Conv3d, m: int = 4) -> WinogradConv3d:
+    """`conv` as Winograd F(m x m, 3 x 3) (`winograd.supports(conv)` must hold), its transformed weight (4x the
+    weight's size) built on first use and kept outside the module like oneDNN's prepacked one."""
+    per_tile = _WINOGRAD.setdefault(conv, {})
+    if m not in per_tile:
+        with torch.inference_mode(False):
+            per_tile[m] = WinogradConv3d(conv, m=m)
+    return per_tile[m]
+
+
+def run_winograd(conv: nn.Conv3d, x: torch.Tensor, out: torch.Tensor | None = None,
+                 relu: bool = False) -> torch.Tensor:
+    """`conv(x)` (ReLU fused if `relu`) as Winograd, at the tile size `winograd.tile_size` picks for the shape,
+    written into `out` if given."""
+    m = winograd.tile_size(winograd.gemm_rows(x.shape, conv, 4))
+    return winograd_conv(conv, m)(x, out=out, relu=relu)
+
+
 def run_onednn(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """`conv(x)` through oneDNN with the prepacked weight; the input and output conversions included. At batch 1
     PyTorch sends several of C3D's and R(2+1)D's unpruned convs to its slow non-oneDNN kernel otherwise."""
@@ -68,15 +95,18 @@ def run_onednn(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_dense(conv: nn.Conv3d, x: torch.Tensor, path: str) -> torch.Tensor:
-    """`conv(x)` through one of PyTorch's dense paths (`DENSE_PATHS`), the input conversion included."""
+    """`conv(x)` through one of PyTorch's dense paths (`DENSE_PATHS`) or Winograd, the input conversion included
+    (and Winograd)."""
     path = canonical_path(path)
+    if path == WINOGRAD:
+        return run_winograd(conv, x)
     if path == ONEDNN:
         return run_onednn(conv, x)
     if path == CHANNELS_LAST:
         return conv(x.contiguous(memory_format=torch.channels_last_3d))
     if path == CONTIGUOUS:
         return conv(x.contiguous())
-    raise ValueError(f"run_dense runs PyTorch's dense paths, not {path!r}")
+    raise ValueError(f"run_dense runs the dense paths, not the kernel ({path!r})")
 
 
 def fastest_mode(run, modes, rounds: int = 5) -> str:

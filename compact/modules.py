@@ -10,9 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import scratch
+from . import scratch, winograd
 from ._ext import load_kernels
-from .dense_paths import CHANNELS_LAST, CONTIGUOUS, KERNEL, ONEDNN, canonical_path, fastest_mode, onednn_conv, run_dense
+from .dense_paths import (
+    CHANNELS_LAST,
+    CONTIGUOUS,
+    KERNEL,
+    ONEDNN,
+    WINOGRAD,
+    canonical_path,
+    fastest_mode,
+    onednn_conv,
+    run_dense,
+    run_winograd,
+)
 from .layout import (
     SLACK,
     LayoutCtx,
@@ -267,9 +278,9 @@ class SparseConv3d(nn.Module):
 
 
 class AutoConv3d(nn.Module):
-    """An unpruned Conv3d run by whichever is fastest for the input shape it meets: the direct kernel (dense plan)
-    or one of PyTorch's dense paths (`dense_paths`), timed interleaved on first use, conversions included; same
-    results."""
+    """An unpruned Conv3d run by whichever is fastest for the input shape it meets: the direct kernel (dense plan),
+    Winograd (3x3 spatial taps, stride 1) or one of PyTorch's dense paths (`dense_paths`), timed interleaved on
+    first use, conversions included; same results."""
 
     def __init__(self, conv: nn.Conv3d, name: str = "") -> None:
         super().__init__()
@@ -281,7 +292,7 @@ class AutoConv3d(nn.Module):
         except ValueError:
             pass
         self.relu = False
-        self.mode: str | None = None  # force "kernel" or one of dense_paths.DENSE_PATHS
+        self.mode: str | None = None  # force one of dense_paths.ENGINE_PATHS or DENSE_PATHS
         self._choice: dict = {}
 
     def _run(self, mode: str, x: torch.Tensor) -> torch.Tensor:
@@ -292,6 +303,8 @@ class AutoConv3d(nn.Module):
                 with torch.inference_mode(False):
                     self.conv_cl = copy.deepcopy(self.conv).to(memory_format=torch.channels_last_3d)
             y = run_dense(self.conv_cl, x, CHANNELS_LAST).contiguous()
+        elif mode == WINOGRAD:
+            return run_winograd(self.conv, x, relu=self.relu)
         else:
             y = run_dense(self.conv, x, mode)
         return torch.relu_(y) if self.relu else y
@@ -304,6 +317,8 @@ class AutoConv3d(nn.Module):
         mode = self.mode
         if self.kernel is not None and self.kernel.precision != "fp32":  # PyTorch's paths are fp32
             mode = KERNEL
+        if mode == WINOGRAD and not winograd.supports(self.conv):  # forced where it does not apply: timed choice
+            mode = None
         if mode is None:
             key = (tuple(x.shape), torch.get_num_threads())
             mode = self._choice.get(key)
@@ -311,6 +326,8 @@ class AutoConv3d(nn.Module):
                 modes = [CONTIGUOUS, CHANNELS_LAST]
                 if self.kernel is not None and load_kernels() is not None:
                     modes.append(KERNEL)
+                if x.dtype == torch.float32 and winograd.supports(self.conv):
+                    modes.append(WINOGRAD)
                 if x.dtype == torch.float32 and x.device.type == "cpu" and onednn_conv(self.conv) is not None:
                     modes.append(ONEDNN)
                 with torch.no_grad():

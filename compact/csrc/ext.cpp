@@ -337,6 +337,11 @@ void set_num_threads(int64_t n) { omp_set_num_threads(static_cast<int>(n)); }
 
 int64_t get_max_threads() { return omp_get_max_threads(); }
 
+// winograd.cpp
+void winograd_input(const torch::Tensor& x, torch::Tensor& v, int64_t m, int64_t pt, int64_t kt);
+void winograd_output(const std::vector<torch::Tensor>& mt, const c10::optional<torch::Tensor>& bias, torch::Tensor& y,
+                     int64_t m, bool relu);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_max_threads", &get_max_threads);
@@ -354,4 +359,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("in_chan_stride"), py::arg("Hg"), py::arg("Wg"), py::arg("T"), py::arg("H"), py::arg("W"),
         py::arg("kt"), py::arg("kh"), py::arg("kw"), py::arg("ph"), py::arg("pw"), py::arg("To"), py::arg("Ho"),
         py::arg("Wo"), py::arg("out_chan_stride"), py::arg("oH"), py::arg("oW"), py::arg("out_off"));
+  m.def("winograd_input", &winograd_input, py::kw_only(), py::arg("x"), py::arg("v"), py::arg("m"), py::arg("pt"),
+        py::arg("kt"));
+  m.def("winograd_output", &winograd_output, py::kw_only(), py::arg("mt"), py::arg("bias") = py::none(),
+        py::arg("y"), py::arg("m"), py::arg("relu"));
 }
