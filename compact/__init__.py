@@ -8,7 +8,8 @@
 
 A model type gets its compile passes (and, optionally, an engine of its own) from `compact.register_engine`; see
 `compact/convert.py`. Modules: `layout` (the kernels' flat padded layout), `plan` (work lists of a pruned conv),
-`scratch` (reused buffers), `dense_paths` (PyTorch's dense conv paths and the timed choice), `modules`
+`scratch` (reused buffers), `dense_paths` (the dense conv paths and the timed choice), `winograd` (Winograd
+F(m x m, 3x3) for unpruned convs), `modules`
 (SparseConv3d, AutoConv3d), `chain` and `residual` (convs and residual stages run in the kernels' layout),
 `c3d_engine` (C3D end to end), `convert` (passes, registry, compile_sparse), `surgery`, `bench`, `export`,
 `peers` (other runtimes the benchmark runs beside the compact model: ONNX Runtime, OpenVINO, DeepSparse through

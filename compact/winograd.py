@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import scratch
 from ._ext import load_kernels
 
 # F(m, 3) over the interpolation points 0, +-1 (m = 2) and 0, +-1, +-2 (m = 4), Lavin & Gray's matrices
@@ -101,12 +102,15 @@ class WinogradConv3d(nn.Module):
             out = x.new_empty(n, k, to, h, w, dtype=torch.float32)
         ext = load_kernels()
         x = x.float()
-        if ext is not None:
-            v = x.new_empty(a * a, rows, kt * c)
+        if ext is not None:  # a reused buffer: a fresh one this size would be page-faulted in on every call
+            vbuf = scratch.SCRATCH.take(a * a * rows * kt * c, x)
+            v = vbuf.view(a * a, rows, kt * c)
             ext.winograd_input(x=x.contiguous(memory_format=torch.channels_last_3d), v=v, m=m, pt=self.pt, kt=kt)
         else:
             v = self._transform_input(x)
         mt = [_gemm(v[e], self.u[e]) for e in range(a * a)]  # [T' N th tw, K] each
+        if ext is not None:
+            scratch.SCRATCH.give(vbuf)
         if ext is not None:
             ext.winograd_output(mt=mt, bias=self.bias, y=out, m=m, relu=relu)
             return out

@@ -68,3 +68,33 @@ def test_bad_conv_and_tile_size_are_refused():
         WinogradConv3d(nn.Conv3d(3, 8, 3, stride=2, padding=1))
     with pytest.raises(ValueError, match="tile size 3"):
         WinogradConv3d(nn.Conv3d(3, 8, 3, padding=1), m=3)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_gemm_through_onednn_or_torch_mm(monkeypatch, onednn):
+    """The element GEMMs go through oneDNN where PyTorch has it and torch.mm otherwise: same products."""
+    if onednn and not winograd._ONEDNN_LINEAR:
+        pytest.skip("this PyTorch has no oneDNN linear")
+    monkeypatch.setattr(winograd, "_ONEDNN_LINEAR", onednn)
+    torch.manual_seed(2)
+    x, w = torch.randn(70, 48), torch.randn(24, 48)
+    assert rel_err(winograd._gemm(x, w), x @ w.t()) < 1e-6
+    conv = nn.Conv3d(16, 24, 3, padding=1)
+    xin = torch.randn(1, 16, 3, 9, 9)
+    with torch.no_grad():
+        assert rel_err(WinogradConv3d(conv, m=4)(xin), conv(xin)) < TOL
+
+
+def test_writes_into_a_strided_destination():
+    """`out=` a view (as the C3D engine passes the interior of its padded layout): only that view is written."""
+    torch.manual_seed(3)
+    conv = nn.Conv3d(8, 16, 3, padding=1)
+    x = torch.randn(2, 8, 3, 6, 5)
+    buf = torch.full((2, 16, 5, 8, 7), -7.0)
+    interior = buf[:, :, 1:4, 1:7, 1:6]
+    with torch.no_grad():
+        WinogradConv3d(conv, m=2)(x, out=interior, relu=True)
+        assert rel_err(interior, torch.relu(conv(x))) < TOL
+    border = torch.ones_like(buf, dtype=torch.bool)
+    border[:, :, 1:4, 1:7, 1:6] = False
+    assert (buf[border] == -7.0).all()
