@@ -188,8 +188,9 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             if isinstance(cmod, AutoConv3d) and cmod.kernel is not None and cmod.kernel is entry:
                 cmod = cmod.kernel  # in the model it always runs as the kernel, writing into layer1's layout
             path = compact.chosen_mode(name, batch_size) if isinstance(compact, CompactC3D) else None
-            if path not in (None, KERNEL):  # C3D's engine runs this unpruned conv through PyTorch: time that
-                fns["compact"] = lambda c=compact.dense_convs[name], xin=xin, path=path: run_dense(c, xin, path)
+            if path not in (None, KERNEL):  # C3D's engine runs this conv through Winograd or PyTorch: time that
+                dconv = compact.dense_conv(name)
+                fns["compact"] = lambda c=dconv, xin=xin, path=path: run_dense(c, xin, path)
             elif isinstance(cmod, SparseConv3d) and ext is not None:
                 buf, ctx = cmod.prepare(xin)
                 fns["compact"] = lambda cmod=cmod, buf=buf, ctx=ctx: cmod.compute(ext, buf, ctx)

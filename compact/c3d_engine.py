@@ -8,6 +8,7 @@ with a dense plan, Winograd or one of PyTorch's dense paths, whichever is faster
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -32,6 +33,7 @@ from .layout import SLACK, OutputSpec, flat_layout, interior
 from .modules import SparseConv3d
 
 ONE = (1, 1, 1)  # every C3D conv: 3x3x3 taps, padding 1, the padding of the layout between convs
+_MASKED_DENSE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SparseConv3d -> its masked dense Conv3d
 
 
 class Activation(NamedTuple):
@@ -54,6 +56,9 @@ class CompactC3D(nn.Module):
     writes its output, with bias and ReLU fused and the padding positions zeroed, directly as the next conv's
     input; convs followed by a pool write a grid that the C++ max-pool reads and re-pads. fc layers are PyTorch.
     """
+
+    pruned_mode: str | None = None  # force "kernel" or "winograd" for the pruned convs (a class default: compact
+    # models saved before it existed load with it)
 
     def __init__(self, model: nn.Module, dense_layers: bool = True, autotune: bool = True) -> None:
         super().__init__()
@@ -112,7 +117,7 @@ class CompactC3D(nn.Module):
         pooled = name in self.pool_of
         if mode == WINOGRAD:  # reads the layout's interior, writes the next one's with bias and ReLU
             out = scratch.SCRATCH.take(n * cout * s + SLACK, act.buf, zero=True)
-            run_winograd(self.dense_convs[name], interior(act.buf, n, c, grid, s, ONE, dims),
+            run_winograd(self.dense_conv(name), interior(act.buf, n, c, grid, s, ONE, dims),
                          out=interior(out, n, cout, grid, s, (0, 0, 0) if pooled else ONE, dims), relu=True)
             return out
         if mode != KERNEL:  # PyTorch's dense conv: leave and re-enter the layout
@@ -131,17 +136,36 @@ class CompactC3D(nn.Module):
         ext.sparse_conv(input=act.buf, ctx=ctx, bias=conv.bias, out=out, write=write)
         return out
 
+    def dense_conv(self, name: str) -> nn.Conv3d:
+        """The conv `name` as a dense nn.Conv3d: the unpruned one, or the pruned one's masked weight (built on first
+        use, kept outside the module like the other paths' prepared weights)."""
+        if name in self.dense_convs:
+            return self.dense_convs[name]
+        sc = self.convs[name]
+        conv = _MASKED_DENSE.get(sc)
+        if conv is None:
+            with torch.inference_mode(False):
+                conv = nn.Conv3d(sc.in_channels, sc.out_channels, 3, padding=1)
+                conv.weight.data.copy_(sc.dense_weight())
+                conv.bias.data.copy_(sc.bias if sc.bias is not None else torch.zeros(sc.out_channels))
+                _MASKED_DENSE[sc] = conv
+        return conv
+
     def chosen_mode(self, name: str, batch_size: int) -> str | None:
-        """The path an unpruned conv runs at this batch size (forced, or timed on an earlier call), else None."""
-        if name not in self.dense_convs:
-            return None
+        """The path a conv runs at this batch size (forced, or timed on an earlier call), else None."""
+        forced = self.dense_mode if name in self.dense_convs else self.pruned_mode
         chosen = [m for key, m in self._choice.items() if key[0] == name and key[1] == batch_size]
-        return self.dense_mode or (chosen[0] if chosen else None)
+        return forced or (chosen[0] if chosen else None)
 
     def _choose(self, ext, name: str, act: Activation) -> str:
-        if self.dense_mode:
-            return self.dense_mode
-        if self.convs[name].precision != "fp32":  # PyTorch's dense paths are fp32
+        """The path of conv `name`, timed on first use: an unpruned conv's among the kernel, Winograd and PyTorch's,
+        a pruned one's between the kernel and Winograd on its masked weight (which can win on deep layers at large
+        batches: docs/bench/history.md)."""
+        unpruned = name in self.dense_convs
+        forced = self.dense_mode if unpruned else self.pruned_mode
+        if forced:
+            return forced
+        if self.convs[name].precision != "fp32":  # the other paths are fp32
             return KERNEL
         key = (name, act.n, act.c, act.dims, torch.get_num_threads())
         mode = self._choice.get(key)
@@ -149,10 +173,10 @@ class CompactC3D(nn.Module):
             if not self.autotune:
                 mode = KERNEL
             else:
-                modes = (KERNEL, CONTIGUOUS, CHANNELS_LAST)
-                if onednn_conv(self.dense_convs[name]) is not None:
+                modes = (KERNEL, CONTIGUOUS, CHANNELS_LAST) if unpruned else (KERNEL,)
+                if unpruned and onednn_conv(self.dense_convs[name]) is not None:
                     modes += (ONEDNN,)
-                if winograd.supports(self.dense_convs[name]):
+                if winograd.supports(self.dense_conv(name)):
                     modes += (WINOGRAD,)
                 mode = fastest_mode(lambda m: scratch.SCRATCH.give(self._conv_step(ext, name, m, act)), modes)
             self._choice[key] = mode
@@ -171,9 +195,7 @@ class CompactC3D(nn.Module):
         act = Activation(buf, n, c, dims, grid, s)
         for name in self.conv_names:
             conv = self.convs[name]
-            mode = KERNEL if isinstance(conv, SparseConv3d) else CONTIGUOUS
-            if name in self.dense_convs:  # unpruned layer: the kernel or oneDNN, whichever ran faster here
-                mode = self._choose(ext, name, act)
+            mode = self._choose(ext, name, act) if isinstance(conv, SparseConv3d) else CONTIGUOUS
             out = self._conv_step(ext, name, mode, act)
             scratch.SCRATCH.give(act.buf)
             c = conv.out_channels

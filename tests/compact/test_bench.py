@@ -25,7 +25,7 @@ def test_benchmark_smoke():
     assert len(r["layers"]) == 8 and all(lr["compact_ms"] > 0 for lr in r["layers"])
     # the path each conv of the compact model runs; C3D's unpruned conv1 by the engine's own timed choice
     assert {lr["compact_path"] for lr in r["layers"]} <= set(DENSE_PATHS + ENGINE_PATHS)
-    assert r["layers"][1]["compact_path"] == "kernel"  # conv2 is pruned
+    assert r["layers"][1]["compact_path"] in ENGINE_PATHS  # conv2 is pruned: its kernel, or Winograd if faster
     assert 2.5 < r["ideal"] < 3.5
     assert 0 < r["sparse_min_ms"] <= r["sparse_ms"] and 0 < r["dense_min_ms"] <= r["dense_ms"]
     assert r["speedup_min"] == pytest.approx(r["dense_min_ms"] / r["sparse_min_ms"])

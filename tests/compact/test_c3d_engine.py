@@ -38,6 +38,11 @@ def test_whole_c3d(profile):
                 cm.dense_mode = mode
                 assert rel_err(cm(x), ref) < (WINOGRAD_TOL if mode == "winograd" else TOL), mode
             cm.dense_mode = None
+            for mode in ENGINE_PATHS:  # the pruned convs: their kernel, or Winograd on their masked weight
+                cm.pruned_mode = mode
+                assert rel_err(cm(x), ref) < (WINOGRAD_TOL if mode == "winograd" else TOL), mode
+                assert all(cm.chosen_mode(n, x.shape[0]) == mode for n in cm.convs if n not in cm.dense_convs)
+            cm.pruned_mode = None
 
 
 @pytest.mark.parametrize("clip,crop", [(12, 40), (8, 36)])
