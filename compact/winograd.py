@@ -16,12 +16,16 @@ uses AVX-512 on AMD CPUs too, where MKL's (torch.mm) ran at 0.4x of it. Exactnes
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import scratch
 from ._ext import load_kernels
+
+log = logging.getLogger("prune3d.compact")
 
 # F(m, 3) over the interpolation points 0, +-1 (m = 2) and 0, +-1, +-2 (m = 4), Lavin & Gray's matrices
 _MATRICES = {
@@ -134,9 +138,16 @@ class WinogradConv3d(nn.Module):
 
 def _gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x @ w.T through oneDNN where PyTorch has it: its fp32 GEMM runs AVX-512 on every x86 CPU, where MKL's (torch.mm)
-    takes a slower path on AMD's (docs/bench/history.md)."""
+    takes a slower path on AMD's (docs/bench/history.md). The oneDNN op is PyTorch-internal: if a release drops or
+    changes it, torch.mm takes over (said once)."""
+    global _ONEDNN_LINEAR
     if _ONEDNN_LINEAR:
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        try:
+            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        except (RuntimeError, TypeError, AttributeError) as e:
+            _ONEDNN_LINEAR = False
+            log.warning("compact: oneDNN's linear op failed (%s); Winograd's GEMMs use torch.mm (slower on AMD)",
+                        str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     return torch.mm(x, w.t())
 
 

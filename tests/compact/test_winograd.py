@@ -98,3 +98,20 @@ def test_writes_into_a_strided_destination():
     border = torch.ones_like(buf, dtype=torch.bool)
     border[:, :, 1:4, 1:7, 1:6] = False
     assert (buf[border] == -7.0).all()
+
+
+def test_a_failing_onednn_op_falls_back_to_torch_mm(monkeypatch, caplog):
+    """The oneDNN linear op is PyTorch-internal: if it fails, torch.mm takes over with one warning, same products."""
+
+    def broken(*args):
+        raise RuntimeError("no such schema")
+
+    monkeypatch.setattr(winograd, "_ONEDNN_LINEAR", True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken, raising=False)
+    x, w = torch.randn(10, 12), torch.randn(6, 12)
+    with caplog.at_level("WARNING", logger="prune3d.compact"):
+        assert rel_err(winograd._gemm(x, w), x @ w.t()) < 1e-6
+        assert rel_err(winograd._gemm(x, w), x @ w.t()) < 1e-6
+    assert winograd._ONEDNN_LINEAR is False
+    assert sum("torch.mm" in r.getMessage() for r in caplog.records) == 1
+
