@@ -115,7 +115,6 @@ class WinogradConv3d(nn.Module):
         mt = [_gemm(v[e], self.u[e]) for e in range(a * a)]  # [T' N th tw, K] each
         if ext is not None:
             scratch.SCRATCH.give(vbuf)
-        if ext is not None:
             ext.winograd_output(mt=mt, bias=self.bias, y=out, m=m, relu=relu)
             return out
         y = torch.mm(self.aa, torch.stack(mt).view(a * a, -1)).view(m, m, to, n, th, tw, k)
