@@ -274,8 +274,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         speedup = dense_ms / sparse_ms
         # the roofline: the kept multiply-adds per second against this CPU's fp32 FMA rate (kernels' ISA, threads)
         kept_gmacs = report.macs_pruned * batch_size / sparse_ms / 1e6
-        # a peak is a maximum: the best of three, as one reading taken while another process (a peer's worker)
-        # still held a core gave half (C3D at batch 8: 124 against 224 GMAC/s, docs/bench/history.md)
+        # a peak is a maximum: the best of three, as single readings on a shared VM sporadically give half
+        # (C3D at batch 8: 124 against 224 GMAC/s, docs/bench/history.md)
         peak = max(ext.fma_peak(100) for _ in range(3)) if ext is not None else None
         return {"input_shape": [batch_size, *input_shape], "batch_size": batch_size, "threads": threads,
                 "repeats": repeats, "isa": kernel_isa(), "dense_ms": dense_ms, "sparse_ms": sparse_ms,
