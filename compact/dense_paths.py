@@ -95,8 +95,7 @@ def run_onednn(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_dense(conv: nn.Conv3d, x: torch.Tensor, path: str) -> torch.Tensor:
-    """`conv(x)` through one of PyTorch's dense paths (`DENSE_PATHS`) or Winograd, the input conversion included
-    (and Winograd)."""
+    """`conv(x)` through one of PyTorch's dense paths (`DENSE_PATHS`) or Winograd, the input conversion included."""
     path = canonical_path(path)
     if path == WINOGRAD:
         return run_winograd(conv, x)
