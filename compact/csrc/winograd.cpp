@@ -17,7 +17,9 @@
 
 namespace {
 
-#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 6)
+// GCC 12 takes "arch=" levels in target_clones; with an older compiler (or clang) the transforms are built for the
+// baseline ISA only, slower but never a failed build of the whole extension
+#if defined(__x86_64__) && !defined(__clang__) && __GNUC__ >= 12
 #define P3D_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define P3D_CLONES
