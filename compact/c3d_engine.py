@@ -115,16 +115,14 @@ class CompactC3D(nn.Module):
         conv = self.convs[name]
         n, c, dims, grid, s, cout = act.n, act.c, act.dims, act.grid, act.s, conv.out_channels
         pooled = name in self.pool_of
-        if mode == WINOGRAD:  # reads the layout's interior, writes the next one's with bias and ReLU
+        if mode != KERNEL:  # Winograd or PyTorch's dense conv, from the layout's interior into the next one's
             out = scratch.SCRATCH.take(n * cout * s + SLACK, act.buf, zero=True)
-            run_winograd(self.dense_conv(name), interior(act.buf, n, c, grid, s, ONE, dims),
-                         out=interior(out, n, cout, grid, s, (0, 0, 0) if pooled else ONE, dims), relu=True)
-            return out
-        if mode != KERNEL:  # PyTorch's dense conv: leave and re-enter the layout
-            dense = self.dense_convs[name] if name in self.dense_convs else conv
-            y = torch.relu_(run_dense(dense, interior(act.buf, n, c, grid, s, ONE, dims), mode))
-            out = scratch.SCRATCH.take(n * cout * s + SLACK, act.buf, zero=True)
-            interior(out, n, cout, grid, s, (0, 0, 0) if pooled else ONE, dims).copy_(y)
+            x, dest = interior(act.buf, n, c, grid, s, ONE, dims), interior(out, n, cout, grid, s,
+                                                                             (0, 0, 0) if pooled else ONE, dims)
+            if mode == WINOGRAD:  # bias and ReLU in its output transform
+                run_winograd(self.dense_conv(name), x, out=dest, relu=True)
+            else:
+                dest.copy_(torch.relu_(run_dense(self.dense_conv(name), x, mode)))
             return out
         ctx = conv.layout_ctx(n, dims, grid, s)
         out = scratch.SCRATCH.take(n * cout * s + SLACK, act.buf)
@@ -142,10 +140,12 @@ class CompactC3D(nn.Module):
         if name in self.dense_convs:
             return self.dense_convs[name]
         sc = self.convs[name]
+        if not isinstance(sc, SparseConv3d):  # an unpruned conv kept as it is (dense_layers=False)
+            return sc
         conv = _MASKED_DENSE.get(sc)
         if conv is None:
             with torch.inference_mode(False):
-                conv = nn.Conv3d(sc.in_channels, sc.out_channels, 3, padding=1)
+                conv = nn.Conv3d(sc.in_channels, sc.out_channels, sc.kernel_size, padding=sc.padding)
                 conv.weight.data.copy_(sc.dense_weight())
                 conv.bias.data.copy_(sc.bias if sc.bias is not None else torch.zeros(sc.out_channels))
                 _MASKED_DENSE[sc] = conv

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from . import winograd
-from .winograd import WinogradConv3d
 
 KERNEL = "kernel"
 WINOGRAD = "winograd"
@@ -70,13 +69,13 @@ def onednn_conv(conv: nn.Conv3d) -> nn.Module | None:
 _WINOGRAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def winograd_conv(conv: nn.Conv3d, m: int = 4) -> WinogradConv3d:
+def winograd_conv(conv: nn.Conv3d, m: int = 4) -> winograd.WinogradConv3d:
     """`conv` as Winograd F(m x m, 3 x 3) (`winograd.supports(conv)` must hold), its transformed weight (4x the
     weight's size) built on first use and kept outside the module like oneDNN's prepacked one."""
     per_tile = _WINOGRAD.setdefault(conv, {})
     if m not in per_tile:
         with torch.inference_mode(False):
-            per_tile[m] = WinogradConv3d(conv, m=m)
+            per_tile[m] = winograd.WinogradConv3d(conv, m=m)
     return per_tile[m]
 
 
@@ -84,7 +83,7 @@ def run_winograd(conv: nn.Conv3d, x: torch.Tensor, out: torch.Tensor | None = No
                  relu: bool = False) -> torch.Tensor:
     """`conv(x)` (ReLU fused if `relu`) as Winograd, at the tile size `winograd.tile_size` picks for the shape,
     written into `out` if given."""
-    m = winograd.tile_size(winograd.gemm_rows(x.shape, conv, 4))
+    m = winograd.tile_size(x.shape, conv)
     return winograd_conv(conv, m)(x, out=out, relu=relu)
 
 

@@ -49,24 +49,25 @@ def supports(conv: nn.Conv3d) -> bool:
             and tuple(conv.dilation) == (1, 1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
-def tile_size(rows4: int) -> int:
-    """The tile to run at: F(4x4) unless its GEMMs would have fewer than 64 rows (T' x N x tiles), where their
-    overhead outweighs the multiplies saved and F(2x2) was faster (C3D conv5 and R(2+1)D layer4 at batch 1:
-    docs/bench/history.md)."""
-    return 4 if rows4 >= 64 else 2
+def geometry(x_shape, kt: int, pt: int, m: int) -> tuple[int, int, int]:
+    """(output frames, tile rows, tile columns) of a conv with `kt` temporal taps and padding `pt` on input
+    [N, C, T, H, W] at tile size m."""
+    _, _, t, h, w = x_shape
+    return t + 2 * pt - kt + 1, -(-h // m), -(-w // m)
 
 
-def gemm_rows(x_shape, conv: nn.Conv3d, m: int) -> int:
-    """Rows of each GEMM (output frames x samples x tiles) for input of `x_shape` [N, C, T, H, W]."""
-    n, _, t, h, w = x_shape
-    return (t + 2 * conv.padding[0] - conv.kernel_size[0] + 1) * n * -(-h // m) * -(-w // m)
+def tile_size(x_shape, conv: nn.Conv3d) -> int:
+    """The tile to run `conv` at on input of `x_shape`: F(4x4) unless its GEMMs would have fewer than 64 rows
+    (T' x N x tiles), where their overhead outweighs the multiplies saved and F(2x2) was faster (C3D conv5 and
+    R(2+1)D layer4 at batch 1: docs/bench/history.md)."""
+    to, th, tw = geometry(x_shape, conv.kernel_size[0], conv.padding[0], 4)
+    return 4 if to * x_shape[0] * th * tw >= 64 else 2
 
 
 def multiplies(conv: nn.Conv3d, out_dims, m: int) -> int:
     """Multiplies per clip of `conv` computed as Winograd F(m x m, 3 x 3) for outputs of `out_dims` (T, H, W)."""
-    t, h, w = out_dims
-    tiles = -(-h // m) * -(-w // m)
-    return conv.out_channels * conv.in_channels * conv.kernel_size[0] * t * tiles * (m + 2) ** 2
+    t, th, tw = geometry((1, 1, *out_dims), 1, 0, m)
+    return conv.out_channels * conv.in_channels * conv.kernel_size[0] * t * th * tw * (m + 2) ** 2
 
 
 class WinogradConv3d(nn.Module):
@@ -97,10 +98,9 @@ class WinogradConv3d(nn.Module):
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         """conv(x) (then ReLU if `relu`) for x [N, C, T, H, W], written into `out` (a [N, K, T', H, W] tensor or
         view, e.g. the interior of a padded layout) if given, else into a new tensor."""
-        n, c, t, h, w = x.shape
+        n, c, _, h, w = x.shape
         m, a, kt, k = self.m, self.m + 2, self.kt, self.out_channels
-        th, tw = -(-h // m), -(-w // m)
-        to = t + 2 * self.pt - kt + 1
+        to, th, tw = geometry(x.shape, kt, self.pt, m)
         rows = to * n * th * tw
         if out is None:
             out = x.new_empty(n, k, to, h, w, dtype=torch.float32)
@@ -125,10 +125,9 @@ class WinogradConv3d(nn.Module):
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """csrc/winograd.cpp's input transform in PyTorch (no compiler): [a*a][T' N th tw][kt C]."""
-        n, c, t, h, w = x.shape
+        n, c, _, h, w = x.shape
         m, a, kt = self.m, self.m + 2, self.kt
-        th, tw = -(-h // m), -(-w // m)
-        to = t + 2 * self.pt - kt + 1
+        to, th, tw = geometry(x.shape, kt, self.pt, m)
         xp = F.pad(x, (1, tw * m + 1 - w, 1, th * m + 1 - h, self.pt, self.pt))
         tiles = xp.unfold(3, a, m).unfold(4, a, m).unfold(2, kt, 1)  # [N, C, T', th, tw, a, a, kt], a view
         d = tiles.permute(5, 6, 2, 0, 3, 4, 7, 1).reshape(a * a, -1)
