@@ -119,6 +119,15 @@ def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
 
 
 @torch.no_grad()
+def pytorch_bf16_skip_reason() -> str | None:
+    """Why PyTorch's own bf16 dense model is not timed here, or None. Without oneDNN's bf16 path (it needs AVX-512)
+    a bf16 Conv3d falls back to a generic kernel, measured 500x slower than the fp32 model on full C3D (AVX2 Zen 3):
+    a baseline nobody would run, and hours of benchmark."""
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return "this CPU has no oneDNN bf16 path (it needs AVX-512), PyTorch's bf16 conv3d falls back to a generic kernel"
+
+
 def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tuple[int, ...], *,
               batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 2, rules: dict | None = None,
               per_layer: bool = True, compact: nn.Module | None = None, seed: int = 0,
@@ -150,7 +159,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
     `ranges`, {conv name: [lo, hi]} from `quant.calibrate`): key `precisions`, per precision its `ms`, `min_ms`,
     `max_rel_err` against the dense fp32 model, `speedup_vs_fp32_paired` (over the fp32 compact model) and, for
     each peer of that precision (`against`), `speedup_vs_<peer>` over its dense-weight model; bf16 also against
-    PyTorch's own bf16 dense model (`pytorch-bf16`: its `ms` and `max_rel_err`, `speedup_vs_pytorch-bf16`).
+    PyTorch's own bf16 dense model (`pytorch-bf16`: its `ms` and `max_rel_err`, `speedup_vs_pytorch-bf16`; on a CPU
+    without oneDNN's bf16 path, `{"skipped": reason}`, said once through `say`).
     """
     from pruning.report import build_report
 
@@ -223,7 +233,10 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         # PyTorch's own bf16 (the dense model in bfloat16, channels_last: oneDNN, on AMX tiles where the CPU has
         # them), the bf16 a PyTorch user gets without any other runtime
         torch_bf16, torch_bf16_err = {}, None
-        if "bf16" in precisions:
+        torch_bf16_skip = None if "bf16" not in precisions else pytorch_bf16_skip_reason()
+        if torch_bf16_skip:
+            say(f"pytorch-bf16: skipped: {torch_bf16_skip}")
+        elif "bf16" in precisions:
             dense_bf16 = copy.deepcopy(dense).to(torch.bfloat16).to(memory_format=torch.channels_last_3d)
             x_bf16 = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
             torch_bf16 = {"pytorch-bf16": lambda: dense_bf16(x_bf16)}
@@ -241,7 +254,9 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             row = {"ms": t[key], "min_ms": fastest_ms[key], "max_rel_err": reduced_err[p],
                    "speedup_vs_fp32_paired": statistics.median(c / r for c, r in zip(rounds["compact"], rounds[key])),
                    "convs_on_amx_tiles": list(convs_on_tiles(reduced[p], p))}
-            if p == "bf16":
+            if p == "bf16" and torch_bf16_skip:
+                row["pytorch-bf16"] = {"skipped": torch_bf16_skip}
+            elif p == "bf16":
                 row["pytorch-bf16"] = {"ms": t["pytorch-bf16"], "max_rel_err": torch_bf16_err}
                 row["speedup_vs_pytorch-bf16"] = t["pytorch-bf16"] / t[key]
                 row["speedup_vs_pytorch-bf16_paired"] = statistics.median(

@@ -348,17 +348,30 @@ def test_without_dot_products_said_once(monkeypatch, caplog):
     assert len(said) == 1 and "vpmaddwd" in said[0] and "same results" in said[0]
 
 
-def test_benchmark_times_reduced_precisions_in_the_same_rounds():
+@pytest.mark.parametrize("torch_bf16", ["native", "without oneDNN bf16"])
+def test_benchmark_times_reduced_precisions_in_the_same_rounds(torch_bf16, monkeypatch):
+    """Each precision in the same rounds as fp32; PyTorch's own bf16 beside compact bf16 where oneDNN has a bf16
+    path, else skipped with one line (its generic fallback took hours on full C3D on an AVX2 CPU)."""
+    from compact import bench
+
+    reason = None if torch_bf16 == "native" else "no oneDNN bf16 path here"
+    monkeypatch.setattr(bench, "pytorch_bf16_skip_reason", lambda: reason)
     model, masks, rules = small_c3d("c3d_kgrc_3.04x")
     ranges = calibrate(masked_dense_copy(model, masks).eval(), [torch.randn(1, 3, 8, 32, 32)])
+    said: list[str] = []
     r = compact.benchmark(model, masks, (3, 8, 32, 32), repeats=1, warmup=0, rules=rules, per_layer=False,
-                          precisions=["bf16", "int8"], ranges=ranges)
+                          precisions=["bf16", "int8"], ranges=ranges, say=said.append)
     assert set(r["precisions"]) == {"bf16", "int8"}
     for p, row in r["precisions"].items():
         assert row["ms"] > 0 and row["max_rel_err"] < 0.1 and row["speedup_vs_fp32_paired"] > 0, p
     assert "int8:" in compact.format_table(r)
-    # bf16 beside PyTorch's own bf16 dense model, in the same rounds
     bf = r["precisions"]["bf16"]
+    if reason:
+        assert bf["pytorch-bf16"] == {"skipped": reason} and "speedup_vs_pytorch-bf16" not in bf
+        assert [s for s in said if "pytorch-bf16" in s] == [f"pytorch-bf16: skipped: {reason}"]
+        assert "pytorch-bf16" not in compact.format_table(r)
+        return
+    # bf16 beside PyTorch's own bf16 dense model, in the same rounds
     assert bf["pytorch-bf16"]["ms"] > 0 and bf["pytorch-bf16"]["max_rel_err"] < 0.1
     assert bf["speedup_vs_pytorch-bf16"] == pytest.approx(bf["pytorch-bf16"]["ms"] / bf["ms"])
     assert "pytorch-bf16" in compact.format_table(r) and "pytorch-bf16" not in r["precisions"]["int8"]
