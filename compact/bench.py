@@ -118,7 +118,6 @@ def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
     return m
 
 
-@torch.no_grad()
 def pytorch_bf16_skip_reason() -> str | None:
     """Why PyTorch's own bf16 dense model is not timed here, or None. Without oneDNN's bf16 path (it needs AVX-512)
     a bf16 Conv3d falls back to a generic kernel, measured 500x slower than the fp32 model on full C3D (AVX2 Zen 3):
@@ -128,6 +127,7 @@ def pytorch_bf16_skip_reason() -> str | None:
     return "this CPU has no oneDNN bf16 path (it needs AVX-512), PyTorch's bf16 conv3d falls back to a generic kernel"
 
 
+@torch.no_grad()
 def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tuple[int, ...], *,
               batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 2, rules: dict | None = None,
               per_layer: bool = True, compact: nn.Module | None = None, seed: int = 0,

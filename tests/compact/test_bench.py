@@ -66,3 +66,28 @@ def test_interleaved_reports_median_and_fastest():
     med = interleaved({"a": lambda: time.sleep(next(delays))}, repeats=3, warmup=0, best=best, raw=raw)
     assert best["a"] < med["a"]  # 1 ms fastest, 3 ms median
     assert len(raw["a"]) == 3 and best["a"] == min(raw["a"]) and med["a"] == sorted(raw["a"])[1]
+
+
+def test_benchmark_runs_without_autograd(monkeypatch):
+    """The whole benchmark runs under no_grad: the peers turn the compact and dense outputs into numpy arrays, which
+    a tensor that requires grad refuses (a helper once took the decorator off `benchmark`, and every --against run
+    failed)."""
+    import torch
+
+    from compact import bench
+
+    seen = []
+
+    class Reached(Exception):
+        pass
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            seen.append(torch.is_grad_enabled())
+            raise Reached  # stop before the timing rounds
+
+    monkeypatch.setattr(bench, "Against", Spy)
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    with pytest.raises(Reached):
+        compact.benchmark(model, masks, (3, 8, 32, 32), repeats=1, warmup=0, rules=rules, per_layer=False)
+    assert seen == [False]
