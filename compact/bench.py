@@ -120,8 +120,8 @@ def _compact_conv(compact: nn.Module, name: str) -> nn.Module | None:
 
 def pytorch_bf16_skip_reason() -> str | None:
     """Why PyTorch's own bf16 dense model is not timed here, or None. Without oneDNN's bf16 path (it needs AVX-512)
-    a bf16 Conv3d falls back to a generic kernel, measured 500x slower than the fp32 model on full C3D (AVX2 Zen 3):
-    a baseline nobody would run, and hours of benchmark."""
+    a bf16 Conv3d falls back to a generic kernel, a baseline nobody would run that holds a benchmark for hours
+    (docs/bench/history.md, 2026-12-02 session 5)."""
     if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None
     return "this CPU has no oneDNN bf16 path (it needs AVX-512), PyTorch's bf16 conv3d falls back to a generic kernel"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 from torch import nn
 
 import compact
@@ -72,8 +73,6 @@ def test_benchmark_runs_without_autograd(monkeypatch):
     """The whole benchmark runs under no_grad: the peers turn the compact and dense outputs into numpy arrays, which
     a tensor that requires grad refuses (a helper once took the decorator off `benchmark`, and every --against run
     failed)."""
-    import torch
-
     from compact import bench
 
     seen = []

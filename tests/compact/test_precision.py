@@ -351,7 +351,7 @@ def test_without_dot_products_said_once(monkeypatch, caplog):
 @pytest.mark.parametrize("torch_bf16", ["native", "without oneDNN bf16"])
 def test_benchmark_times_reduced_precisions_in_the_same_rounds(torch_bf16, monkeypatch):
     """Each precision in the same rounds as fp32; PyTorch's own bf16 beside compact bf16 where oneDNN has a bf16
-    path, else skipped with one line (its generic fallback took hours on full C3D on an AVX2 CPU)."""
+    path, else skipped with one line (its generic fallback is no baseline: docs/bench/history.md)."""
     from compact import bench
 
     reason = None if torch_bf16 == "native" else "no oneDNN bf16 path here"
