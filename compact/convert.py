@@ -223,7 +223,7 @@ register_engine(S3D, (fold_bn, swap_convs, fuse_relu, chain_pairs, channels_last
 @torch.no_grad()
 def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: dict | None = None,
                    fuse: bool = True, dense_layers: bool | None = None, precision: str = "fp32",
-                   ranges: dict[str, list[float]] | None = None) -> nn.Module:
+                   ranges: dict[str, list[float]] | None = None, weight_bits: int | None = None) -> nn.Module:
     """Compact inference copy of `model` whose output equals the masked dense model's.
 
     Every Conv3d whose weight is named in `masks` becomes a `SparseConv3d` (all-zero filters and channels dropped,
@@ -235,14 +235,15 @@ def compile_sparse(model: nn.Module, masks: dict[str, torch.Tensor], *, rules: d
     BatchNorm is folded, ReLUs fused, (2+1)D conv pairs chained, residual stages run in the kernels' layout and
     max-pooling in channels_last_3d. `fuse=False` only swaps the masked convs. The model is copied and put in
     eval mode; the input is untouched. `precision` "bf16" or "int8" runs the compact convs at that precision
-    (`quant.set_precision`; int8 needs `ranges`, the calibrated conv inputs of `quant.calibrate`).
+    (`quant.set_precision`; int8 needs `ranges`, the calibrated conv inputs of `quant.calibrate`, and takes
+    `weight_bits`, default `quant.default_weight_bits()`).
     """
     check_precision(precision)
     model = masked_dense_copy(model, masks)
     job = CompileJob(masks, rules or {}, fuse if dense_layers is None else dense_layers)
     for run in engine_passes(model) if fuse else (swap_pruned_convs,):
         model = run(model, job)
-    return set_precision(model, precision, ranges)
+    return set_precision(model, precision, ranges, weight_bits)
 
 
 def __getattr__(name: str):

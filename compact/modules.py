@@ -104,9 +104,11 @@ class SparseConv3d(nn.Module):
     def precision(self) -> str:
         return self.quant.precision
 
-    def set_precision(self, precision: str, act_range: tuple[float, float] | None = None) -> None:
-        """Compute at `precision` ("fp32", "bf16", or "int8" with the calibrated range of this conv's input)."""
-        self.quant = quant_state(self.dense_weight(), precision, act_range)
+    def set_precision(self, precision: str, act_range: tuple[float, float] | None = None,
+                      weight_bits: int = 8) -> None:
+        """Compute at `precision` ("fp32", "bf16", or "int8" with the calibrated range of this conv's input and
+        `weight_bits`-bit weights)."""
+        self.quant = quant_state(self.dense_weight(), precision, act_range, weight_bits)
         self._kernel_plans = {k: v for k, v in self._kernel_plans.items() if k[0] == "fp32"}
 
     def extra_repr(self) -> str:

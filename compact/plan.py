@@ -206,6 +206,7 @@ class KernelPlan(NamedTuple):
     in_vchannels: int = 0  # channel planes per sample of that input
     in_inv_scale: float = 0.0  # int8: 1 / input scale
     in_zero: int = 0  # int8: input zero point
+    weight_bits: int = 8  # int8: 8, or 7 (|w| <= 63, quant.quantize_weight)
     # bf16, int8 on AMX tiles (quant.with_tiles): each task's words again as 8 rows (filters) of np + 16 words
     weights_t: torch.Tensor = torch.zeros(0)  # float32-typed words
     task_tstart: torch.Tensor = torch.zeros(0, dtype=torch.int64)  # int64 [ntasks] into weights_t

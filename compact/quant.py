@@ -3,9 +3,10 @@
 bf16: weights and conv inputs rounded to bfloat16 (nearest even), products summed in fp32; AVX512_BF16's vdpbf16ps
 where the CPU has it, else portable code with the same rounding.
 
-int8: symmetric per-output-channel int8 weights (scale = max |w| / 127); uint8 conv inputs with one scale and
+int8: symmetric per-output-channel int8 weights (scale = max |w| / 127, or / 63 with 7-bit weights); uint8 conv inputs with one scale and
 zero point per conv from calibration (zero 0 when calibration saw no negative input, e.g. after a ReLU, else 128);
-exact int32 sums (AVX512_VNNI's vpdpbusd where the CPU has it); then, in fp32,
+exact int32 sums (AVX512_VNNI's vpdpbusd where the CPU has it; without it, pmaddubsw for 7-bit weights, which
+cannot saturate, else the slower pmaddwd on int16); then, in fp32,
 `(sum - zero x kept weight sum) x (input scale x weight scale) + bias`, and the ReLU / residual as in fp32.
 
 Between convs activations stay fp32 in the kernels' layouts (the fused bias, ReLU, residual and pooling of the fp32
@@ -82,12 +83,22 @@ def quantize_input(x: torch.Tensor, q: InputQuant) -> torch.Tensor:
     return torch.clamp(torch.round(x.float() * inv).to(torch.int32) + q.zero, 0, 255)
 
 
-def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 values, float32 scale per output channel): symmetric, scale = max |w| / 127."""
+WEIGHT_BITS = (8, 7)
+
+
+def check_weight_bits(bits: int) -> int:
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"int8 weight bits {bits!r}: choose 8 or 7")
+    return bits
+
+
+def quantize_weight(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values, float32 scale per output channel): symmetric, scale = max |w| / (2^(bits-1) - 1)."""
+    qmax = (1 << (check_weight_bits(bits) - 1)) - 1
     w = w.detach().float()
     amax = w.abs().flatten(1).amax(1)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    q = torch.clamp(torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))), -127, 127).to(torch.int8)
+    scale = torch.where(amax > 0, amax / float(qmax), torch.ones_like(amax))
+    q = torch.clamp(torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))), -qmax, qmax).to(torch.int8)
     return q, scale
 
 
@@ -105,20 +116,23 @@ class QuantState:
     qweight: torch.Tensor | None = None
     row_scale: torch.Tensor | None = None  # float32 [Cout]: input scale x weight scale
     row_comp: torch.Tensor | None = None  # int32 [Cout]: zero x sum of the filter's int8 weights
+    weight_bits: int = 8  # int8: 8, or 7 (|w| <= 63)
 
 
-def quant_state(weight: torch.Tensor, precision: str, act_range: tuple[float, float] | None = None) -> QuantState:
-    """The QuantState of a conv with masked dense `weight` at `precision` (int8 needs `act_range`)."""
+def quant_state(weight: torch.Tensor, precision: str, act_range: tuple[float, float] | None = None,
+                weight_bits: int = 8) -> QuantState:
+    """The QuantState of a conv with masked dense `weight` at `precision` (int8 needs `act_range`; its weights
+    take `weight_bits`)."""
     check_precision(precision)
     if precision != "int8":
         return QuantState(precision)
     if act_range is None:
         raise ValueError("int8 needs the conv input's calibrated range")
     iq = input_quant(*act_range)
-    qw, wscale = quantize_weight(weight)
+    qw, wscale = quantize_weight(weight, weight_bits)
     row_scale = torch.tensor(iq.scale, dtype=torch.float32) * wscale
     row_comp = (qw.flatten(1).sum(1, dtype=torch.int64) * iq.zero).to(torch.int32)
-    return QuantState(precision, iq, qw, row_scale.contiguous(), row_comp.contiguous())
+    return QuantState(precision, iq, qw, row_scale.contiguous(), row_comp.contiguous(), weight_bits)
 
 
 def reference_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
@@ -163,7 +177,8 @@ def _pair_filters(task_of_pair: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _words(kp: KernelPlan, task_of_pair: np.ndarray, new_of_pair: np.ndarray, lane: np.ndarray,
-           new_task: np.ndarray, values: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+           new_task: np.ndarray, values: np.ndarray, precision: str,
+           weight_bits: int = 8) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """(task_pstart, task_wstart, weight words) of a packed plan: old pair p (weights `values` in `kp`'s order) goes
     to lane `lane[p]` of new pair `new_of_pair[p]`; `new_task`: the task of each new pair (task-major)."""
     G = kp.task_G.numpy().astype(np.int64)
@@ -181,7 +196,7 @@ def _words(kp: KernelPlan, task_of_pair: np.ndarray, new_of_pair: np.ndarray, la
         lanes_arr[word * k + lane[pair]] = torch.from_numpy(values[src]).to(torch.bfloat16).view(torch.int16).numpy()
     else:
         lanes_arr = np.zeros(nwords * k, np.int8)
-        lanes_arr[word * k + lane[pair]] = plan_int8(values[src])
+        lanes_arr[word * k + lane[pair]] = plan_int8(values[src], weight_bits)
     return task_pstart, task_wstart, torch.from_numpy(lanes_arr.view(np.float32).copy())
 
 
@@ -273,7 +288,8 @@ def pack_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: in
     nnew = int(new_sorted[-1]) + 1
     new_piece = np.empty(nnew, np.int64)
     new_piece[new_sorted] = key_p
-    task_pstart, task_wstart, words = _words(kp, ptask[piece], new, lane, ptask[new_piece], values, q.precision)
+    task_pstart, task_wstart, words = _words(kp, ptask[piece], new, lane, ptask[new_piece], values, q.precision,
+                                             q.weight_bits)
     cnt = np.bincount(new_piece, minlength=len(ptask))[by_begin]  # new pairs of each piece, in begin order
     piece_range = np.empty((len(ptask), 2), np.int64)
     piece_range[by_begin, 0] = np.cumsum(cnt) - cnt
@@ -309,7 +325,8 @@ def gather_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: 
     offs = np.repeat(off[prange[by_begin, 0]], 4 * ngroup[by_begin])  # padding lanes read the piece's first row
     offs[group * 4 + lane] = off
     group_task = np.repeat(ptask[by_begin], ngroup[by_begin])
-    task_pstart, task_wstart, words = _words(kp, ptask[piece], group, lane, group_task, values, "int8")
+    task_pstart, task_wstart, words = _words(kp, ptask[piece], group, lane, group_task, values, "int8",
+                                             q.weight_bits)
     piece_range = np.stack([gstart, gstart + ngroup], 1).astype(np.int64)
     t_ = torch.from_numpy
     return kp._replace(
@@ -329,18 +346,21 @@ def int8_plan(kp: KernelPlan, values: np.ndarray, q: QuantState, chan_stride: in
     return gathered if GATHER_COST * len(gathered.pair_off) / 4 < len(packed.pair_off) else packed
 
 
-def plan_int8(v: np.ndarray) -> np.ndarray:
-    """int8 weight values carried as floats (exact integers in [-127, 127]) to int8."""
+def plan_int8(v: np.ndarray, weight_bits: int = 8) -> np.ndarray:
+    """int8 weight values carried as floats (exact integers in [-qmax, qmax], qmax = 2^(weight_bits-1) - 1: the
+    7-bit kernels' sums are exact only within it) to int8."""
+    qmax = (1 << (check_weight_bits(weight_bits) - 1)) - 1
     r = np.rint(v)
-    if np.any(r != v) or np.any(np.abs(r) > 127):
-        raise ValueError("int8 plan values must be integers in [-127, 127]")
+    if np.any(r != v) or np.any(np.abs(r) > qmax):
+        raise ValueError(f"int8 plan values must be integers in [-{qmax}, {qmax}]")
     return r.astype(np.int8)
 
 
 def _int8_fields(q: QuantState) -> dict:
     if q.precision != "int8":
         return {}
-    return dict(row_scale=q.row_scale, row_comp=q.row_comp, in_inv_scale=q.iq.inv_scale, in_zero=int(q.iq.zero))
+    return dict(row_scale=q.row_scale, row_comp=q.row_comp, in_inv_scale=q.iq.inv_scale, in_zero=int(q.iq.zero),
+                weight_bits=int(q.weight_bits))
 
 
 # ---- calibration -------------------------------------------------------------------------------------------------
@@ -402,9 +422,21 @@ def calibrate(model: nn.Module, clips: Iterable[torch.Tensor], *, method: str = 
     return {name: [float(v) for v in obs.range()] for name, obs in observers.items()}
 
 
-def set_precision(model: nn.Module, precision: str, ranges: Mapping[str, list[float]] | None = None) -> nn.Module:
+def default_weight_bits() -> int:
+    """int8 weight bits where none are asked for: 7 on a CPU whose kernels run int8 without a dot-product
+    instruction (pmaddubsw is exact on 7-bit weights and about twice as fast as exact 8-bit code there; oneDNN
+    halves its weights on such CPUs alike), else 8."""
+    from ._ext import load_kernels
+
+    ext = load_kernels()
+    return 7 if ext is not None and ext.isa() in ("avx2", "avx512") and not ext.has_dot_products("int8") else 8
+
+
+def set_precision(model: nn.Module, precision: str, ranges: Mapping[str, list[float]] | None = None,
+                  weight_bits: int | None = None) -> nn.Module:
     """Run every compact conv of `model` at `precision`; int8 needs `ranges` ({conv name: [lo, hi]} from
-    `calibrate`) naming every one of them. Returns the model."""
+    `calibrate`) naming every one of them and quantizes the weights to `weight_bits` (8 or 7; None:
+    `default_weight_bits()`). Returns the model."""
     from .modules import SparseConv3d
 
     check_precision(precision)
@@ -417,10 +449,11 @@ def set_precision(model: nn.Module, precision: str, ranges: Mapping[str, list[fl
             raise ValueError(f"int8: no calibrated range for conv {missing[0]}"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                              + "; calibrate this model again")
+    bits = check_weight_bits(default_weight_bits() if weight_bits is None else weight_bits)
     for m in convs:
-        m.set_precision(precision, ranges.get(m.name) if ranges else None)
+        m.set_precision(precision, ranges.get(m.name) if ranges else None, bits)
     if precision != "fp32" and convs:
-        _say_without_dot_products(precision)
+        _say_without_dot_products(precision, bits)
     return model
 
 
@@ -428,18 +461,22 @@ _SAID: set[str] = set()
 DOT_PRODUCTS = {"bf16": "AVX512_BF16 (vdpbf16ps)", "int8": "AVX512_VNNI (vpdpbusd)"}
 
 
-def _say_without_dot_products(precision: str) -> None:
-    """Once per precision: the kernels run it without the CPU's dot-product instructions (same results, slower)."""
+def _say_without_dot_products(precision: str, weight_bits: int = 8) -> None:
+    """Once per precision (and int8 weight bits): the kernels run it without the CPU's dot-product instructions."""
     from ._ext import kernel_isa, load_kernels
 
     ext = load_kernels()
-    if ext is None or ext.has_dot_products(precision) or precision in _SAID:
+    key = f"{precision}{weight_bits if precision == 'int8' else ''}"
+    if ext is None or ext.has_dot_products(precision) or key in _SAID:
         return
-    _SAID.add(precision)
+    _SAID.add(key)
     isa = kernel_isa()
-    if precision == "int8" and isa in ("avx2", "avx512"):
-        how = (f"{isa} code with vpmaddwd (same results, about fp32's speed: time both with "
-               "scripts/bench_compact.py --precisions int8)")
+    if precision == "int8" and isa in ("avx2", "avx512") and weight_bits == 7:
+        how = (f"{isa} code with pmaddubsw on 7-bit weights (exact; --int8-weight-bits 8 keeps 8 bits at about "
+               "fp32's speed)")
+    elif precision == "int8" and isa in ("avx2", "avx512"):
+        how = (f"{isa} code with vpmaddwd on 8-bit weights (exact, about fp32's speed; --int8-weight-bits 7 runs "
+               "pmaddubsw, faster)")
     else:
         how = f"portable {isa} code (same results, slower than fp32: keep fp32 on this CPU)"
     log.warning("compact: this CPU has no %s for the %s kernels: they run %s", DOT_PRODUCTS[precision], precision,

@@ -7,6 +7,11 @@
 #define P3D_BCAST _mm512_set1_ps
 #define P3D_MASKED_STORES  // avx512bw: write_run_packed
 #define P3D_MADD16(x, w) ((vi)_mm512_madd_epi16((__m512i)(x), _mm512_set1_epi32((int)(w))))
+#define P3D_MADDUBS(x, w) \
+  ((vi)_mm512_madd_epi16(_mm512_maddubs_epi16((__m512i)(x), _mm512_set1_epi32((int)(w))), _mm512_set1_epi16(1)))
+#define P3D_W7_NV 3
+#define P3D_W7_GB 4
+#define P3D_GATHER_GB 4
 #define P3D_RUN p3d_run_avx512
 #define P3D_PACK p3d_pack_avx512
 #define P3D_PEAK p3d_peak_avx512

@@ -32,7 +32,8 @@ static inline vf bcast(float s) {
 
 // How an arithmetic reads its input: `load` fills the NV input vectors of pair p (offsets `off`, `offs` per pair) at
 // position q; `nv` fixes NV (0: NV_FOR), `gb_max` caps the filters per register pass (0: GB_MAX), and `permuted`
-// says the accumulators hold each 64-position block in the order `permuted_position` gives (write_row undoes it).
+// says the accumulators hold each block of 4 VW positions in the order `permuted_position` gives (write_row undoes
+// it).
 // `tiles`: the arithmetic runs whole pieces itself on AMX tiles (kern_amx.cpp: `piece`, `thread_begin`, `thread_end`)
 // instead of the register blocks below.
 template <class Elem, class In>
@@ -97,25 +98,91 @@ static inline vi dot4(vi a, vu x, uint32_t w) {
 static inline vi dot4(vi a, vu x, uint32_t w) { return dot4_portable(a, x, w); }
 #endif
 
+// 7-bit weights (|w| <= 63, plan weight_bits 7): pmaddubsw's int16 sum of two uint8 x int8 products cannot saturate
+// (2 x 255 x 63 < 32767), so a TU that defines P3D_MADDUBS(x, w) (pmaddubsw by the broadcast word, then pmaddwd by
+// ones) gets vpdpbusd's exact sums from two multiplies; elsewhere dot4.
+#ifdef P3D_MADDUBS
+static inline vi dot4_w7(vi a, vu x, uint32_t w) { return a + P3D_MADDUBS(x, w); }
+#else
+static inline vi dot4_w7(vi a, vu x, uint32_t w) { return dot4(a, x, w); }
+#endif
+
+#ifndef P3D_W7_NV  // register blocks of the 7-bit packed arithmetic: GB_W7 filters x P3D_W7_NV vectors
+#define P3D_W7_NV 0
+#define P3D_W7_GB 0
+#endif
+
+template <bool W7>
 struct ArithI8 : PlainLoad<uint32_t, vu> {  // four channel planes interleaved per word (P3D_INT8)
   typedef uint32_t word;
   typedef vi acc;
   typedef vu in;
+  static constexpr int nv = W7 ? P3D_W7_NV : 0, gb_max = W7 ? P3D_W7_GB : 0;
   static constexpr bool int_acc = true;
-  static inline acc mac(acc a, in x, word w) { return dot4(a, x, w); }
+  static inline acc mac(acc a, in x, word w) { return W7 ? dot4_w7(a, x, w) : dot4(a, x, w); }
 };
+
+// Position within a block of 4 VW positions of accumulator slot r of an arithmetic with `permuted` (the order
+// in-lane byte and word unpacks leave four interleaved rows in, 16 bytes per lane: slot VW v + j holds position
+// 16 (j / 4) + 4 v + j % 4).
+static inline int permuted_position(int r) { return 16 * ((r % VW) >> 2) + 4 * (r / VW) + (r & 3); }
+
+#if defined(P3D_MASKED_STORES) || defined(P3D_AVX2_UNPACKS)  // (avx512bw, avx2: in-lane byte and word unpacks)
+#define P3D_INTERLEAVE4
+#ifdef P3D_MASKED_STORES
+typedef __m512i vint;
+#define P3D_LOADU(p) _mm512_loadu_si512(p)
+#define P3D_UNPACK(lohi, bits) _mm512_unpack##lohi##_epi##bits
+#else
+typedef __m256i vint;
+#define P3D_LOADU(p) _mm256_loadu_si256((const __m256i*)(p))
+#define P3D_UNPACK(lohi, bits) _mm256_unpack##lohi##_epi##bits
+#endif
+// The rows of four gathered pairs (byte offsets off[0..3]) at positions q..q + 4 VW - 1 interleaved by in-lane
+// unpacks (bytes, then words) into four vectors of 32-bit words, lane l of a word from row l, in the order
+// `permuted_position` gives (write_row puts it back). pf: prefetch distance or 0.
+static inline void interleave4(const uint8_t* in, const int64_t* off, int q, int64_t pf, vint* x) {
+  vint r[4];
+  for (int l = 0; l < 4; ++l) {
+    const uint8_t* ip = in + off[l] + q;
+    if (pf) __builtin_prefetch(ip + pf, 0, 3);
+    r[l] = P3D_LOADU(ip);
+  }
+  const vint t0 = P3D_UNPACK(lo, 8)(r[0], r[1]), t1 = P3D_UNPACK(hi, 8)(r[0], r[1]);
+  const vint t2 = P3D_UNPACK(lo, 8)(r[2], r[3]), t3 = P3D_UNPACK(hi, 8)(r[2], r[3]);
+  x[0] = P3D_UNPACK(lo, 16)(t0, t2);
+  x[1] = P3D_UNPACK(hi, 16)(t0, t2);
+  x[2] = P3D_UNPACK(lo, 16)(t1, t3);
+  x[3] = P3D_UNPACK(hi, 16)(t1, t3);
+}
+#endif
+
+#ifndef P3D_GATHER_GB  // filters per register pass of the gathered arithmetic below (its 4 input vectors stay live)
+#define P3D_GATHER_GB 0
+#endif
 
 // int8 over plain uint8 planes (P3D_INT8_GATHER): a pair is four kept (channel, tap) pairs of one task, whatever
 // their channels and taps, so the dot products stay full on any kernel-group pattern; the four rows are
-// interleaved into words as they are loaded.
+// interleaved into words as they are loaded (by unpacks where the TU has them, permuting positions).
 typedef uint8_t vb __attribute__((vector_size(VW)));
 
+template <bool W7>
 struct ArithI8Gather {
   typedef uint8_t elem;
   typedef uint32_t word;
   typedef vi acc;
   typedef vu in;
-  static constexpr int offs = 4, nv = 0, gb_max = 0;
+  static constexpr int offs = 4;
+#ifdef P3D_INTERLEAVE4
+  static constexpr int nv = 4, gb_max = P3D_GATHER_GB;
+  static constexpr bool int_acc = true, permuted = true, tiles = false;
+  template <int NV, bool PF>
+  static inline void load(const uint8_t* in, const int64_t* off, int q, int64_t pf, vu* x) {
+    static_assert(NV == 4, "4 VW positions per block");
+    interleave4(in, off, q, PF ? pf : 0, (vint*)x);
+  }
+#else
+  static constexpr int nv = 0, gb_max = 0;
   static constexpr bool int_acc = true, permuted = false, tiles = false;
   template <int NV, bool PF>
   static inline void load(const uint8_t* in, const int64_t* off, int q, int64_t pf, vu* x) {
@@ -126,32 +193,9 @@ struct ArithI8Gather {
       for (int v = 0; v < NV; ++v) x[v] |= __builtin_convertvector(loadu<vb>(ip + v * VW), vu) << (8 * l);
     }
   }
-  static inline acc mac(acc a, in x, word w) { return dot4(a, x, w); }
-};
-
-// Position within a 64-position block of accumulator slot r of an arithmetic with `permuted` (the order AVX-512's
-// in-lane byte and word unpacks leave four interleaved rows in: slot 16v + j holds position 16(j/4) + 4v + j%4).
-static inline int permuted_position(int r) { return 16 * ((r & 15) >> 2) + 4 * (r >> 4) + (r & 3); }
-
-#ifdef P3D_MASKED_STORES  // (avx512bw)
-// The rows of four gathered pairs (byte offsets off[0..3]) at positions q..q+63 interleaved by in-lane unpacks
-// (bytes, then words) into four vectors of 32-bit words, lane l of a word from row l: slot 16v + j of vector v holds
-// position 16(j/4) + 4v + j%4 (`permuted_position`, which write_row puts back in order). pf: prefetch distance or 0.
-static inline void interleave4(const uint8_t* in, const int64_t* off, int q, int64_t pf, __m512i* x) {
-  __m512i r[4];
-  for (int l = 0; l < 4; ++l) {
-    const uint8_t* ip = in + off[l] + q;
-    if (pf) __builtin_prefetch(ip + pf, 0, 3);
-    r[l] = _mm512_loadu_si512(ip);
-  }
-  const __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
-  const __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
-  x[0] = _mm512_unpacklo_epi16(t0, t2);
-  x[1] = _mm512_unpackhi_epi16(t0, t2);
-  x[2] = _mm512_unpacklo_epi16(t1, t3);
-  x[3] = _mm512_unpackhi_epi16(t1, t3);
-}
 #endif
+  static inline acc mac(acc a, in x, word w) { return W7 ? dot4_w7(a, x, w) : dot4(a, x, w); }
+};
 
 // GB filters x NV vectors of positions held in registers; one load per vector and one broadcast per weight
 // for every kept (channel, tap) pair (or word of packed pairs).
@@ -298,7 +342,31 @@ static inline void write_run_packed(const P3DPlan* P, void* dst, int lane, const
     }
   }
 #else
+  // without byte / word-masked stores: the values a vector at a time, stored element by element (a wider store
+  // would write other output channels' lanes, which the other thread may be writing)
   (void)lane;
+  if (P->out_pack == P3D_BF16) {
+    uint16_t* o = (uint16_t*)dst;
+    for (; i + VW <= n; i += VW) {
+      vf v = loadu<vf>(src + i) + b;
+      if (RELU) v = v > 0.f ? v : (vf){};
+      vu bits;
+      memcpy(&bits, &v, sizeof v);
+      const vu h = bf16_bits(bits);
+      for (int j = 0; j < VW; ++j) o[2 * (i + j)] = (uint16_t)h[j];
+    }
+  } else {
+    uint8_t* o = (uint8_t*)dst;
+    for (; i + VW <= n; i += VW) {
+      vf v = loadu<vf>(src + i) + b;
+      if (RELU) v = v > 0.f ? v : (vf){};
+      const vi q = quantize_vec(v, P->out_inv_scale, P->out_zero);
+      if (P->out_pack == P3D_INT8)
+        for (int j = 0; j < VW; ++j) o[4 * (i + j)] = (uint8_t)q[j];
+      else  // plain uint8 planes: this channel's run alone
+        storeu(o + i, __builtin_convertvector(q, vb));
+    }
+  }
 #endif
   if (P->out_pack == P3D_BF16) {
     uint16_t* o = (uint16_t*)dst;
@@ -328,10 +396,10 @@ static void write_row(const P3DPlan* P, float* a, int m, int64_t n, int64_t tile
     const int32_t comp = P->row_comp[m];
     const float sc = P->row_scale[m];
     if (A::permuted) {
-      for (int b = 0; b < qlim; b += 64) {
-        int32_t blk[64];
+      for (int b = 0; b < qlim; b += 4 * VW) {
+        int32_t blk[4 * VW];
         memcpy(blk, a + b, sizeof blk);
-        for (int r = 0; r < 64; ++r) a[b + permuted_position(r)] = (float)(blk[r] - comp) * sc;
+        for (int r = 0; r < 4 * VW; ++r) a[b + permuted_position(r)] = (float)(blk[r] - comp) * sc;
       }
     } else {
       for (int q = 0; q < qlim; ++q) {
@@ -491,8 +559,10 @@ static void run_plan(const P3DPlan* P) {
 extern "C" void P3D_RUN(const P3DPlan* P) {
   switch (P->precision) {
     case P3D_BF16: run_plan<ArithBF16>(P); break;
-    case P3D_INT8: run_plan<ArithI8>(P); break;
-    case P3D_INT8_GATHER: run_plan<ArithI8Gather>(P); break;
+    case P3D_INT8: P->weight_bits <= 7 ? run_plan<ArithI8<true>>(P) : run_plan<ArithI8<false>>(P); break;
+    case P3D_INT8_GATHER:
+      P->weight_bits <= 7 ? run_plan<ArithI8Gather<true>>(P) : run_plan<ArithI8Gather<false>>(P);
+      break;
     default: run_plan<ArithF32>(P); break;
   }
 }

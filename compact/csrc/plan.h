@@ -38,7 +38,8 @@
   X(in_chan_stride, int64_t) /* bf16, int8: words per channel plane of the fp32 input the call packs */         \
   X(in_vchannels, int64_t)   /* bf16, int8: channel planes per sample of that input */                          \
   X(in_inv_scale, float)     /* int8: 1 / the input scale */                                                    \
-  X(in_zero, int64_t)        /* int8: the input zero point (0 after a ReLU, else 128) */
+  X(in_zero, int64_t)        /* int8: the input zero point (0 after a ReLU, else 128) */                        \
+  X(weight_bits, int64_t)    /* int8: 8, or 7 (|w| <= 63: exact with pmaddubsw, the path of CPUs without VNNI) */
 
 // The scalars of how a call writes its output: X(P3DPlan member, field of compact.layout.OutputSpec, type read);
 // ext.cpp reads each, by that name. (Its tensors, valid, runs and pack_into, are read and checked one by one.)
