@@ -390,6 +390,8 @@ def evaluate_phase(args: argparse.Namespace, device: torch.device) -> dict:
     metrics = evaluate(model, val_set, args, device, rank, world)
     if args.precision:
         metrics["precision"] = args.precision
+    if args.precision == "int8":
+        metrics["int8_weight_bits"] = args.int8_weight_bits
     if dist_utils.is_main():
         print(json.dumps(metrics, indent=2))
     return metrics
@@ -604,11 +606,16 @@ def conv_input_ranges(args: argparse.Namespace, model: torch.nn.Module, masks: d
 
 def compact_at_precision(args: argparse.Namespace, model: torch.nn.Module, masks: dict, rules: dict,
                          ckpt_path: str | None) -> torch.nn.Module:
-    """compile_sparse at --precision (int8 with `conv_input_ranges`)."""
+    """compile_sparse at --precision (int8 with `conv_input_ranges` and --int8-weight-bits, resolved here so that the
+    results can name it)."""
     import compact
+    from compact.quant import default_weight_bits
 
     ranges = conv_input_ranges(args, model, masks, ckpt_path)
-    return compact.compile_sparse(model, masks, rules=rules, precision=args.precision or "fp32", ranges=ranges)
+    if args.precision == "int8" and args.int8_weight_bits is None:
+        args.int8_weight_bits = default_weight_bits()
+    return compact.compile_sparse(model, masks, rules=rules, precision=args.precision or "fp32", ranges=ranges,
+                                  weight_bits=args.int8_weight_bits)
 
 
 @phase("benchmark")
@@ -626,7 +633,7 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     result = compact.benchmark(model, masks, shape, batch_size=args.batch_size or 1, threads=threads,
                                repeats=args.repeats, rules=rules, against=against,
                                peer_options={"deepsparse_python": args.deepsparse_python},
-                               precisions=precisions, ranges=ranges)
+                               precisions=precisions, ranges=ranges, weight_bits=args.int8_weight_bits)
     title = (f"{args.arch} {' '.join(args.config_file or [args.resume or ''])} batch {args.batch_size or 1}, "
              f"{threads} threads, kernels: {compact.kernel_isa()}")
     print(compact.format_table(result, title=title))
@@ -649,9 +656,11 @@ def export(args: argparse.Namespace, device: torch.device) -> dict:
     onnx_path = compact.export_onnx(model, masks, f"{stem}.onnx", shape)
     precision = args.precision or "fp32"
     suffix = "" if precision == "fp32" else f"_{precision}"
-    compact_path = compact.save_compact(compact_at_precision(args, model, masks, rules, args.resume),
-                                        f"{stem}_compact{suffix}.pt",
-                                        {"arch": args.arch, "input_shape": list(shape), "precision": precision})
+    cm = compact_at_precision(args, model, masks, rules, args.resume)
+    meta = {"arch": args.arch, "input_shape": list(shape), "precision": precision}
+    if precision == "int8":
+        meta["int8_weight_bits"] = args.int8_weight_bits
+    compact_path = compact.save_compact(cm, f"{stem}_compact{suffix}.pt", meta)
     print(f"wrote {onnx_path} and {compact_path}")
     return {"onnx": str(onnx_path), "compact": str(compact_path)}
 

@@ -27,7 +27,7 @@ from .convert import compile_sparse, fold_batchnorm
 from .dense_paths import DENSE_PATHS, KERNEL, DenseConv, run_dense
 from .modules import AutoConv3d, SparseConv3d
 from .peers import Against, Stopped, Timed
-from .quant import convs_on_tiles, set_precision
+from .quant import convs_on_tiles, default_weight_bits, set_precision
 from .residual import StemIntoStageVideoResNet
 from .surgery import masked_dense_copy, set_submodule
 
@@ -133,7 +133,7 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
               per_layer: bool = True, compact: nn.Module | None = None, seed: int = 0,
               against: Sequence[str] = (), peer_options: Mapping[str, object] | None = None,
               precisions: Sequence[str] = (), ranges: Mapping[str, list[float]] | None = None,
-              say: Callable[[str], None] = print) -> dict:
+              weight_bits: int | None = None, say: Callable[[str], None] = print) -> dict:
     """Time the masked dense model (fastest dense path) against `compile_sparse(model, masks)`.
 
     `input_shape` is one clip (C, T, H, W). Returns a dict with `dense_ms`, `sparse_ms`, `speedup`, `ideal` (whole
@@ -156,7 +156,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
     quantizing peers' `calibration_clips`, `calibration`, `calibration_seed`).
 
     `precisions` ("bf16", "int8") adds the compact model at those precisions to the whole-model rounds (int8 with
-    `ranges`, {conv name: [lo, hi]} from `quant.calibrate`): key `precisions`, per precision its `ms`, `min_ms`,
+    `ranges`, {conv name: [lo, hi]} from `quant.calibrate`, and `weight_bits`, default
+    `quant.default_weight_bits()`, kept as the row's `weight_bits`): key `precisions`, per precision its `ms`, `min_ms`,
     `max_rel_err` against the dense fp32 model, `speedup_vs_fp32_paired` (over the fp32 compact model) and, for
     each peer of that precision (`against`), `speedup_vs_<peer>` over its dense-weight model; bf16 also against
     PyTorch's own bf16 dense model (`pytorch-bf16`: its `ms` and `max_rel_err`, `speedup_vs_pytorch-bf16`; on a CPU
@@ -228,7 +229,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
         rounds: dict[str, list[float]] = {}
         pytorch = {"per_layer_fastest": lambda: fastest(x), "contiguous": lambda: dense(x),
                    "channels_last": lambda: cl(x_cl)}
-        reduced = {p: set_precision(compile_sparse(dense, masks, rules=rules), p, ranges) for p in precisions}
+        bits = default_weight_bits() if weight_bits is None else weight_bits
+        reduced = {p: set_precision(compile_sparse(dense, masks, rules=rules), p, ranges, bits) for p in precisions}
         reduced_err = {p: _rel_err(m(x), ref) for p, m in reduced.items()}
         # PyTorch's own bf16 (the dense model in bfloat16, channels_last: oneDNN, on AMX tiles where the CPU has
         # them), the bf16 a PyTorch user gets without any other runtime
@@ -254,6 +256,8 @@ def benchmark(model: nn.Module, masks: dict[str, torch.Tensor], input_shape: tup
             row = {"ms": t[key], "min_ms": fastest_ms[key], "max_rel_err": reduced_err[p],
                    "speedup_vs_fp32_paired": statistics.median(c / r for c, r in zip(rounds["compact"], rounds[key])),
                    "convs_on_amx_tiles": list(convs_on_tiles(reduced[p], p))}
+            if p == "int8":
+                row["weight_bits"] = bits
             if p == "bf16" and torch_bf16_skip:
                 row["pytorch-bf16"] = {"skipped": torch_bf16_skip}
             elif p == "bf16":
@@ -359,7 +363,9 @@ def _precision_lines(r: dict) -> list[str]:
         peers = ", ".join(f"{k[len('speedup_vs_'):]} {v:.2f}x" for k, v in row.items()
                           if k.startswith("speedup_vs_") and not k.endswith("_paired") and k != "speedup_vs_fp32")
         on, n = row.get("convs_on_amx_tiles", (0, 0))
-        lines.append(f"  {p}: {row['ms']:.1f} ms, {row['speedup_vs_fp32_paired']:.2f}x over fp32 (per-round ratio), "
+        bits = f" ({row['weight_bits']}-bit weights)" if "weight_bits" in row else ""
+        lines.append(f"  {p}{bits}: {row['ms']:.1f} ms, {row['speedup_vs_fp32_paired']:.2f}x over fp32 (per-round "
+                     "ratio), "
                      f"max rel err {row['max_rel_err']:.1e} vs dense fp32" + (f"; vs {peers}" if peers else "")
                      + (f" (AMX tiles in {on} of {n} convs)" if on else ""))
     return lines

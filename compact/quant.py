@@ -3,10 +3,10 @@
 bf16: weights and conv inputs rounded to bfloat16 (nearest even), products summed in fp32; AVX512_BF16's vdpbf16ps
 where the CPU has it, else portable code with the same rounding.
 
-int8: symmetric per-output-channel int8 weights (scale = max |w| / 127, or / 63 with 7-bit weights); uint8 conv inputs with one scale and
-zero point per conv from calibration (zero 0 when calibration saw no negative input, e.g. after a ReLU, else 128);
-exact int32 sums (AVX512_VNNI's vpdpbusd where the CPU has it; without it, pmaddubsw for 7-bit weights, which
-cannot saturate, else the slower pmaddwd on int16); then, in fp32,
+int8: symmetric per-output-channel int8 weights (scale = max |w| / 127, or / 63 with 7-bit weights); uint8 conv
+inputs with one scale and zero point per conv from calibration (zero 0 when calibration saw no negative input, e.g.
+after a ReLU, else 128); exact int32 sums (AVX512_VNNI's vpdpbusd where the CPU has it; without it pmaddubsw on
+7-bit weights, whose int16 pair sums cannot saturate, or the slower pmaddwd on 8-bit ones); then, in fp32,
 `(sum - zero x kept weight sum) x (input scale x weight scale) + bias`, and the ReLU / residual as in fp32.
 
 Between convs activations stay fp32 in the kernels' layouts (the fused bias, ReLU, residual and pooling of the fp32

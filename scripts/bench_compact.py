@@ -76,9 +76,13 @@ def parse(argv=None):
                    help="also time the compact model at these precisions in the same rounds, e.g. bf16,int8 (int8 "
                         "calibrated on the same clips as the int8 peers: --calibration, or --calibration-clips random "
                         "normal clips with seed 0)")
+    p.add_argument("--int8-weight-bits", type=int, choices=(8, 7), default=None,
+                   help="--precisions int8: weights in 8 or 7 bits (default: 7 where the CPU has no AVX512_VNNI, "
+                        "whose kernels run 7-bit weights with pmaddubsw; else 8)")
     p.add_argument("--isa", choices=("avx512", "avx2", "generic"), default=None,
                    help="run the compact kernels of this ISA (at most the CPU's), e.g. avx2 to time on an AVX-512 "
-                        "machine what a CPU without AVX-512 runs (its int8 without VNNI: vpmaddwd)")
+                        "machine what a CPU without AVX-512 runs (its int8 without VNNI: pmaddubsw on 7-bit weights, "
+                        "vpmaddwd on 8-bit ones)")
     p.add_argument("--scratch-ab", action="store_true",
                    help="instead of the comparison with dense runtimes, time the compact model with its scratch "
                         "buffers under the default byte budget and without one, side by side, and report each one's "
@@ -90,6 +94,8 @@ def parse(argv=None):
         if x not in ("bf16", "int8"):
             p.error(f"--precisions: {x!r} is not a reduced precision; allowed: bf16, int8")
     args.precisions = precisions
+    if args.int8_weight_bits is not None and "int8" not in precisions:
+        p.error("--int8-weight-bits is for --precisions int8")
     if args.channel_pruned_equal_macs and args.arch != "c3d":
         p.error("--channel-pruned-equal-macs is implemented for --arch c3d only")
     if args.isa:
@@ -282,7 +288,7 @@ def main(argv=None) -> int:
                               peer_options={"deepsparse_python": args.deepsparse_python,
                                             "calibration_clips": args.calibration_clips,
                                             "calibration": args.calibration},
-                              precisions=args.precisions, ranges=ranges)
+                              precisions=args.precisions, ranges=ranges, weight_bits=args.int8_weight_bits)
         r.update(arch=args.arch, profile=args.profile)
         print(compact.format_table(r, f"== {args.arch} {args.profile}, batch {bs}"), flush=True)
         results.append(r)

@@ -16,7 +16,9 @@ from compact.modules import SparseConv3d
 from compact.quant import (
     bf16_round,
     calibrate,
+    default_weight_bits,
     input_quant,
+    plan_int8,
     plan_values,
     quant_state,
     quantize_input,
@@ -95,11 +97,12 @@ def test_every_conv_shape_int8_is_bit_exact_and_bf16_within_its_rounding(shape):
         w = conv.weight * mask
         ref32 = F.conv3d(x, w, conv.bias, s, p)
 
-    sc.set_precision("int8", (float(x.min()), float(x.max())))
-    y, y_portable = _both_paths(ext, sc, x)
-    assert torch.equal(y, sc.forward_torch(x))
-    assert torch.equal(y, y_portable)
-    assert rel_err(y, ref32) < 0.05
+    for bits in (8, 7):
+        sc.set_precision("int8", (float(x.min()), float(x.max())), bits)
+        y, y_portable = _both_paths(ext, sc, x)
+        assert torch.equal(y, sc.forward_torch(x)), bits
+        assert torch.equal(y, y_portable), bits
+        assert rel_err(y, ref32) < 0.05, bits
 
     sc.set_precision("bf16")
     y, y_portable = _both_paths(ext, sc, x)
@@ -109,22 +112,52 @@ def test_every_conv_shape_int8_is_bit_exact_and_bf16_within_its_rounding(shape):
     assert rel_err(y, ref32) < BF16_TOL
 
 
+@pytest.mark.parametrize("bits", [8, 7])
 @pytest.mark.parametrize("kind", TYPES)
-def test_every_pattern_int8_exact_after_relu(kind):
-    """Unsigned input (zero point 0, as after a ReLU) on every sparsity type, batch 3, strided and not."""
+def test_every_pattern_int8_exact_after_relu(kind, bits):
+    """Unsigned input (zero point 0, as after a ReLU) on every sparsity type, batch 3, strided and not, with 8- and
+    7-bit weights (without VNNI: pmaddwd and pmaddubsw)."""
     ext = _ext_or_skip()
     for geom in (((3, 3, 3), (1, 1, 1), (1, 1, 1)), ((1, 3, 3), (1, 2, 2), (0, 1, 1))):
         conv, mask = make_conv(20, 36, *geom, True, kind)
         sc = SparseConv3d(conv, mask)
         x = torch.randn(3, 20, *SPATIAL).relu()
-        sc.set_precision("int8", (0.0, float(x.max())))
+        sc.set_precision("int8", (0.0, float(x.max())), bits)
         assert sc.quant.iq.zero == 0
         y, y_portable = _both_paths(ext, sc, x)
         assert torch.equal(y, sc.forward_torch(x)) and torch.equal(y, y_portable), kind
 
 
+@pytest.mark.parametrize("bits", [8, 7])
+@pytest.mark.parametrize("gathered", [False, True])
+def test_int8_is_exact_where_pair_sums_are_largest(monkeypatch, gathered, bits):
+    """pmaddubsw adds two uint8 x int8 products into int16 with saturation: 7-bit weights keep every such sum within
+    it (2 x 255 x 63 = 32130), 8-bit ones do not (2 x 255 x 127), so those take pmaddwd without VNNI. Inputs at the
+    top of their range (uint8 255) against filters of all +max and all -max weights give the largest sums there
+    are; the kernels equal the reference bit for bit on the channel-interleaved and the gathered plan, and a 7-bit
+    plan refuses a weight past 63."""
+    from compact import quant
+
+    ext = _ext_or_skip()
+    monkeypatch.setattr(quant, "GATHER_COST", 0.0 if gathered else 1e9)
+    conv = torch.nn.Conv3d(16, 4, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0, 0.5, -0.5]).view(4, 1, 1, 1, 1).expand_as(conv.weight))
+    sc = SparseConv3d(conv, None)
+    x = torch.full((1, 16, *SPATIAL), 3.0)
+    sc.set_precision("int8", (0.0, 3.0), bits)
+    assert sc.quant.qweight.abs().amax().item() == (1 << bits - 1) - 1
+    assert quantize_input(x, sc.quant.iq).min().item() == 255
+    y, y_portable = _both_paths(ext, sc, x)
+    assert sc.prepare(x)[1].plan.precision == (quant.INT8_GATHER if gathered else 2)
+    assert torch.equal(y, sc.forward_torch(x)) and torch.equal(y, y_portable)
+    with pytest.raises(ValueError, match=r"\[-63, 63\]"):
+        plan_int8(np.array([64.0]), 7)
+
+
+@pytest.mark.parametrize("bits", [8, 7])
 @pytest.mark.parametrize("kind", ["kgrc", "kgs", "irregular"])
-def test_int8_gathered_pairs_are_bit_exact_on_every_geometry(monkeypatch, kind):
+def test_int8_gathered_pairs_are_bit_exact_on_every_geometry(monkeypatch, kind, bits):
     """The int8 plan that takes any four kept pairs per word (P3D_INT8_GATHER, chosen where channel-interleaved
     words would be mostly empty; forced here) equals the reference and the portable code, on every conv geometry
     of the three models."""
@@ -136,7 +169,7 @@ def test_int8_gathered_pairs_are_bit_exact_on_every_geometry(monkeypatch, kind):
         conv, mask = make_conv(12, 20, k, s, p, True, kind)
         sc = SparseConv3d(conv, mask)
         x = torch.randn(2, 12, *SPATIAL)
-        sc.set_precision("int8", (float(x.min()), float(x.max())))
+        sc.set_precision("int8", (float(x.min()), float(x.max())), bits)
         y, y_portable = _both_paths(ext, sc, x)
         plan = sc.prepare(x)[1].plan
         assert plan.precision == quant.INT8_GATHER or len(plan.pair_off) == 0  # (no pairs: the bias alone)
@@ -231,8 +264,14 @@ def test_quantization_formulas():
     assert quantize_input(x, q).tolist() == [0, 1, 128, 128, 130, 255, 255]
     with pytest.raises(ValueError, match="not a range"):
         input_quant(1.0, -1.0)
-    st = quant_state(torch.randn(4, 3, 1, 1, 1), "int8", (0.0, 1.0))
-    assert st.qweight.abs().max() <= 127 and st.qweight.flatten(1).abs().amax(1).tolist() == [127] * 4
+    w = torch.randn(4, 3, 1, 1, 1)
+    st = quant_state(w, "int8", (0.0, 1.0))
+    assert st.weight_bits == 8 and st.qweight.flatten(1).abs().amax(1).tolist() == [127] * 4
+    st7 = quant_state(w, "int8", (0.0, 1.0), 7)
+    assert st7.weight_bits == 7 and st7.qweight.flatten(1).abs().amax(1).tolist() == [63] * 4
+    assert torch.allclose(st7.row_scale * 63, st.row_scale * 127)
+    with pytest.raises(ValueError, match="choose 8 or 7"):
+        quant_state(w, "int8", (0.0, 1.0), 6)
 
 
 def test_whole_models_at_reduced_precision_equal_their_reference():
@@ -334,18 +373,25 @@ def test_without_dot_products_said_once(monkeypatch, caplog):
     monkeypatch.setattr(quant, "_SAID", set())
     model, masks, rules = small_c3d("c3d_kgrc_3.04x")
     best = ext.isa()
+    assert quant.default_weight_bits() == (8 if ext.has_dot_products("int8") else 7)
     try:
         ext.set_isa("avx2" if best == "avx512" else best)
+        assert quant.default_weight_bits() == 7  # (no VNNI: pmaddubsw)
         ranges = calibrate(masked_dense_copy(model, masks).eval(), [torch.randn(1, 3, 8, 32, 32)])
         with caplog.at_level(logging.WARNING, logger="prune3d.compact"):
             for p in ("bf16", "bf16", "int8", "int8"):
                 compile_sparse_at(model, masks, rules, p, ranges)
+            cm = compact.compile_sparse(model, masks, rules=rules)
+            set_precision(cm, "int8", ranges, 8)
+            set_precision(cm, "int8", ranges, 8)
     finally:
         ext.set_isa(best)
     said = [r.getMessage() for r in caplog.records if "no AVX512_BF16" in r.getMessage()]
     assert len(said) == 1 and "same results" in said[0] and "keep fp32" in said[0]
     said = [r.getMessage() for r in caplog.records if "no AVX512_VNNI" in r.getMessage()]
-    assert len(said) == 1 and "vpmaddwd" in said[0] and "same results" in said[0]
+    assert len(said) == 2 and all("exact" in s for s in said)
+    assert "pmaddubsw on 7-bit weights" in said[0] and "--int8-weight-bits 8" in said[0]
+    assert "vpmaddwd on 8-bit weights" in said[1] and "--int8-weight-bits 7" in said[1]
 
 
 @pytest.mark.parametrize("torch_bf16", ["native", "without oneDNN bf16"])
@@ -362,9 +408,11 @@ def test_benchmark_times_reduced_precisions_in_the_same_rounds(torch_bf16, monke
     r = compact.benchmark(model, masks, (3, 8, 32, 32), repeats=1, warmup=0, rules=rules, per_layer=False,
                           precisions=["bf16", "int8"], ranges=ranges, say=said.append)
     assert set(r["precisions"]) == {"bf16", "int8"}
+    bits = default_weight_bits()
+    assert r["precisions"]["int8"]["weight_bits"] == bits and "weight_bits" not in r["precisions"]["bf16"]
     for p, row in r["precisions"].items():
         assert row["ms"] > 0 and row["max_rel_err"] < 0.1 and row["speedup_vs_fp32_paired"] > 0, p
-    assert "int8:" in compact.format_table(r)
+    assert f"int8 ({bits}-bit weights):" in compact.format_table(r)
     bf = r["precisions"]["bf16"]
     if reason:
         assert bf["pytorch-bf16"] == {"skipped": reason} and "speedup_vs_pytorch-bf16" not in bf
@@ -405,14 +453,19 @@ def test_cli_evaluates_each_precision_and_keeps_the_scales_in_the_checkpoint(syn
     assert "add --calibrate N" in one_line_error(["--precision", "int8"])
     assert "--precision: 'fp16' is not allowed" in one_line_error(["--precision", "fp16"])
     assert "add --precision int8" in one_line_error(["--precision", "bf16", "--calibrate", "4"])
+    assert "--int8-weight-bits is for --precision int8" in one_line_error(["--precision", "bf16",
+                                                                           "--int8-weight-bits", "7"])
     assert cli(run + ["--precision", "int8", "--calibrate", "4"]) == 0
     out = capsys.readouterr().out
     assert "calibrated on 4 training clips" in out and '"precision": "int8"' in out
+    assert f'"int8_weight_bits": {default_weight_bits()}' in out
     stored = load_checkpoint(ckpt)["calibration"]
     assert stored["method"] == "minmax" and set(stored["ranges"]) >= {"conv1", "conv5b"}
     assert cli(run + ["--precision", "int8"]) == 0  # the stored scales
     again = capsys.readouterr().out
     assert '"precision": "int8"' in again and json_metric(again) == json_metric(out)
+    assert cli(run + ["--precision", "int8", "--int8-weight-bits", "7"]) == 0
+    assert '"int8_weight_bits": 7' in capsys.readouterr().out
     for p in ("fp32", "bf16"):
         assert cli(run + ["--precision", p]) == 0 and f'"precision": "{p}"' in capsys.readouterr().out
 
