@@ -424,8 +424,8 @@ def calibrate(model: nn.Module, clips: Iterable[torch.Tensor], *, method: str = 
 
 def default_weight_bits() -> int:
     """int8 weight bits where none are asked for: 7 on a CPU whose kernels run int8 without a dot-product
-    instruction (pmaddubsw is exact on 7-bit weights and about twice as fast as exact 8-bit code there; oneDNN
-    halves its weights on such CPUs alike), else 8."""
+    instruction (pmaddubsw is exact on 7-bit weights and about twice as fast as exact 8-bit code there; with
+    8-bit weights its int16 pair sums could saturate), else 8."""
     from ._ext import load_kernels
 
     ext = load_kernels()
