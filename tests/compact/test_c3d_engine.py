@@ -45,6 +45,20 @@ def test_whole_c3d(profile):
             cm.pruned_mode = None
 
 
+def test_c3d_engine_keeps_unpruned_convs_as_pytorch_with_dense_layers_false():
+    """dense_layers=False: the unpruned convs stay nn.Conv3d inside the engine (PyTorch's contiguous path from the
+    padded layout), the pruned ones run the kernels; the output equals the masked dense model's."""
+    model, masks, rules = small_c3d("c3d_kgrc_3.04x")
+    cm = compile_sparse(model, masks, rules=rules, dense_layers=False)
+    assert isinstance(cm, CompactC3D) and not cm.dense_convs
+    plain = [n for n in cm.conv_names if isinstance(cm.convs[n], torch.nn.Conv3d)]
+    assert plain and len(plain) < len(cm.conv_names)  # the profile leaves some convs unpruned, prunes the others
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert rel_err(cm(x), model(x)) < TOL
+        assert rel_err(cm._torch_features(x), model.features(x)) < TOL
+
+
 @pytest.mark.parametrize("clip,crop", [(12, 40), (8, 36)])
 def test_c3d_engine_odd_sizes_pooling_borders(clip, crop):
     """Odd grids (5x5 before pool4, 9x9 before pool3...) take the pooling kernel's border path and its unchecked
