@@ -75,7 +75,9 @@ def iter_frames(
                 if size is None:
                     size = resized_size(frame.width, frame.height, short_side)
                     report.width, report.height = size
-                img = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
+                # threads=1: PyAV >= 17 scales on a pool of threads by default, which a process forked after a
+                # decode here inherits broken (its first scale waits forever), and we parallelize by processes
+                img = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA", threads=1)
                 report.frames += 1
                 yield img.to_ndarray()
         except (av.FFmpegError, OSError, ValueError) as exc:

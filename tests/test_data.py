@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import lmdb
@@ -19,7 +21,7 @@ from datasets.extract_videos import extract
 from datasets.lmdb_format import META_KEY, video_key
 from datasets.make_synthetic import make_synthetic
 from datasets.splits import read_splits
-from datasets.video_io import decode_jpeg
+from datasets.video_io import decode_jpeg, iter_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 KW = dict(clip_len=8, crop_size=32, short_side=40)
@@ -257,3 +259,24 @@ def test_an_empty_split_is_refused_before_any_work(synthetic, tmp_path):
                 "--short-side", "40", "--dataset", "synthetic", "--data-location", str(frames), "--save-dir",
                 str(tmp_path / "runs"), "--epochs", "1", "--workers", "0"]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def _count_frames(path: str) -> int:
+    return sum(1 for _ in iter_frames(path, 40))
+
+
+def test_decoding_works_in_processes_forked_after_a_decode(synthetic):
+    """A process forked after this one decoded a video (how a worker pool on Linux starts) decodes too. PyAV >= 17
+    scales frames on a thread pool by default, which the forked copy inherits without its threads: its first frame
+    waited forever (the LMDB build of a process that had decoded before hung so)."""
+    video = str(next(synthetic["videos"].rglob("*.avi")))
+    n = _count_frames(video)
+    assert n > 0
+    ex = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = [ex.submit(_count_frames, video) for _ in range(2)]
+        assert [f.result(timeout=120) for f in futures] == [n, n]
+    finally:
+        for p in list(getattr(ex, "_processes", {}).values()):  # a hung worker must not hang the test run
+            p.kill()
+        ex.shutdown(wait=False, cancel_futures=True)
