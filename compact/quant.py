@@ -472,11 +472,11 @@ def _say_without_dot_products(precision: str, weight_bits: int = 8) -> None:
     _SAID.add(key)
     isa = kernel_isa()
     if precision == "int8" and isa in ("avx2", "avx512") and weight_bits == 7:
-        how = (f"{isa} code with pmaddubsw on 7-bit weights (exact; --int8-weight-bits 8 keeps 8 bits at about "
-               "fp32's speed)")
+        how = (f"{isa} code with pmaddubsw on 7-bit weights (exact; --int8-weight-bits 8 keeps 8 bits, at or "
+               "below fp32's speed)")
     elif precision == "int8" and isa in ("avx2", "avx512"):
-        how = (f"{isa} code with vpmaddwd on 8-bit weights (exact, about fp32's speed; --int8-weight-bits 7 runs "
-               "pmaddubsw, faster)")
+        how = (f"{isa} code with vpmaddwd on 8-bit weights (exact, at or below fp32's speed; --int8-weight-bits 7 "
+               "runs pmaddubsw, faster)")
     else:
         how = f"portable {isa} code (same results, slower than fp32: keep fp32 on this CPU)"
     log.warning("compact: this CPU has no %s for the %s kernels: they run %s", DOT_PRODUCTS[precision], precision,
