@@ -64,7 +64,7 @@ class SparseConv3d(nn.Module):
     stored or computed (their output is the bias); input channels that are entirely zero are not read.
     """
 
-    def __init__(self, conv: nn.Conv3d, mask: torch.Tensor | None = None, *, chunk: int = 8, block: int = 4,
+    def __init__(self, conv: nn.Conv3d, mask: torch.Tensor | None = None, *, chunk: int | None = None, block: int = 4,
                  union_only: bool = False, name: str = "") -> None:
         super().__init__()
         if conv.groups != 1 or _triple(conv.dilation) != (1, 1, 1) or conv.padding_mode != "zeros":

@@ -21,7 +21,8 @@ import torch
 
 from .surgery import kept_mask
 
-MAX_G = 8
+MAX_G = 8  # filters per task (plan.h, the register kernels' accumulator rows)
+CHUNKS = (8, 16, 32)  # filter spans build_plan tries for tasks (kernel groups of these sizes)
 CHMAX = 64  # rows of the kernel's accumulator tile (plan.h P3D_CHMAX)
 TASK_OVERHEAD = 16.0
 TILE = 192  # output positions per work unit (plan.h P3D_TILE)
@@ -58,7 +59,7 @@ class ConvPlan:
 
 
 def _cost(npairs: int, g: int) -> float:
-    return npairs * max(g, 1.5) + TASK_OVERHEAD
+    return npairs * max(g, 1.5) + TASK_OVERHEAD * max(1, -(-g // MAX_G))
 
 
 def _chunk_tasks(m: np.ndarray, block: int, union_only: bool) -> tuple[dict, float]:
@@ -99,9 +100,14 @@ def _chunk_tasks(m: np.ndarray, block: int, union_only: bool) -> tuple[dict, flo
     return merged, cost
 
 
-def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk: int = 8, block: int = 4,
+def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk: int | None = None, block: int = 4,
                union_only: bool = False) -> ConvPlan:
-    """Work lists for `weight * mask` ([Cout, Cin, kt, kh, kw]); `mask=None` means the weight's nonzeros."""
+    """Work lists for `weight * mask` ([Cout, Cin, kt, kh, kw]); `mask=None` means the weight's nonzeros.
+
+    A chunk is the span of filters whose rows may share a task; `chunk=None` tries CHUNKS and keeps the cheapest
+    plan (kernel groups of 16 or 32 filters keep 8 or 16 of them per channel block: a chunk of the group's size
+    gives tasks of 8 rows, and 16-row AMX tiles two tasks with the same pairs, where 8-filter chunks cut them in
+    pieces of about 4)."""
     w = weight.detach().float().cpu()
     mk = kept_mask(w, mask)
     w = w * mk
@@ -112,7 +118,6 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
     wnp = w.reshape(cout, cin * k).numpy()
     kept_f = mnp.any((1, 2))
     kept_c = mnp.any((0, 2))
-    chunk = max(1, min(chunk, MAX_G))
 
     def chunking(filters_lists):
         out, total, macs = [], 0.0, 0
@@ -124,17 +129,20 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
         return out, total, macs
 
     kept_idx = np.flatnonzero(kept_f)
-    by_group = [np.array([f for f in range(p, min(p + chunk, cout)) if kept_f[f]], dtype=np.int64)
-                for p in range(0, cout, chunk)]
-    by_group = [fl for fl in by_group if len(fl)]
-    chunks, cost, macs = chunking(by_group)
-    if len(kept_idx) < cout:  # filters were dropped: packing the kept ones densely may share better
-        packed = [kept_idx[i:i + chunk] for i in range(0, len(kept_idx), chunk)]
-        alt, alt_cost, alt_macs = chunking(packed)
-        # but packing mixes kernel groups, whose union pair lists the cost model may then prefer: never take more
-        # multiply-adds than the groups as pruned (a structured mask is computed exactly)
-        if alt_cost < cost and alt_macs <= macs:
-            chunks = alt
+    best = None  # (cost, macs, chunk size, chunks)
+    for size in ((chunk,) if chunk else CHUNKS):
+        size = max(1, min(size, CHMAX))
+        by_group = [np.array([f for f in range(p, min(p + size, cout)) if kept_f[f]], dtype=np.int64)
+                    for p in range(0, cout, size)]
+        options = [chunking([fl for fl in by_group if len(fl)])]
+        if len(kept_idx) < cout:  # filters were dropped: packing the kept ones densely may share better
+            options.append(chunking([kept_idx[i:i + size] for i in range(0, len(kept_idx), size)]))
+        for chunks, cost, macs in options:
+            # but packing mixes kernel groups, whose union pair lists the cost model may then prefer: never take
+            # more multiply-adds than the groups as pruned (a structured mask is computed exactly)
+            if best is None or (macs <= best[1] and cost < best[0]):
+                best = (cost, macs, size, chunks)
+    _, _, chunk, chunks = best
 
     fstart, filters, tstart = [0], [], [0]
     task_g, task_rows, pstart, wstart = [], [], [0], []
@@ -146,17 +154,21 @@ def build_plan(weight: torch.Tensor, mask: torch.Tensor | None = None, *, chunk:
         for fl, tasks in chunks[c0:c0 + per_chunk]:
             row0 = len(filters) - base
             filters.extend(int(f) for f in fl)
-            for rows, parts in tasks.items():
+            for all_rows, parts in tasks.items():
                 flat = np.sort(np.concatenate(parts))
-                g = len(rows)
-                task_g.append(g)
-                task_rows.extend([row0 + r for r in rows] + [0] * (MAX_G - g))
-                pair_flat.append(flat)
-                pstart.append(pstart[-1] + len(flat))
-                wstart.append(wpos)
-                wt = wnp[fl[list(rows)]][:, flat].T  # [npairs, g]
-                wparts.append(np.ascontiguousarray(wt, dtype=np.float32).reshape(-1))
-                wpos += wt.size
+                # a task holds at most MAX_G rows (the register kernels' accumulators): more rows sharing the pairs
+                # become consecutive tasks with the same pairs (twins, which AMX multiplies in one 16-row tile)
+                for r0 in range(0, len(all_rows), MAX_G):
+                    rows = all_rows[r0:r0 + MAX_G]
+                    g = len(rows)
+                    task_g.append(g)
+                    task_rows.extend([row0 + r for r in rows] + [0] * (MAX_G - g))
+                    pair_flat.append(flat)
+                    pstart.append(pstart[-1] + len(flat))
+                    wstart.append(wpos)
+                    wt = wnp[fl[list(rows)]][:, flat].T  # [npairs, g]
+                    wparts.append(np.ascontiguousarray(wt, dtype=np.float32).reshape(-1))
+                    wpos += wt.size
         fstart.append(len(filters))
         tstart.append(len(task_g))
     dropped = np.flatnonzero(~kept_f)

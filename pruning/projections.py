@@ -9,6 +9,7 @@ with thousands of kernel groups.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -189,7 +190,9 @@ def _kgc_keep(view: GroupView, energy: torch.Tensor, ratio: float) -> torch.Tens
 def _kgrc_exact_keep(view: GroupView, energy: torch.Tensor, rr: float, rc: float,
                      rounding: str = "half-up") -> torch.Tensor:
     """Exact KGRC projection: for a fixed set of kept rows the best columns are the top columns by energy over
-    those rows, so trying every row set of a group and keeping the best is exact (C(8,4) = 70 at most)."""
+    those rows, so trying every row set of a group and keeping the best is exact (C(8,4) = 70 at most). By
+    symmetry, trying every column set with its top rows is exact too: taken where it has fewer candidates (groups
+    of 16 or 32 rows: C(32,16) row sets, against C(9,3) = 84 column sets)."""
     idx, ncol = column_index(view.shape, energy.device)
     E = column_energy(view, energy, over_rows=False)  # [nP, nQ, gM, ncol]
     nP, nQ, gM, _ = E.shape
@@ -200,16 +203,24 @@ def _kgrc_exact_keep(view: GroupView, energy: torch.Tensor, rr: float, rc: float
     for rows in torch.unique(view.rows).tolist():
         bands = (view.rows == rows).nonzero().flatten()
         keep_r = int(keep_count(rows, rr, rounding))
-        subsets = torch.tensor(list(itertools.combinations(range(rows), keep_r)), dtype=torch.long)
-        S = torch.zeros(len(subsets), rows, dtype=E.dtype, device=E.device)
-        if keep_r:
-            S.scatter_(1, subsets.to(E.device), 1.0)
         Eb = E[bands, :, :rows].reshape(-1, rows, ncol)  # [G, rows, ncol]
-        best_rows, best_cols = _best_subsets(Eb, S, keep_c)
+        if math.comb(rows, keep_r) <= math.comb(ncol, keep_c):
+            best_rows, best_cols = _best_subsets(Eb, _subsets(rows, keep_r, E), keep_c)
+        else:
+            best_cols, best_rows = _best_subsets(Eb.transpose(1, 2), _subsets(ncol, keep_c, E), keep_r)
         row_mask[bands, :, :rows] = best_rows.reshape(len(bands), nQ, rows)
         col_mask[bands] = best_cols.reshape(len(bands), nQ, ncol)
     keep = row_mask[:, :, :, None, None] & col_mask[:, :, None, None, :][..., idx]
     return keep.expand_as(view.blocks) & view.valid
+
+
+def _subsets(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
+    """Every k-subset of range(n) as 0/1 rows [C(n, k), n]."""
+    subsets = torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.long)
+    S = torch.zeros(len(subsets), n, dtype=like.dtype, device=like.device)
+    if k:
+        S.scatter_(1, subsets.to(like.device), 1.0)
+    return S
 
 
 def _best_subsets(E: torch.Tensor, S: torch.Tensor, keep_c: int, chunk_elems: int = 1 << 24):

@@ -59,6 +59,9 @@ def test_projection_is_optimal_by_brute_force(kind, shape, ratio, gs):
     ((4, 3, 1, 2, 2), 0.5, 0.5, (4, 2)),
     ((5, 2, 3, 1, 1), 0.4, 0.34, (5, 2)),
     ((3, 2, 2, 1, 2), 0.34, 0.5, (3, 2)),
+    # more row sets than column sets (C(6,3) = 20 > C(4,2) = 6, C(7,3) = 35 > 3): the columns are enumerated
+    ((6, 2, 1, 2, 2), 0.5, 0.5, (6, 2)),
+    ((7, 2, 3, 1, 1), 0.43, 0.34, (7, 2)),
 ])
 def test_kgrc_exact_is_optimal_and_beats_product(shape, rr, rc, gs):
     strictly_better = 0

@@ -127,3 +127,64 @@ def test_dropped_filters_never_cost_extra_macs(kind):
     conv, mask = make_conv(20, 36, (3, 1, 1), (1, 1, 1), (1, 0, 0), True, "kgrc", seed=174)
     assert (~mask.flatten(1).any(1)).sum() == 3  # the case: three filters dropped
     check_conv(conv, mask, "kgrc")
+
+
+def _kgrc_conv(cin, cout, kernel, padding, gs, seed=0):
+    from pruning.projections import LayerRule, project
+
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv3d(cin, cout, kernel, padding=padding)
+    with torch.no_grad():
+        w, mask = project(conv.weight, LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.67}, gs))
+        conv.weight.copy_(w)
+    return conv, mask
+
+
+@pytest.mark.parametrize("gm", [16, 32])
+@pytest.mark.parametrize("kernel,padding", [((3, 3, 3), 1), ((1, 3, 3), (0, 1, 1))], ids=["333", "133"])
+def test_wide_kernel_groups_give_full_tasks(gm, kernel, padding):
+    """KGRC groups of 16 or 32 filters keep 8 or 16 per channel block: the plan takes chunks of the group's size,
+    so every task has 8 rows (32: two tasks reading the same pairs back to back, AMX's twins), instead of the ~4
+    that 8-filter chunks cut them into; exact, and exactly the kept work."""
+    from compact.plan import build_plan
+
+    conv, mask = _kgrc_conv(24, 64, kernel, padding, (gm, 8))
+    sc = check_conv(conv, mask, "kgrc")
+    plan = sc.plan
+    assert set(plan.task_G.tolist()) == {8}
+    pairs = [tuple(plan.pair_c[b:e] * 100 + plan.pair_tap[b:e]) for b, e in zip(plan.task_pstart[:-1],
+                                                                              plan.task_pstart[1:])]
+    if gm == 32:
+        assert all(pairs[i] == pairs[i + 1] for i in range(0, len(pairs), 2))
+    narrow = build_plan(conv.weight, mask, chunk=8)
+    assert narrow.computed_macs_per_position == plan.computed_macs_per_position == int(mask.sum())
+    assert len(narrow.task_G) > len(plan.task_G)
+
+
+@pytest.mark.parametrize("kind", ["kgrc", "kgs", "irregular", "dense"])
+def test_eight_filter_groups_plan_as_before(kind):
+    """Kernel groups of 8 filters whose groups keep different pairs, and dense or unstructured weights: the plan is
+    the one of 8-filter chunks, task for task."""
+    from compact.plan import build_plan
+
+    if kind == "dense":
+        torch.manual_seed(0)
+        conv, mask = torch.nn.Conv3d(24, 40, 3, padding=1), None
+    else:
+        conv, mask = make_conv(24, 40, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, kind)
+    auto, eight = build_plan(conv.weight, mask), build_plan(conv.weight, mask, chunk=8)
+    for field in ("chunk_fstart", "chunk_filters", "chunk_tstart", "task_G", "task_rows", "task_pstart", "pair_c",
+                  "pair_tap", "weights"):
+        assert np.array_equal(getattr(auto, field), getattr(eight, field)), field
+
+
+def test_kgr_rows_of_neighbouring_groups_share_a_task():
+    """KGR keeps whole kernels of a channel block, so the kept rows of two 8-filter groups read the same pairs:
+    16-filter chunks join them into one task (3 + 3 rows here, for 3 of 8 per group), exact, same work."""
+    from compact.plan import build_plan
+
+    conv, mask = make_conv(24, 48, (3, 3, 3), (1, 1, 1), (1, 1, 1), True, "kgr")
+    plan = check_conv(conv, mask, "kgr").plan
+    eight = build_plan(conv.weight, mask, chunk=8)
+    assert set(eight.task_G.tolist()) == {3} and set(plan.task_G.tolist()) == {6}
+    assert plan.computed_macs_per_position == eight.computed_macs_per_position

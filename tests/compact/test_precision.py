@@ -554,3 +554,31 @@ def _unpacked_run_into(run_into):
         grid, s = flat_layout(ctx.outd, nxt.padding)
         return dest, nxt.layout_ctx(ctx.n, ctx.outd, grid, s)
     return run
+
+
+@pytest.mark.parametrize("gm", [16, 32])
+def test_wide_kernel_groups_at_reduced_precision(gm):
+    """KGRC groups of 16 and 32 filters (tasks of 8 rows; at 32, twins that AMX runs on one 16-row tile): int8 bit
+    for bit against the reference and the portable code, bf16 within its rounding, on both kernel families."""
+    from compact import quant
+    from pruning.projections import LayerRule, project
+
+    ext = _ext_or_skip()
+    for k, p in (((3, 3, 3), (1, 1, 1)), ((1, 3, 3), (0, 1, 1))):
+        torch.manual_seed(gm)
+        conv = torch.nn.Conv3d(32, 64, k, padding=p)
+        with torch.no_grad():
+            w, mask = project(conv.weight, LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.67}, (gm, 8)))
+            conv.weight.copy_(w)
+        x = torch.randn(2, 32, *SPATIAL).relu()
+        sc = SparseConv3d(conv, mask)
+        sc.set_precision("int8", (0.0, float(x.max())))
+        y, y_portable = _both_paths(ext, sc, x)
+        assert torch.equal(y, sc.forward_torch(x)) and torch.equal(y, y_portable), (gm, k)
+        plan = sc.prepare(x)[1].plan
+        if gm == 32 and quant.runs_on_tiles("int8"):
+            assert plan.task_twin.numel() and plan.task_twin.sum() >= len(plan.task_twin) // 2 - 1, k
+        sc.set_precision("bf16")
+        y, y_portable = _both_paths(ext, sc, x)
+        with torch.no_grad():
+            assert rel_err(y, F.conv3d(bf16_round(x), bf16_round(conv.weight * mask), conv.bias, 1, p)) < 1e-5
