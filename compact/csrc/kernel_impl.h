@@ -341,6 +341,26 @@ static inline void write_run_packed(const P3DPlan* P, void* dst, int lane, const
                                                                                                 P->out_zero)));
     }
   }
+  if (i < n) {  // the run's last r < VW elements, masked the same way (rows of 28, 14, 7 are mostly tail)
+    const int r = n - i;
+    vf v = (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << r) - 1), src + i) + b;
+    if (RELU) v = v > 0.f ? v : (vf){};
+    if (P->out_pack == P3D_BF16) {
+      vu bits;
+      memcpy(&bits, &v, sizeof v);
+      const vu h = bf16_bits(bits) << (16 * lane);
+      _mm512_mask_storeu_epi16((char*)dst - 2 * lane + 4 * i,
+                               (__mmask32)((0x55555555u & ((1ull << (2 * r)) - 1)) << lane), (__m512i)h);
+    } else if (P->out_pack == P3D_INT8) {
+      const vi q = quantize_vec(v, P->out_inv_scale, P->out_zero) << (8 * lane);
+      _mm512_mask_storeu_epi8((char*)dst - lane + 4 * i,
+                              (__mmask64)((0x1111111111111111ull & ((1ull << (4 * r)) - 1)) << lane), (__m512i)q);
+    } else {
+      _mm512_mask_storeu_epi8((char*)dst + i, (__mmask64)((1ull << r) - 1), _mm512_castsi128_si512(
+                                  _mm512_cvtepi32_epi8((__m512i)quantize_vec(v, P->out_inv_scale, P->out_zero))));
+    }
+    i = n;
+  }
 #else
   // without byte / word-masked stores: the values a vector at a time, stored element by element (a wider store
   // would write other output channels' lanes, which the other thread may be writing)

@@ -502,11 +502,13 @@ def test_cli_refuses_scales_measured_for_other_masks(synthetic, tmp_path, capsys
 
 @pytest.mark.parametrize("kind", ["kgrc", "kgs", "gathered"])
 @pytest.mark.parametrize("relu", [True, False])
-def test_a_conv_writes_the_next_convs_packed_input_bit_for_bit(monkeypatch, kind, relu):
+@pytest.mark.parametrize("spatial", [SPATIAL, (3, 7, 21)], ids=["16", "7x21"])
+def test_a_conv_writes_the_next_convs_packed_input_bit_for_bit(monkeypatch, kind, relu, spatial):
     """At int8 / bf16 a chained conv writes the next conv's packed input itself (no fp32 activation, no packing
     pass): the pair equals the pure-PyTorch path bit for bit at int8, with a ReLU between (zero point 0) or not
     (zero point 128: the padding holds it), for the channel-interleaved and the gathered plan (45 channels: a last
-    word not full); bf16 equals the unfused kernel path."""
+    word not full); bf16 equals the unfused kernel path. Rows of 16 are whole vectors; rows of 21 and 7 end in a
+    partial one (the masked tail of the write)."""
     from compact import chain, quant
     from compact.chain import SparseConvPair
 
@@ -518,7 +520,7 @@ def test_a_conv_writes_the_next_convs_packed_input_bit_for_bit(monkeypatch, kind
     a, b = SparseConv3d(first, m1), SparseConv3d(second, m2)
     a.relu = relu
     pair = SparseConvPair(a, b)
-    x = torch.randn(2, 12, *SPATIAL)
+    x = torch.randn(2, 12, *spatial)
     with torch.no_grad():
         mid = a.forward_torch(x)
     packs = []
