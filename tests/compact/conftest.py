@@ -61,6 +61,16 @@ def make_conv(cin, cout, k, s, p, bias, kind, seed=0) -> tuple[nn.Conv3d, torch.
     return conv, mask
 
 
+def make_kgrc_conv(cin, cout, kernel, padding, group_size, seed=0) -> tuple[nn.Conv3d, torch.Tensor]:
+    """A random conv projected onto KGRC (0.5 rows, 0.67 columns) with kernel groups of `group_size`, and its mask."""
+    torch.manual_seed(seed)
+    conv = nn.Conv3d(cin, cout, kernel, padding=padding)
+    with torch.no_grad():
+        w, mask = project(conv.weight, LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.67}, group_size))
+        conv.weight.copy_(w)
+    return conv, mask
+
+
 def check_conv(conv: nn.Conv3d, mask: torch.Tensor, kind: str, batches=(1, 3)) -> SparseConv3d:
     """SparseConv3d(conv, mask) equals F.conv3d with the masked weight and computes exactly the kept work."""
     sc = SparseConv3d(conv, mask)

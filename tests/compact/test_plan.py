@@ -16,6 +16,7 @@ from tests.compact.conftest import (
     SPATIAL,
     check_conv,
     make_conv,
+    make_kgrc_conv,
 )
 
 
@@ -129,17 +130,6 @@ def test_dropped_filters_never_cost_extra_macs(kind):
     check_conv(conv, mask, "kgrc")
 
 
-def _kgrc_conv(cin, cout, kernel, padding, gs, seed=0):
-    from pruning.projections import LayerRule, project
-
-    torch.manual_seed(seed)
-    conv = torch.nn.Conv3d(cin, cout, kernel, padding=padding)
-    with torch.no_grad():
-        w, mask = project(conv.weight, LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.67}, gs))
-        conv.weight.copy_(w)
-    return conv, mask
-
-
 @pytest.mark.parametrize("gm", [16, 32])
 @pytest.mark.parametrize("kernel,padding", [((3, 3, 3), 1), ((1, 3, 3), (0, 1, 1))], ids=["333", "133"])
 def test_wide_kernel_groups_give_full_tasks(gm, kernel, padding):
@@ -148,7 +138,7 @@ def test_wide_kernel_groups_give_full_tasks(gm, kernel, padding):
     that 8-filter chunks cut them into; exact, and exactly the kept work."""
     from compact.plan import build_plan
 
-    conv, mask = _kgrc_conv(24, 64, kernel, padding, (gm, 8))
+    conv, mask = make_kgrc_conv(24, 64, kernel, padding, (gm, 8))
     sc = check_conv(conv, mask, "kgrc")
     plan = sc.plan
     assert set(plan.task_G.tolist()) == {8}

@@ -25,7 +25,17 @@ from compact.quant import (
     set_precision,
 )
 from compact.surgery import masked_dense_copy
-from tests.compact.conftest import GEOMETRIES, SHAPES, SPATIAL, TYPES, make_conv, r21d, rel_err, small_c3d
+from tests.compact.conftest import (
+    GEOMETRIES,
+    SHAPES,
+    SPATIAL,
+    TYPES,
+    make_conv,
+    make_kgrc_conv,
+    r21d,
+    rel_err,
+    small_c3d,
+)
 
 BF16_TOL = 1.5e-2  # against fp32: inputs and weights each rounded to 8 significant bits
 
@@ -563,15 +573,10 @@ def test_wide_kernel_groups_at_reduced_precision(gm):
     """KGRC groups of 16 and 32 filters (tasks of 8 rows; at 32, twins that AMX runs on one 16-row tile): int8 bit
     for bit against the reference and the portable code, bf16 within its rounding, on both kernel families."""
     from compact import quant
-    from pruning.projections import LayerRule, project
 
     ext = _ext_or_skip()
     for k, p in (((3, 3, 3), (1, 1, 1)), ((1, 3, 3), (0, 1, 1))):
-        torch.manual_seed(gm)
-        conv = torch.nn.Conv3d(32, 64, k, padding=p)
-        with torch.no_grad():
-            w, mask = project(conv.weight, LayerRule("kgrc", {"kgr": 0.5, "kgc": 0.67}, (gm, 8)))
-            conv.weight.copy_(w)
+        conv, mask = make_kgrc_conv(32, 64, k, p, (gm, 8), seed=gm)
         x = torch.randn(2, 32, *SPATIAL).relu()
         sc = SparseConv3d(conv, mask)
         sc.set_precision("int8", (0.0, float(x.max())))
